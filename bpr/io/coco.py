@@ -1,0 +1,155 @@
+"""COCO json: segmentations (RLE / polygons) to masks and back, atomic writes.
+
+Detectors write segmentations in three shapes: compressed RLE with ``counts`` as a str (or
+bytes), uncompressed RLE with ``counts`` as a list of ints, and polygons (a list of flat
+``[x0, y0, x1, y1, ...]`` lists). All three decode here, and every malformed one raises
+:class:`BprInputError` instead of crashing inside pycocotools' C code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pycocotools import mask as mask_utils
+
+from bpr.errors import BprInputError
+
+
+def load_json(path: str | os.PathLike) -> Any:
+    """Read a json file, turning every way it can fail into a one-line BprInputError."""
+    path = Path(path)
+    if not path.is_file():
+        raise BprInputError(f"file not found: {path}")
+    try:
+        with open(path, "rb") as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BprInputError(f"{path} is not valid JSON: {exc}") from None
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+    """Write json so that readers see either the old file or the complete new one, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _check_size(rle_size: Any, height: int, width: int, what: str) -> None:
+    if (
+        not isinstance(rle_size, (list, tuple))
+        or len(rle_size) != 2
+        or not all(isinstance(v, int) for v in rle_size)
+    ):
+        raise BprInputError(f"{what}: RLE 'size' must be [height, width], got {rle_size!r}")
+    if (rle_size[0], rle_size[1]) != (height, width):
+        raise BprInputError(
+            f"{what}: mask size {rle_size[0]}x{rle_size[1]} (HxW) does not match "
+            f"the image size {height}x{width}"
+        )
+
+
+def decode_segmentation(seg: Any, height: int, width: int, what: str = "segmentation") -> np.ndarray:
+    """Decode one COCO segmentation (RLE str/list counts, or polygons) into an HxW bool mask.
+
+    ``what`` names the entry in error messages (e.g. ``"results[12]"``) so the user can find it.
+    """
+    if isinstance(seg, dict):
+        if "counts" not in seg or "size" not in seg:
+            raise BprInputError(f"{what}: RLE needs 'counts' and 'size'")
+        _check_size(seg["size"], height, width, what)
+        counts = seg["counts"]
+        if isinstance(counts, list):
+            if not all(isinstance(c, int) and c >= 0 for c in counts):
+                raise BprInputError(f"{what}: uncompressed RLE counts must be non-negative ints")
+            if sum(counts) != height * width:
+                raise BprInputError(
+                    f"{what}: uncompressed RLE counts sum to {sum(counts)}, expected {height * width}"
+                )
+            rle = mask_utils.frPyObjects(seg, height, width)
+        elif isinstance(counts, (str, bytes)):
+            rle = {"size": [height, width], "counts": counts.encode() if isinstance(counts, str) else counts}
+            if not _compressed_rle_is_valid(rle["counts"], height * width):
+                raise BprInputError(f"{what}: malformed compressed RLE counts")
+        else:
+            raise BprInputError(f"{what}: RLE counts must be a string or a list of ints")
+        return mask_utils.decode(rle).astype(bool)
+    if isinstance(seg, list):
+        if len(seg) == 0:
+            return np.zeros((height, width), dtype=bool)
+        polys = []
+        for poly in seg:
+            if not isinstance(poly, list) or not all(
+                isinstance(v, (int, float)) and np.isfinite(v) for v in poly
+            ):
+                raise BprInputError(f"{what}: polygons must be lists of numbers")
+            if len(poly) < 6 or len(poly) % 2:
+                raise BprInputError(
+                    f"{what}: a polygon needs an even number (>= 6) of coordinates, got {len(poly)}"
+                )
+            polys.append([float(v) for v in poly])
+        rles = mask_utils.frPyObjects(polys, height, width)
+        return mask_utils.decode(mask_utils.merge(rles)).astype(bool)
+    raise BprInputError(f"{what}: segmentation must be an RLE object or a list of polygons")
+
+
+def _compressed_rle_is_valid(counts: bytes, n_pixels: int) -> bool:
+    """Parse COCO's LEB128-like compressed counts and check they cover exactly n_pixels.
+
+    pycocotools reads past malformed strings without complaint (and can produce garbage
+    masks), so the string is validated here first. The format: each run is a sequence of
+    5-bit groups in chars 48..111, bit 0x20 = continuation, bit 0x10 of the last group =
+    sign; runs after the second are stored as deltas to the run two before.
+    """
+    runs: list[int] = []
+    i, n = 0, len(counts)
+    while i < n:
+        value, shift, more = 0, 0, True
+        while more:
+            if i >= n:
+                return False
+            c = counts[i] - 48
+            if c < 0 or c > 63:
+                return False
+            value |= (c & 0x1F) << (5 * shift)
+            more = bool(c & 0x20)
+            i += 1
+            shift += 1
+            if not more and (c & 0x10):
+                value |= -1 << (5 * shift)
+        if len(runs) > 2:
+            value += runs[-2]
+        if value < 0:
+            return False
+        runs.append(value)
+    return sum(runs) == n_pixels
+
+
+def encode_mask(mask: np.ndarray) -> dict:
+    """HxW bool mask -> compressed RLE with str counts (what every COCO tool reads)."""
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    rle["counts"] = rle["counts"].decode("ascii")
+    return rle
+
+
+def mask_to_bbox(mask: np.ndarray) -> list[float]:
+    """Tight [x, y, w, h] box of a mask, as pycocotools' toBbox gives it; zeros when empty."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return [0.0, 0.0, 0.0, 0.0]
+    cols = np.flatnonzero(mask.any(axis=0))
+    return [float(cols[0]), float(rows[0]), float(cols[-1] - cols[0] + 1), float(rows[-1] - rows[0] + 1)]

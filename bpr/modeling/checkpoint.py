@@ -1,0 +1,115 @@
+"""Refiner checkpoints: bpr's own format, and the original BPR (mmsegmentation) files.
+
+bpr's format is a dict ``{"format": "bpr-refiner", "config": RefinerConfig dict,
+"state_dict": ..., "meta": ...}``, weights stored in fp16 to halve the file. An original BPR
+checkpoint is an mmsegmentation file: a bare state dict or ``{"meta": ..., "state_dict": ...,
+"optimizer": ...}`` with ``backbone.*`` / ``decode_head.*`` keys. Our modules use the same
+names, so :func:`checkpoint_filter_fn` only drops wrappers and training-only heads, and the
+architecture is read off the tensor shapes.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bpr.errors import ModelNotAvailableError
+from bpr.modeling.refiner_net import RefinerConfig, RefinerNet
+
+FORMAT = "bpr-refiner"
+
+
+def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Map a foreign state dict onto RefinerNet's keys (timm-style key filter)."""
+    out = {}
+    for key, value in state_dict.items():
+        if key.startswith("module."):  # saved from DataParallel / DistributedDataParallel
+            key = key[len("module.") :]
+        if key.startswith("auxiliary_head.") or not isinstance(value, torch.Tensor):
+            continue
+        out[key] = value.float() if value.is_floating_point() else value
+    return out
+
+
+def infer_config(state_dict: dict[str, torch.Tensor]) -> RefinerConfig:
+    """Read the architecture of an mmseg-format state dict off its keys and shapes."""
+    try:
+        width = state_dict["backbone.transition1.0.0.weight"].shape[0]
+    except KeyError:
+        raise ModelNotAvailableError(
+            "not a BPR/HRNet checkpoint: no 'backbone.transition1.0.0.weight' key"
+        ) from None
+    stage3_modules = {k.split(".")[2] for k in state_dict if k.startswith("backbone.stage3.")}
+    if width == 48:
+        arch = "hr48"
+    elif len(stage3_modules) == 3:
+        arch = "hr18s"
+    else:
+        arch = "hr18"
+    return RefinerConfig(arch=arch)
+
+
+def _torch_load(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for unreadable / unsafe pickles
+        raise ModelNotAvailableError(f"cannot read checkpoint {path}: {str(exc).splitlines()[0]}") from None
+
+
+def load_refiner(
+    path: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    overrides: dict[str, Any] | None = None,
+) -> RefinerNet:
+    """Build a RefinerNet from a bpr or original-BPR checkpoint, in eval mode on ``device``.
+
+    ``overrides`` replaces config fields (e.g. ``{"input_size": 64}`` or
+    ``{"upsample_mode": "nearest"}`` for checkpoints trained with mmseg 0.x).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelNotAvailableError(f"checkpoint not found: {path}")
+    ckpt = _torch_load(path)
+    if not isinstance(ckpt, dict):
+        raise ModelNotAvailableError(f"{path} does not hold a state dict")
+    state_dict = ckpt.get("state_dict", ckpt)
+    state_dict = checkpoint_filter_fn(state_dict)
+    if ckpt.get("format") == FORMAT:
+        config = RefinerConfig.from_dict(ckpt["config"])
+    else:
+        config = infer_config(state_dict)
+    if overrides:
+        config = RefinerConfig.from_dict({**config.to_dict(), **overrides})
+    net = RefinerNet(config)
+    missing, unexpected = net.load_state_dict(state_dict, strict=False)
+    if missing or unexpected:
+        raise ModelNotAvailableError(
+            f"{path} does not match the {config.arch} refiner: "
+            f"{len(missing)} missing keys (e.g. {missing[:2]}), "
+            f"{len(unexpected)} unexpected keys (e.g. {unexpected[:2]})"
+        )
+    return net.to(device).eval()
+
+
+def save_refiner(net: RefinerNet, path: str | os.PathLike, meta: dict[str, Any] | None = None, half: bool = True) -> None:
+    """Write a bpr checkpoint atomically; fp16 weights by default (BN statistics included)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {
+        k: (v.detach().half() if half and v.is_floating_point() else v.detach()).cpu()
+        for k, v in net.state_dict().items()
+    }
+    payload = {"format": FORMAT, "version": 1, "config": net.config.to_dict(), "state_dict": state, "meta": meta or {}}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,80 @@
+"""The BPR patch refiner: HRNet-with-mask backbone + FCN head, and its input preprocessing."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bpr.modeling.head import FCNHead
+from bpr.modeling.hrnet import ARCHS, HRNetWithMask
+
+IMAGENET_MEAN = (123.675, 116.28, 103.53)  # RGB, 0..255 scale, as mmseg normalises
+IMAGENET_STD = (58.395, 57.12, 57.375)
+
+
+@dataclass(frozen=True)
+class RefinerConfig:
+    """Everything needed to rebuild a refiner and feed it: stored inside every bpr checkpoint.
+
+    ``patch_size`` is the square cut from the image (image pixels); ``input_size`` is what the
+    network sees after resizing that square. The BPR paper uses 64 -> 128.
+    """
+
+    arch: str = "hr18s"
+    input_size: int = 128
+    patch_size: int = 64
+    upsample_mode: str = "bilinear"  # HRNet fuse-layer upsampling; "nearest" for mmseg 0.x weights
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RefinerConfig":
+        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        return cls(**known)
+
+
+class RefinerNet(nn.Module):
+    """Image patch + coarse-mask patch -> 2-class logits at the input resolution."""
+
+    def __init__(self, config: RefinerConfig = RefinerConfig()) -> None:
+        super().__init__()
+        if config.arch not in ARCHS:
+            raise ValueError(f"unknown arch {config.arch!r}; choose from {sorted(ARCHS)}")
+        self.config = config
+        spec = ARCHS[config.arch]
+        self.backbone = HRNetWithMask(spec, upsample_mode=config.upsample_mode)
+        self.decode_head = FCNHead(spec.widths, num_classes=2)
+        self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """image (B, 3, S, S) normalised; mask (B, 1, S, S) in [-1, 1] -> logits (B, 2, S, S)."""
+        logits = self.decode_head(self.backbone(image, mask))  # (B, 2, S/4, S/4)
+        return F.interpolate(logits, size=image.shape[-2:], mode="bilinear", align_corners=False)
+
+    def preprocess(self, image_patches: torch.Tensor, mask_patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw patches -> network inputs at ``input_size``.
+
+        image_patches: (B, 3, P, P) float in 0..255 RGB; mask_patches: (B, 1, P, P) in {0, 1}.
+        Image resized bilinearly, mask by nearest neighbour, as in the reference.
+        """
+        size = self.config.input_size
+        if image_patches.shape[-1] != size:
+            image_patches = F.interpolate(image_patches, size=(size, size), mode="bilinear", align_corners=False)
+            mask_patches = F.interpolate(mask_patches, size=(size, size), mode="nearest")
+        image = (image_patches - self.pixel_mean) / self.pixel_std
+        mask = (mask_patches - 0.5) / 0.5
+        return image, mask
+
+    def foreground_probability(self, image_patches: torch.Tensor, mask_patches: torch.Tensor) -> torch.Tensor:
+        """Raw patches (see ``preprocess``) -> foreground probability (B, P, P) at patch size."""
+        patch = image_patches.shape[-1]
+        logits = self(*self.preprocess(image_patches, mask_patches))
+        prob = torch.softmax(logits.float(), dim=1)[:, 1:2]
+        if prob.shape[-1] != patch:
+            prob = F.interpolate(prob, size=(patch, patch), mode="bilinear", align_corners=False)
+        return prob[:, 0]
