@@ -51,7 +51,7 @@ class RefineStats:
 
 
 @dataclass
-class _Job:
+class Job:
     """One image in flight: its patches, and the probabilities filled in batch by batch."""
 
     coarse: torch.Tensor  # (N, Hp, Wp) bool, padded to at least the patch size
@@ -163,38 +163,40 @@ class Refiner:
         Patches of consecutive images share network batches, so a batch is always full
         except for the very last one.
         """
-        jobs: deque[_Job] = deque()
-        feed: deque[tuple[_Job, int]] = deque()  # (job, first unprocessed patch)
+        jobs: deque[Job] = deque()
+        feed: deque[tuple[Job, int]] = deque()  # (job, first unprocessed patch)
         queued = 0
         for image, masks in items:
             image, masks = check_inputs(image, masks)
-            job = self._prepare(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1), torch.from_numpy(masks))
+            job = self.prepare(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1), torch.from_numpy(masks))
             jobs.append(job)
             if job.remaining:
                 feed.append((job, 0))
                 queued += job.remaining
             while queued >= self.batch_size:
-                queued -= self._run_batch(feed)
+                queued -= self.run_batch(feed)
             while jobs and jobs[0].remaining == 0:
-                yield self._finish(jobs.popleft()).cpu().numpy()
+                yield self.finish(jobs.popleft()).cpu().numpy()
         while feed:
-            self._run_batch(feed)
+            self.run_batch(feed)
         while jobs:
-            yield self._finish(jobs.popleft()).cpu().numpy()
+            yield self.finish(jobs.popleft()).cpu().numpy()
 
     # ------------------------------------------------------------------ torch door
     def refine_torch(self, image: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         """image: (3, H, W) uint8 or float 0..255 RGB; masks: (N, H, W) bool. Returns (N, H, W) bool."""
         if image.ndim != 3 or image.shape[0] != 3 or masks.ndim != 3 or masks.shape[1:] != image.shape[1:]:
             raise BprInputError(f"expected image (3, H, W) and masks (N, H, W), got {tuple(image.shape)}, {tuple(masks.shape)}")
-        job = self._prepare(image, masks.bool())
+        job = self.prepare(image, masks.bool())
         feed = deque([(job, 0)]) if job.remaining else deque()
         while feed:
-            self._run_batch(feed)
-        return self._finish(job)
+            self.run_batch(feed)
+        return self.finish(job)
 
     # ------------------------------------------------------------------ stages
-    def _prepare(self, image: torch.Tensor, masks: torch.Tensor) -> _Job:
+    # prepare -> run_batch (repeatedly, over a feed shared by many jobs) -> finish. Public so
+    # the service's dynamic batcher can pool patches of concurrent requests into one batch.
+    def prepare(self, image: torch.Tensor, masks: torch.Tensor) -> Job:
         """Extraction: boundary patches of every instance, cropped from image and mask."""
         t0 = time.perf_counter()
         s = self.patch_size
@@ -220,7 +222,7 @@ class Refiner:
         ids = torch.as_tensor(instance_ids, device=dev)[:, None, None]
         mask_patches = coarse[ids, rows, cols][:, None].float()  # (P, 1, S, S)
         n_patches = len(corners)
-        job = _Job(
+        job = Job(
             coarse=coarse,
             height=height,
             width=width,
@@ -238,10 +240,10 @@ class Refiner:
         return job
 
     @torch.inference_mode()
-    def _run_batch(self, feed: deque[tuple[_Job, int]]) -> int:
+    def run_batch(self, feed: deque[tuple[Job, int]]) -> int:
         """Network: one forward pass over up to batch_size patches from the front of the feed."""
         t0 = time.perf_counter()
-        parts: list[tuple[_Job, int, int]] = []
+        parts: list[tuple[Job, int, int]] = []
         taken = 0
         while feed and taken < self.batch_size:
             job, start = feed.popleft()
@@ -263,7 +265,7 @@ class Refiner:
         self.stats.seconds["network"] += time.perf_counter() - t0
         return taken
 
-    def _finish(self, job: _Job) -> torch.Tensor:
+    def finish(self, job: Job) -> torch.Tensor:
         """Reassembly: paste probabilities back and crop any padding away."""
         t0 = time.perf_counter()
         refined = reassemble(job.coarse, job.corners, job.instance_ids, job.probs, self.resolve_overlaps)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from bpr.errors import BprInputError
+from bpr.io.atomic import atomic_path
 
 
 def load_json(path: str | os.PathLike) -> Any:
@@ -33,20 +33,12 @@ def load_json(path: str | os.PathLike) -> Any:
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    """Write json so that readers see either the old file or the complete new one, never half."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
+    """Write json atomically (see atomic_path): no half-written output, ever."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "w") as f:
             json.dump(obj, f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _check_size(rle_size: Any, height: int, width: int, what: str) -> None:

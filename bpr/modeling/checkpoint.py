@@ -11,13 +11,13 @@ architecture is read off the tensor shapes.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from bpr.errors import ModelNotAvailableError
+from bpr.io.atomic import atomic_path
 from bpr.modeling.refiner_net import RefinerConfig, RefinerNet
 
 FORMAT = "bpr-refiner"
@@ -97,19 +97,10 @@ def load_refiner(
 
 def save_refiner(net: RefinerNet, path: str | os.PathLike, meta: dict[str, Any] | None = None, half: bool = True) -> None:
     """Write a bpr checkpoint atomically; fp16 weights by default (BN statistics included)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {
         k: (v.detach().half() if half and v.is_floating_point() else v.detach()).cpu()
         for k, v in net.state_dict().items()
     }
     payload = {"format": FORMAT, "version": 1, "config": net.config.to_dict(), "state_dict": state, "meta": meta or {}}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

@@ -1,0 +1,7 @@
+"""``python -m bpr ...`` is ``bpr-refine ...``."""
+
+import sys
+
+from bpr.cli.refine import main
+
+sys.exit(main())
