@@ -1,0 +1,81 @@
+"""bpr-train: train (or fine-tune) a refiner on patches from bpr-build-patches."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+from bpr.cli.common import run_cli
+from bpr.errors import BprInputError
+from bpr.train.loop import TrainConfig, Trainer
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bpr-train", description="Train a BPR refiner on prebuilt patches.")
+    p.add_argument("config", nargs="?", type=Path, help="optional JSON file of TrainConfig fields; flags override it")
+    p.add_argument("--patches", nargs="+", help="patch directories (bpr-build-patches --out)")
+    p.add_argument("--out", type=Path, required=True, help="run directory (log.csv, last.pt, model.pt, curves.png)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+    p.add_argument("--init", dest="init_checkpoint", help="fine-tune from this checkpoint (bpr or original BPR)")
+    p.add_argument("--arch", choices=["hr18s", "hr18", "hr48"])
+    p.add_argument("--input-size", type=int, help="network input size (64 fast, 128 as the paper)")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--iters", type=int)
+    p.add_argument("--optimizer", choices=["sgd", "adamw"])
+    p.add_argument("--lr", type=float)
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--boundary-weight", type=float, help="extra loss weight in the GT boundary band (0 = plain CE)")
+    p.add_argument("--no-amp", dest="amp", action="store_false", default=None, help="train in fp32")
+    p.add_argument("--no-augment", dest="augment", action="store_false", default=None)
+    p.add_argument("--eval-every", type=int)
+    p.add_argument("--ckpt-every", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="cpu or cuda")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--quiet", action="store_true")
+    return p
+
+
+def make_config(args: argparse.Namespace) -> TrainConfig:
+    values: dict = {}
+    if args.config:
+        if not args.config.is_file():
+            raise BprInputError(f"config file not found: {args.config}")
+        try:
+            values.update(json.loads(args.config.read_text()))
+        except json.JSONDecodeError as exc:
+            raise BprInputError(f"{args.config} is not valid JSON: {exc}") from None
+    names = {f.name for f in fields(TrainConfig)}
+    unknown = set(values) - names
+    if unknown:
+        raise BprInputError(f"unknown config keys: {sorted(unknown)}")
+    for name in names:
+        v = getattr(args, name, None)
+        if v is not None:
+            values[name] = v
+    if not values.get("patches"):
+        raise BprInputError("no training data: pass --patches DIR [DIR ...] (or 'patches' in the config file)")
+    return TrainConfig(**values)
+
+
+@run_cli("bpr-train")
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.resume and (args.out / "config.json").is_file() and not args.patches and not args.config:
+        cfg = TrainConfig(**json.loads((args.out / "config.json").read_text()))
+        for name in ("iters",):
+            if getattr(args, name, None) is not None:
+                setattr(cfg, name, getattr(args, name))
+    else:
+        cfg = make_config(args)
+    trainer = Trainer(cfg, args.out, resume=args.resume)
+    path = trainer.run(progress=not args.quiet)
+    print(f"bpr-train: step {trainer.step}, {trainer.seconds:.0f} s of training -> {path}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

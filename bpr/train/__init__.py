@@ -1,0 +1,1 @@
+"""Training: coarse-mask synthesis, patch datasets, the training loop."""

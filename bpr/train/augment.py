@@ -1,0 +1,47 @@
+"""Batch augmentation in torch: flips and photometric distortion, per sample, no Python loop."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+# RGB <-> YIQ: hue is a rotation of the (I, Q) plane.
+_RGB2YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+_YIQ2RGB = torch.linalg.inv(_RGB2YIQ)
+
+
+def random_flip(
+    images: torch.Tensor, coarse: torch.Tensor, target: torch.Tensor, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Horizontal flip of half the samples (image, coarse and target together)."""
+    flip = torch.rand(images.shape[0], generator=generator) < 0.5
+    f = flip.to(images.device).view(-1, 1, 1, 1)
+    return (
+        torch.where(f, images.flip(-1), images),
+        torch.where(f, coarse.flip(-1), coarse),
+        torch.where(f[:, 0], target.flip(-1), target),
+    )
+
+
+def photometric(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Brightness, contrast, saturation and hue jitter on (B, 3, S, S) float RGB in 0..255."""
+    b = images.shape[0]
+    dev = images.device
+
+    def uniform(lo: float, hi: float) -> torch.Tensor:
+        return (torch.rand(b, generator=generator) * (hi - lo) + lo).to(dev).view(b, 1, 1, 1)
+
+    x = images + uniform(-32, 32)
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    x = (x - mean) * uniform(0.5, 1.5) + mean
+    grey = (x * torch.tensor([0.299, 0.587, 0.114], device=dev).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    x = (x - grey) * uniform(0.5, 1.5) + grey
+    theta = uniform(-18, 18).view(b) * math.pi / 180
+    cos, sin = torch.cos(theta), torch.sin(theta)
+    rot = torch.zeros(b, 3, 3, device=dev)
+    rot[:, 0, 0] = 1
+    rot[:, 1, 1], rot[:, 1, 2], rot[:, 2, 1], rot[:, 2, 2] = cos, -sin, sin, cos
+    m = _YIQ2RGB.to(dev) @ rot @ _RGB2YIQ.to(dev)  # (B, 3, 3)
+    x = torch.einsum("bij,bjhw->bihw", m, x)
+    return x.clamp(0, 255)

@@ -1,0 +1,209 @@
+"""Synthetic coarse masks: realistic segmenter errors made from a ground-truth mask.
+
+A refiner learns to fix the errors it sees in training, so the mix of errors decides whether
+it helps on real predictions. Grid resampling alone (the Mask R-CNN 28x28 error) is not
+enough: real segmenters also follow similar colours, shift stretches of boundary, cut thin
+parts and add blobs. Each recipe below makes one kind of error; ``synthesize`` draws a
+recipe from a weighted mix and usually adds a second, lighter error on top.
+
+All recipes take (image HxWx3 uint8 RGB, gt HxW bool, rng) and return an HxW bool mask.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import cv2
+import numpy as np
+
+Recipe = Callable[[np.ndarray, np.ndarray, np.random.Generator], np.ndarray]
+
+
+def _bbox(mask: np.ndarray) -> tuple[int, int, int, int]:
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    return int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1
+
+
+def _smooth_noise(shape: tuple[int, int], cell: float, rng: np.random.Generator) -> np.ndarray:
+    """Zero-mean, unit-std noise that varies smoothly over about ``cell`` pixels."""
+    h, w = shape
+    gh, gw = max(2, int(round(h / cell)) + 2), max(2, int(round(w / cell)) + 2)
+    noise = cv2.resize(rng.standard_normal((gh, gw)).astype(np.float32), (w, h), interpolation=cv2.INTER_CUBIC)
+    return noise / (noise.std() + 1e-6)
+
+
+def grid_resample(image: np.ndarray, gt: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Mask R-CNN's blob: the mask squeezed through a small grid inside a jittered box."""
+    y0, x0, y1, x1 = _bbox(gt)
+    h, w = y1 - y0, x1 - x0
+    jy, jx = 0.08 * h, 0.08 * w
+    y0 = int(np.clip(y0 + rng.normal(0, jy), 0, gt.shape[0] - 2))
+    x0 = int(np.clip(x0 + rng.normal(0, jx), 0, gt.shape[1] - 2))
+    y1 = int(np.clip(y1 + rng.normal(0, jy), y0 + 2, gt.shape[0]))
+    x1 = int(np.clip(x1 + rng.normal(0, jx), x0 + 2, gt.shape[1]))
+    grid = int(rng.choice([12, 16, 20, 28, 28, 40]))
+    crop = gt[y0:y1, x0:x1].astype(np.float32)
+    small = cv2.resize(crop, (grid, grid), interpolation=cv2.INTER_AREA)
+    big = cv2.resize(small, (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR)
+    out = np.zeros_like(gt)
+    out[y0:y1, x0:x1] = big > rng.uniform(0.4, 0.6)
+    return out
+
+
+def smooth_warp(image: np.ndarray, gt: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Whole stretches of boundary shifted by a few pixels: a smooth random displacement field."""
+    h, w = gt.shape
+    amplitude = rng.uniform(1.5, 6.0) * max(h, w) / 480
+    cell = rng.uniform(30, 120) * max(h, w) / 480
+    dx = _smooth_noise((h, w), cell, rng) * amplitude
+    dy = _smooth_noise((h, w), cell, rng) * amplitude
+    xs, ys = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    warped = cv2.remap(gt.astype(np.float32), xs + dx, ys + dy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return warped > 0.5
+
+
+def dilate_erode(image: np.ndarray, gt: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A mask grown or shrunk by a few pixels, with a noisy edge."""
+    r = int(rng.integers(1, 6))
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+    m = gt.astype(np.uint8)
+    m = cv2.dilate(m, kernel) if rng.random() < 0.5 else cv2.erode(m, kernel)
+    return boundary_noise(image, m.astype(bool), rng)
+
+
+def boundary_noise(image: np.ndarray, gt: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Ragged edge: smooth noise added to a blurred mask, only in a band around the boundary."""
+    sigma = rng.uniform(1.0, 4.0)
+    soft = cv2.GaussianBlur(gt.astype(np.float32), (0, 0), sigma)
+    noise = _smooth_noise(gt.shape, rng.uniform(4, 16), rng) * rng.uniform(0.1, 0.3)
+    r = int(3 * sigma) + 2
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+    m = gt.astype(np.uint8)
+    band = (cv2.dilate(m, kernel) - cv2.erode(m, kernel)).astype(bool)
+    out = gt.copy()
+    out[band] = (soft + noise)[band] > 0.5
+    return out
+
+
+def colour_leak(image: np.ndarray, gt: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Near the boundary, pixels take the label whose colour they resemble: leaks along similar colours."""
+    h, w = gt.shape
+    width = int(rng.integers(4, 16) * max(h, w) / 480) + 1
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * width + 1, 2 * width + 1))
+    m = gt.astype(np.uint8)
+    band = (cv2.dilate(m, kernel) - cv2.erode(m, kernel)).astype(bool)
+    lab = cv2.cvtColor(cv2.GaussianBlur(image, (0, 0), rng.uniform(0.5, 2.0)), cv2.COLOR_RGB2LAB).astype(np.float32)
+    inner = band & gt
+    outer = band & ~gt
+    if inner.sum() < 10 or outer.sum() < 10:
+        return boundary_noise(image, gt, rng)
+    fg_mean = lab[inner].mean(axis=0)
+    bg_mean = lab[outer].mean(axis=0)
+    d_fg = np.linalg.norm(lab - fg_mean, axis=2)
+    d_bg = np.linalg.norm(lab - bg_mean, axis=2)
+    bias = rng.normal(0, 0.15) * (np.linalg.norm(fg_mean - bg_mean) + 1)
+    vote = (d_fg + bias < d_bg).astype(np.float32)
+    vote = cv2.GaussianBlur(vote, (0, 0), 1.5) > 0.5
+    out = gt.copy()
+    out[band] = vote[band]
+    return out
+
+
+def grabcut(image: np.ndarray, gt: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """GrabCut from a perturbed mask: boundaries that snap to colour edges, right or wrong."""
+    y0, x0, y1, x1 = _bbox(gt)
+    pad = 20
+    ys, xs = max(0, y0 - pad), max(0, x0 - pad)
+    ye, xe = min(gt.shape[0], y1 + pad), min(gt.shape[1], x1 + pad)
+    crop_img = np.ascontiguousarray(image[ys:ye, xs:xe, ::-1])  # GrabCut wants BGR
+    seed = smooth_warp(image, gt, rng)[ys:ye, xs:xe]
+    r = 4
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+    sure_fg = cv2.erode(seed.astype(np.uint8), kernel, iterations=2).astype(bool)
+    maybe_fg = cv2.dilate(seed.astype(np.uint8), kernel, iterations=2).astype(bool)
+    gc = np.full(seed.shape, cv2.GC_BGD, dtype=np.uint8)
+    gc[maybe_fg] = cv2.GC_PR_BGD
+    gc[seed] = cv2.GC_PR_FGD
+    gc[sure_fg] = cv2.GC_FGD
+    if not (gc == cv2.GC_FGD).any() or not (gc == cv2.GC_BGD).any():
+        return boundary_noise(image, gt, rng)
+    bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+    cv2.grabCut(crop_img, gc, None, bgd, fgd, 2, cv2.GC_INIT_WITH_MASK)
+    out = np.zeros_like(gt)
+    out[ys:ye, xs:xe] = (gc == cv2.GC_FGD) | (gc == cv2.GC_PR_FGD)
+    return out
+
+
+def blobs_and_cuts(image: np.ndarray, gt: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Small false blobs beside the object, and thin parts (legs, poles) cut off."""
+    out = gt.copy()
+    y0, x0, y1, x1 = _bbox(gt)
+    size = max(y1 - y0, x1 - x0)
+    if rng.random() < 0.6:  # cut thin parts with an opening
+        r = int(rng.integers(2, max(3, size // 25)))
+        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+        out = cv2.morphologyEx(out.astype(np.uint8), cv2.MORPH_OPEN, kernel).astype(bool)
+    ring = cv2.dilate(gt.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (31, 31))).astype(bool) & ~gt
+    candidates = np.argwhere(ring)
+    for _ in range(int(rng.integers(1, 4))):
+        if len(candidates) == 0:
+            break
+        cy, cx = candidates[rng.integers(len(candidates))]
+        axes = (int(rng.integers(3, max(4, size // 12))), int(rng.integers(3, max(4, size // 12))))
+        blob = np.zeros(gt.shape, np.uint8)
+        cv2.ellipse(blob, (int(cx), int(cy)), axes, float(rng.uniform(0, 180)), 0, 360, 1, -1)
+        out |= blob.astype(bool)
+    return out
+
+
+RECIPES: dict[str, Recipe] = {
+    "grid": grid_resample,
+    "warp": smooth_warp,
+    "morph": dilate_erode,
+    "noise": boundary_noise,
+    "colour": colour_leak,
+    "grabcut": grabcut,
+    "blobs": blobs_and_cuts,
+}
+
+DEFAULT_MIX: dict[str, float] = {
+    "grid": 0.25,
+    "warp": 0.2,
+    "morph": 0.1,
+    "colour": 0.2,
+    "grabcut": 0.15,
+    "blobs": 0.1,
+}
+
+
+def parse_mix(text: str) -> dict[str, float]:
+    """'grid=2,warp=1' -> {'grid': 2.0, 'warp': 1.0}; names must be recipes."""
+    mix = {}
+    for part in text.split(","):
+        name, _, weight = part.partition("=")
+        name = name.strip()
+        if name not in RECIPES:
+            raise ValueError(f"unknown recipe {name!r}; choose from {sorted(RECIPES)}")
+        mix[name] = float(weight) if weight else 1.0
+    if sum(mix.values()) <= 0:
+        raise ValueError("recipe weights must sum to more than zero")
+    return mix
+
+
+def synthesize(
+    image: np.ndarray, gt: np.ndarray, rng: np.random.Generator, mix: dict[str, float] | None = None,
+    second_error: float = 0.5,
+) -> tuple[np.ndarray, str]:
+    """One coarse mask for ``gt``: a recipe drawn from ``mix``, sometimes followed by a second,
+    lighter one (warp or noise). Returns (mask, recipe name(s))."""
+    mix = mix or DEFAULT_MIX
+    names = list(mix)
+    weights = np.array([mix[n] for n in names], dtype=np.float64)
+    name = names[rng.choice(len(names), p=weights / weights.sum())]
+    out = RECIPES[name](image, gt, rng)
+    if rng.random() < second_error and out.any():
+        extra = "warp" if rng.random() < 0.5 else "noise"
+        out = RECIPES[extra](image, out, rng)
+        name = f"{name}+{extra}"
+    return out, name

@@ -1,0 +1,215 @@
+"""Dynamic batching: patches of concurrent requests share network forward passes.
+
+One thread, the network worker, owns the feed (the ``deque`` of ``(job, first unprocessed
+patch)`` that :meth:`bpr.Refiner.run_batch` consumes) and is the only caller of
+``run_batch``. Requests hand in prepared jobs through a locked inbox and get a
+``concurrent.futures.Future`` that resolves once the last patch of their job has been run.
+
+Policy: a batch runs as soon as ``batch_size`` patches are waiting; a partly filled batch
+waits at most ``max_wait_s`` after its oldest patch arrived, so a lone small request pays
+at most that much extra latency while many small requests fill the batch together.
+
+Backpressure: at most ``max_queued_patches`` patches wait at once. A job that would go over
+is refused with :class:`QueueFull` (the HTTP layer answers 429), except when the queue is
+empty, so one large request is never refused forever. Cancelled futures (timed-out
+requests) are dropped from the feed before the next batch, so nobody computes for them.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, InvalidStateError
+from dataclasses import dataclass, field
+
+from bpr.refiner import Job, Refiner
+
+log = logging.getLogger("bpr.service")
+
+# (patches in the batch, distinct jobs in it, seconds the forward pass took)
+BatchObserver = Callable[[int, int, float], None]
+
+
+class QueueFull(Exception):
+    """The patch queue is full; ``retry_after`` is a guess in whole seconds."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(f"the refinement queue is full; retry in about {retry_after} s")
+        self.retry_after = retry_after
+
+
+class ShuttingDown(Exception):
+    """The batcher stopped taking work (the server is shutting down)."""
+
+
+@dataclass
+class _Ticket:
+    job: Job
+    future: Future = field(default_factory=Future)
+    enqueued: float = field(default_factory=time.monotonic)
+
+
+class Batcher:
+    """The network worker thread and its bounded patch queue."""
+
+    def __init__(
+        self,
+        refiner: Refiner,
+        max_wait_s: float,
+        max_queued_patches: int,
+        on_batch: BatchObserver | None = None,
+    ) -> None:
+        self.refiner = refiner
+        self.max_wait_s = max_wait_s
+        self.max_queued_patches = max_queued_patches
+        self.on_batch = on_batch
+        self._cond = threading.Condition()
+        self._inbox: list[_Ticket] = []
+        self._pending_patches = 0  # submitted and not yet run (inbox + feed)
+        self._pending_jobs = 0
+        self._stopping = False
+        self._patches_per_s = 0.0  # moving average, for Retry-After
+        self._thread = threading.Thread(target=self._run, name="bpr-network", daemon=True)
+
+    # ------------------------------------------------------------------ client side
+    def start(self) -> None:
+        self._thread.start()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive() and not self._stopping
+
+    @property
+    def pending_patches(self) -> int:
+        return self._pending_patches
+
+    @property
+    def pending_jobs(self) -> int:
+        return self._pending_jobs
+
+    def retry_after(self, extra_patches: int = 0) -> int:
+        """Seconds until the queue has drained, from the recent network speed; 1..60."""
+        rate = self._patches_per_s or 100.0
+        return int(min(60, max(1, math.ceil((self._pending_patches + extra_patches) / rate))))
+
+    def submit(self, job: Job) -> Future:
+        """Queue a prepared job; the future resolves to the same job once all its patches ran."""
+        ticket = _Ticket(job)
+        with self._cond:
+            if self._stopping:
+                raise ShuttingDown("the server is shutting down")
+            if self._pending_patches and self._pending_patches + job.remaining > self.max_queued_patches:
+                raise QueueFull(self.retry_after(job.remaining))
+            self._inbox.append(ticket)
+            self._pending_patches += job.remaining
+            self._pending_jobs += 1
+            self._cond.notify()
+        return ticket.future
+
+    def stop(self, timeout: float | None = None) -> bool:
+        """Refuse new jobs, finish the queued ones, end the thread; False if it did not end in time."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    # ------------------------------------------------------------------ worker side
+    def _run(self) -> None:
+        feed: deque[tuple[Job, int]] = deque()
+        tickets: deque[_Ticket] = deque()  # jobs in the feed, oldest first (they finish in this order)
+        queued = 0  # patches in the feed
+        batch_size = self.refiner.batch_size
+        while True:
+            with self._cond:
+                while True:
+                    for t in self._inbox:
+                        feed.append((t.job, 0))
+                        tickets.append(t)
+                        queued += t.job.remaining
+                    self._inbox.clear()
+                    if queued >= batch_size or (queued and self._stopping):
+                        break
+                    if queued:
+                        wait = tickets[0].enqueued + self.max_wait_s - time.monotonic()
+                        if wait <= 0:
+                            break
+                        self._cond.wait(wait)
+                    elif self._stopping:
+                        return
+                    else:
+                        self._cond.wait()
+            if any(t.future.cancelled() for t in tickets):
+                feed, tickets, queued = self._drop_cancelled(feed, tickets, queued)
+                if not queued:
+                    continue
+            jobs_in_batch = self._jobs_at_front(feed, batch_size)
+            t0 = time.perf_counter()
+            try:
+                n = self.refiner.run_batch(feed)
+            except Exception as exc:  # e.g. CUDA out of memory: fail these requests, keep serving
+                log.exception("network batch failed")
+                self._fail_all(tickets, exc)
+                feed.clear()
+                tickets.clear()
+                queued = 0
+                continue
+            seconds = time.perf_counter() - t0
+            queued -= n
+            speed = n / max(seconds, 1e-6)
+            self._patches_per_s = 0.8 * self._patches_per_s + 0.2 * speed if self._patches_per_s else speed
+            done = 0
+            while tickets and tickets[0].job.remaining == 0:
+                _resolve(tickets.popleft())
+                done += 1
+            with self._cond:
+                self._pending_patches -= n
+                self._pending_jobs -= done
+            if self.on_batch is not None:
+                self.on_batch(n, jobs_in_batch, seconds)
+
+    def _drop_cancelled(
+        self, feed: deque[tuple[Job, int]], tickets: deque[_Ticket], queued: int
+    ) -> tuple[deque[tuple[Job, int]], deque[_Ticket], int]:
+        """Remove jobs whose requests gave up (timeout): their patches never reach the network."""
+        gone = {id(t.job) for t in tickets if t.future.cancelled()}
+        dropped = sum(job.image_patches.shape[0] - start for job, start in feed if id(job) in gone)
+        feed = deque((job, start) for job, start in feed if id(job) not in gone)
+        tickets = deque(t for t in tickets if id(t.job) not in gone)
+        with self._cond:
+            self._pending_patches -= dropped
+            self._pending_jobs -= len(gone)
+        return feed, tickets, queued - dropped
+
+    @staticmethod
+    def _jobs_at_front(feed: deque[tuple[Job, int]], batch_size: int) -> int:
+        """How many distinct jobs the next run_batch will draw patches from."""
+        jobs, room = 0, batch_size
+        for job, start in feed:
+            if room <= 0:
+                break
+            jobs += 1
+            room -= job.image_patches.shape[0] - start
+        return jobs
+
+    def _fail_all(self, tickets: deque[_Ticket], exc: Exception) -> None:
+        with self._cond:
+            for t in tickets:
+                self._pending_patches -= t.job.remaining
+                self._pending_jobs -= 1
+                try:
+                    t.future.set_exception(exc)
+                except InvalidStateError:  # cancelled meanwhile
+                    pass
+
+
+def _resolve(ticket: _Ticket) -> None:
+    try:
+        ticket.future.set_result(ticket.job)
+    except InvalidStateError:  # the request was cancelled while its last batch ran
+        pass

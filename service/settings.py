@@ -1,0 +1,89 @@
+"""Every knob of the service, read from ``BPR_*`` environment variables (pydantic-settings).
+
+One flat class on purpose: each field is one environment variable (``max_queue`` ->
+``BPR_MAX_QUEUE``), ``bpr-serve --help`` and docs/service.md list the same names, and a test
+builds a server with ``Settings(max_queue=1)`` without touching the environment.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DetectorKind = Literal["none", "http", "mmdet", "results"]
+
+
+class Settings(BaseSettings):
+    """Service configuration; defaults suit one CPU or GPU box serving a few clients."""
+
+    model_config = SettingsConfigDict(env_prefix="BPR_", extra="forbid", validate_default=True)
+
+    # --- where to listen (bpr-serve only; the app itself does not bind) -----------------
+    host: str = Field("127.0.0.1", description="interface to bind; 0.0.0.0 inside a container")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port; 0 picks a free one")
+
+    # --- the refiner --------------------------------------------------------------------
+    checkpoint: Path | None = Field(None, description="refiner checkpoint; None = the bundled default model")
+    device: str = Field("cpu", description="cpu, cuda or cuda:N (fp16 autocast on CUDA)")
+    nms_iou: float = Field(0.25, gt=0.0, le=1.0, description="default patch NMS IoU; requests may override it")
+    patch_size: int | None = Field(None, ge=4, description="override the checkpoint's patch size (image pixels)")
+    input_size: int | None = Field(None, ge=8, description="override the checkpoint's network input size")
+    cover_all: bool = Field(True, description="add patches until every boundary pixel is covered")
+    resolve_overlaps: bool = Field(True, description="newly gained pixels claimed twice go to the likelier instance")
+
+    # --- dynamic batching and backpressure ----------------------------------------------
+    max_batch_size: int = Field(64, ge=1, description="patches per network forward pass, pooled across requests")
+    max_wait_ms: float = Field(5.0, ge=0.0, description="how long a partly filled batch waits for more patches")
+    max_queue: int = Field(32, ge=0, description="requests admitted to /refine and /segment at once; more get 429")
+    max_queued_patches: int = Field(
+        20_000, ge=1, description="patches waiting for the network; a request that would exceed it gets 429"
+    )
+    request_timeout_s: float = Field(60.0, gt=0.0, description="per-request deadline; past it the answer is 503")
+    cpu_workers: int = Field(
+        default_factory=lambda: max(1, min(4, os.cpu_count() or 1)),
+        ge=1,
+        description="threads for decoding, patch extraction, reassembly and encoding",
+    )
+    shutdown_timeout_s: float = Field(30.0, ge=0.0, description="how long shutdown waits for in-flight requests")
+
+    # --- limits on client input ---------------------------------------------------------
+    max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1, description="largest request body, in bytes (413 above)")
+    max_pixels: int = Field(25_000_000, ge=1, description="largest image, in pixels (checked on the header first)")
+    max_instances: int = Field(256, ge=1, description="most instances in one request")
+    max_mask_pixels: int = Field(
+        400_000_000, ge=1, description="instances x height x width of one request (bounds mask memory)"
+    )
+
+    # --- security -----------------------------------------------------------------------
+    api_key: SecretStr | None = Field(None, description="if set, /refine, /segment and /v1/models need header X-API-Key")
+
+    # --- upstream detector for /segment -------------------------------------------------
+    detector: DetectorKind = Field("none", description="none, http, mmdet or results")
+    detector_url: str | None = Field(None, description="http: the upstream's detect endpoint (POST multipart 'image')")
+    detector_health_url: str | None = Field(None, description="http: readiness probe; default <scheme://host:port>/healthz")
+    detector_api_key: SecretStr | None = Field(None, description="http: sent to the upstream as header X-API-Key")
+    detector_timeout_s: float = Field(30.0, gt=0.0, description="http: timeout of one upstream call")
+    results_file: Path | None = Field(None, description="results: COCO results json with the precomputed detections")
+    results_image_info: Path | None = Field(None, description="results: COCO json whose 'images' give file_name per image_id")
+    results_images_dir: Path | None = Field(None, description="results: image folder, to also match uploads by content hash")
+    mmdet_config: Path | None = Field(None, description="mmdet: model config file (PointRend, HTC, Mask R-CNN...)")
+    mmdet_checkpoint: Path | None = Field(None, description="mmdet: model weights")
+    mmdet_device: str | None = Field(None, description="mmdet: device; default the refiner's")
+    min_score: float = Field(0.0, ge=0.0, le=1.0, description="/segment: drop detections below this score by default")
+
+    @model_validator(mode="after")
+    def _detector_needs_its_settings(self) -> "Settings":
+        """Fail at startup, naming the missing variable, rather than on the first /segment."""
+        needed = {
+            "http": ["detector_url"],
+            "results": ["results_file", "results_image_info"],
+            "mmdet": ["mmdet_config", "mmdet_checkpoint"],
+        }.get(self.detector, [])
+        missing = [f"BPR_{name.upper()}" for name in needed if getattr(self, name) is None]
+        if missing:
+            raise ValueError(f"BPR_DETECTOR={self.detector} needs {', '.join(missing)}")
+        return self

@@ -1,0 +1,94 @@
+"""COCO segmentations: every shape detectors write decodes, every malformed one is refused."""
+
+import json
+
+import numpy as np
+import pytest
+from pycocotools import mask as mask_utils
+
+from bpr.errors import BprInputError
+from bpr.io.coco import decode_segmentation, encode_mask, load_json, mask_to_bbox, write_json_atomic
+from bpr.io.images import decode_image_bytes
+from conftest import disk
+
+
+def test_rle_round_trip_with_str_counts():
+    m = disk(37, 53, 18, 20, 11)
+    rle = encode_mask(m)
+    assert isinstance(rle["counts"], str) and rle["size"] == [37, 53]
+    assert np.array_equal(decode_segmentation(rle, 37, 53), m)
+    json.dumps(rle)  # str counts are JSON-serialisable
+
+
+def test_uncompressed_rle_list_counts():
+    m = disk(20, 30, 10, 10, 6)
+    flat = m.flatten(order="F").astype(np.uint8)
+    changes = np.flatnonzero(np.diff(np.concatenate([[0], flat, [1 - flat[-1]]])))
+    counts = np.diff(np.concatenate([[0], changes])).tolist()
+    assert np.array_equal(decode_segmentation({"size": [20, 30], "counts": counts}, 20, 30), m)
+
+
+def test_polygons_decode_like_pycocotools():
+    poly = [[10.0, 10.0, 40.0, 10.0, 40.0, 30.0, 10.0, 30.0], [50, 5, 60, 5, 55, 15]]
+    got = decode_segmentation(poly, 50, 70)
+    want = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(poly, 50, 70))).astype(bool)
+    assert np.array_equal(got, want) and got.sum() > 0
+
+
+def test_bbox_matches_pycocotools():
+    m = disk(40, 60, 20, 25, 9)
+    assert mask_to_bbox(m) == list(mask_utils.toBbox(mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))))
+    assert mask_to_bbox(np.zeros((5, 5), bool)) == [0.0, 0.0, 0.0, 0.0]
+
+
+@pytest.mark.parametrize(
+    "seg, message",
+    [
+        ({"size": [10, 10], "counts": "@@@@!!"}, "malformed"),
+        ({"size": [10, 10], "counts": "0"}, "malformed"),
+        ({"size": [10, 12], "counts": "1"}, "does not match"),
+        ({"counts": "abc"}, "needs"),
+        ({"size": [10, 10], "counts": [50, 40]}, "sum to 90"),
+        ({"size": [10, 10], "counts": 5}, "string or a list"),
+        ([[1, 2, 3]], "even number"),
+        ([["a", 1, 2, 3, 4, 5]], "lists of numbers"),
+        ("nope", "RLE object or a list"),
+    ],
+)
+def test_malformed_segmentations_raise_one_line_errors(seg, message):
+    with pytest.raises(BprInputError, match=message) as info:
+        decode_segmentation(seg, 10, 10, what="results[3]")
+    assert "results[3]" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_load_json_errors(tmp_path):
+    with pytest.raises(BprInputError, match="not found"):
+        load_json(tmp_path / "nope.json")
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(BprInputError, match="not valid JSON"):
+        load_json(tmp_path / "bad.json")
+
+
+def test_atomic_write_leaves_no_partial_file_on_failure(tmp_path):
+    out = tmp_path / "out.json"
+    write_json_atomic(out, {"a": 1})
+    with pytest.raises(TypeError):
+        write_json_atomic(out, {"a": object()})
+    assert json.loads(out.read_text()) == {"a": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
+
+
+def test_image_bytes_errors_and_pixel_limit():
+    import cv2
+
+    with pytest.raises(BprInputError, match="empty"):
+        decode_image_bytes(b"")
+    with pytest.raises(BprInputError, match="not a readable image"):
+        decode_image_bytes(b"hello world, not an image")
+    ok, png = cv2.imencode(".png", np.zeros((100, 200, 3), np.uint8))
+    assert decode_image_bytes(png.tobytes()).shape == (100, 200, 3)
+    with pytest.raises(BprInputError, match="over the limit"):
+        decode_image_bytes(png.tobytes(), max_pixels=10_000)
+    ok, jpg = cv2.imencode(".jpg", np.zeros((100, 200, 3), np.uint8))
+    with pytest.raises(BprInputError, match="over the limit"):
+        decode_image_bytes(jpg.tobytes(), max_pixels=10_000)

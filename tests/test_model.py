@@ -1,0 +1,103 @@
+"""The refiner network: mmsegmentation-compatible names, shapes, and checkpoint loading."""
+
+from collections import OrderedDict
+
+import pytest
+import torch
+
+from bpr.errors import ModelNotAvailableError
+from bpr.modeling import RefinerConfig, RefinerNet, load_refiner, save_refiner
+from conftest import REPO
+
+COMPAT_KEYS = REPO.parent / "shared" / "compat" / "hrnet18s_bpr_mmseg_keys.txt"
+
+
+def _shape(t: torch.Tensor) -> str:
+    return "scalar" if t.dim() == 0 else "x".join(map(str, t.shape))
+
+
+def test_state_dict_matches_the_original_bpr_checkpoint_key_for_key():
+    expected = dict(line.split() for line in COMPAT_KEYS.read_text().splitlines())
+    got = {k: _shape(v) for k, v in RefinerNet(RefinerConfig()).state_dict().items()}
+    assert got == expected
+    n_float = sum(v.numel() for v in RefinerNet().state_dict().values() if v.is_floating_point())
+    assert n_float == 3_951_766
+
+
+@pytest.mark.parametrize("size", [64, 128])
+def test_output_is_two_class_logits_at_input_size(size):
+    net = RefinerNet(RefinerConfig(input_size=size)).eval()
+    with torch.inference_mode():
+        out = net(torch.randn(2, 3, size, size), torch.randn(2, 1, size, size))
+    assert out.shape == (2, 2, size, size)
+
+
+def test_mask_branch_changes_the_output():
+    torch.manual_seed(0)
+    net = RefinerNet(RefinerConfig(input_size=64)).eval()
+    img = torch.randn(1, 3, 64, 64)
+    with torch.inference_mode():
+        a = net(img, torch.ones(1, 1, 64, 64))
+        b = net(img, -torch.ones(1, 1, 64, 64))
+    assert not torch.allclose(a, b)
+
+
+def test_w48_variant_builds():
+    net = RefinerNet(RefinerConfig(arch="hr48", input_size=64))
+    assert net.state_dict()["backbone.transition1.0.0.weight"].shape[0] == 48
+
+
+def _mmseg_style_state(net: RefinerNet) -> "OrderedDict[str, torch.Tensor]":
+    return OrderedDict((k, v.clone()) for k, v in net.state_dict().items())
+
+
+@pytest.mark.parametrize("wrap", ["bare", "state_dict", "meta+state_dict", "module-prefix"])
+def test_original_bpr_checkpoints_load_in_every_wrapping(tmp_path, wrap):
+    torch.manual_seed(1)
+    src = RefinerNet(RefinerConfig())
+    sd = _mmseg_style_state(src)
+    sd["auxiliary_head.conv_seg.weight"] = torch.zeros(2, 3, 1, 1)  # training-only extra, dropped
+    if wrap == "bare":
+        obj = sd
+    elif wrap == "state_dict":
+        obj = {"state_dict": sd}
+    elif wrap == "module-prefix":
+        obj = {"state_dict": OrderedDict((f"module.{k}", v) for k, v in sd.items())}
+    else:
+        obj = {"meta": {"mmcv_version": "0.0", "CLASSES": ["bg", "fg"], "iter": 160000}, "state_dict": sd, "optimizer": {}}
+    path = tmp_path / "bpr.pth"
+    torch.save(obj, path)
+    net = load_refiner(path)
+    assert net.config.arch == "hr18s" and net.config.input_size == 128
+    x, m = torch.randn(1, 3, 128, 128), torch.randn(1, 1, 128, 128)
+    with torch.inference_mode():
+        assert torch.allclose(net(x, m), src.eval()(x, m), atol=1e-5)
+
+
+def test_nearest_upsampling_option_for_old_checkpoints(tmp_path):
+    torch.save(RefinerNet().state_dict(), tmp_path / "old.pth")
+    net = load_refiner(tmp_path / "old.pth", overrides={"upsample_mode": "nearest", "input_size": 64})
+    assert net.config.upsample_mode == "nearest"
+    assert net.backbone.stage2[0].upsample_mode == "nearest"
+
+
+def test_bpr_checkpoint_round_trip_keeps_config_and_weights_to_fp16(tmp_path):
+    torch.manual_seed(2)
+    net = RefinerNet(RefinerConfig(input_size=64, patch_size=48))
+    save_refiner(net, tmp_path / "m.pt", meta={"note": "x"})
+    back = load_refiner(tmp_path / "m.pt")
+    assert back.config == net.config
+    for k, v in net.state_dict().items():
+        if v.is_floating_point():
+            assert torch.allclose(back.state_dict()[k], v.half().float())
+
+
+def test_unreadable_or_foreign_checkpoints_fail_clearly(tmp_path):
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ModelNotAvailableError, match="cannot read"):
+        load_refiner(tmp_path / "junk.pt")
+    torch.save({"state_dict": {"backbone.foo": torch.zeros(1)}}, tmp_path / "foreign.pt")
+    with pytest.raises(ModelNotAvailableError, match="not a BPR"):
+        load_refiner(tmp_path / "foreign.pt")
+    with pytest.raises(ModelNotAvailableError, match="not found"):
+        load_refiner(tmp_path / "missing.pt")

@@ -1,0 +1,121 @@
+"""The Refiner: exactness of reassembly, order, edges, small images, batching across images."""
+
+import numpy as np
+import pytest
+import torch
+
+from bpr import BprInputError, ModelNotAvailableError, Refiner
+from bpr.io.coco import decode_segmentation, load_json
+from bpr.io.images import read_image
+from bpr.modeling import RefinerConfig
+from bpr.patches import boundary_candidates
+from bpr.reassemble import reassemble
+from conftest import IdentityNet, InvertNet, disk
+
+
+def _davis(data_dir, k=0):
+    gt = load_json(data_dir / "davis-dev-real" / "gt.json")
+    res = load_json(data_dir / "davis-dev-real" / "osvos.json")
+    info = {i["id"]: i for i in gt["images"]}[res[k]["image_id"]]
+    image = read_image(data_dir / "davis-dev-real" / "images" / info["file_name"])
+    return image, decode_segmentation(res[k]["segmentation"], info["height"], info["width"])
+
+
+def test_identity_refiner_returns_the_input_exactly(data_dir, identity_net):
+    image, m = _davis(data_dir)
+    masks = np.stack([m, np.roll(m, 40, axis=1), np.zeros_like(m)])
+    out = Refiner(net=identity_net).refine(image, masks)
+    assert out.dtype == bool and out.shape == masks.shape
+    assert np.array_equal(out, masks)
+
+
+def test_only_patch_covered_pixels_change_and_the_whole_boundary_is_covered(data_dir):
+    image, m = _davis(data_dir, 3)
+    out = Refiner(net=InvertNet(RefinerConfig(input_size=64)), resolve_overlaps=False).refine(image, m[None])[0]
+    ys, xs, _ = boundary_candidates(m)
+    assert (out[ys, xs] != m[ys, xs]).all()  # every boundary pixel was inside some patch
+    far = np.ones_like(m)
+    far[max(ys.min() - 64, 0) : ys.max() + 64, max(xs.min() - 64, 0) : xs.max() + 64] = False
+    assert np.array_equal(out[far], m[far])  # nothing far from the boundary moves
+
+
+def test_instances_keep_their_order_and_empty_masks_pass_through(identity_net):
+    image = np.random.default_rng(0).integers(0, 255, (120, 160, 3), dtype=np.uint8)
+    masks = np.stack([disk(120, 160, 60, 40, 20), np.zeros((120, 160), bool), disk(120, 160, 60, 120, 30)])
+    out = Refiner(net=identity_net).refine(image, masks)
+    assert np.array_equal(out, masks)
+
+
+@pytest.mark.parametrize("shape", [(40, 30), (50, 200), (200, 20), (64, 64)])
+def test_images_smaller_than_a_patch_are_padded_and_cropped_back(shape, random_checkpoint):
+    h, w = shape
+    image = np.full((h, w, 3), 128, np.uint8)
+    m = disk(h, w, h / 2, w / 2, min(h, w) / 3)
+    r = Refiner(checkpoint=random_checkpoint)
+    out = r.refine(image, m[None])
+    assert out.shape == (1, h, w)
+    assert r.stats.patches > 0
+    assert np.array_equal(Refiner(net=IdentityNet(RefinerConfig(input_size=64))).refine(image, m[None])[0], m)
+
+
+def test_mask_touching_right_and_bottom_edges_is_refined_there():
+    h, w = 100, 130
+    m = np.zeros((h, w), bool)
+    m[50:, 70:] = True
+    m[50:, 99] = False  # a notch ending on the last row
+    out = Refiner(net=InvertNet(RefinerConfig(input_size=64)), resolve_overlaps=False).refine(np.zeros((h, w, 3), np.uint8), m[None])[0]
+    assert out[h - 1, 99] != m[h - 1, 99]  # the last row is inside a patch
+
+
+def test_batching_across_images_gives_the_same_masks_as_one_by_one(data_dir, random_checkpoint):
+    items = [_davis(data_dir, k) for k in (0, 10, 20)]
+    one_by_one = [Refiner(checkpoint=random_checkpoint, batch_size=7).refine(img, m[None]) for img, m in items]
+    r = Refiner(checkpoint=random_checkpoint, batch_size=16)
+    pooled = list(r.refine_many((img, m[None]) for img, m in items))
+    for a, b in zip(one_by_one, pooled):
+        assert (a != b).mean() < 1e-5  # identical up to float summation order
+    assert r.stats.batches == -(-r.stats.patches // 16)  # all batches full but the last
+
+
+def test_torch_door_equals_numpy_door(data_dir, random_checkpoint):
+    image, m = _davis(data_dir, 5)
+    r = Refiner(checkpoint=random_checkpoint)
+    a = r.refine(image, m[None])
+    b = r.refine_torch(torch.from_numpy(image).permute(2, 0, 1), torch.from_numpy(m[None]))
+    assert np.array_equal(a, b.numpy())
+
+
+def test_gained_pixels_claimed_twice_go_to_the_more_confident_instance():
+    coarse = torch.zeros(2, 10, 10, dtype=torch.bool)
+    coarse[0, :, :4] = True
+    coarse[1, :, 6:] = True
+    corners = np.array([[0, 0], [0, 0]])
+    ids = np.array([0, 1])
+    probs = torch.zeros(2, 10, 10)
+    probs[0, :, :6] = 0.9  # instance 0 grows to column 5, confidently
+    probs[1, :, 4:] = 0.7  # instance 1 grows to column 4, less sure
+    out = reassemble(coarse, corners, ids, probs, resolve_overlaps=True)
+    assert out[0, :, :6].all() and not out[1, :, 4:6].any() and out[1, :, 6:].all()
+    kept = reassemble(coarse, corners, ids, probs, resolve_overlaps=False)
+    assert kept[1, :, 4:6].all()  # without resolution both keep the contested pixels
+
+
+def test_coarse_overlaps_are_left_alone():
+    coarse = torch.zeros(2, 10, 10, dtype=torch.bool)
+    coarse[:, 2:8, 2:8] = True
+    probs = coarse.float()
+    out = reassemble(coarse, np.array([[0, 0], [0, 0]]), np.array([0, 1]), probs)
+    assert torch.equal(out, coarse)
+
+
+def test_bad_inputs(random_checkpoint, tmp_path, monkeypatch):
+    r = Refiner(checkpoint=random_checkpoint)
+    with pytest.raises(BprInputError, match="does not match"):
+        r.refine(np.zeros((50, 60, 3), np.uint8), np.zeros((1, 50, 61), bool))
+    with pytest.raises(BprInputError, match="uint8"):
+        r.refine(np.zeros((50, 60, 3), np.float32), np.zeros((1, 50, 60), bool))
+    with pytest.raises(BprInputError):
+        Refiner(checkpoint=random_checkpoint, batch_size=0)
+    monkeypatch.setenv("BPR_DEFAULT_CHECKPOINT", str(tmp_path / "none.pt"))
+    with pytest.raises(ModelNotAvailableError, match="no trained model is bundled"):
+        Refiner()
