@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -81,6 +82,14 @@ def _progress(quiet: bool) -> Callable[[int], Callable[[], None]]:
     return start
 
 
+def _print_report(text: str) -> None:
+    """Print the table; a closed pipe (``bpr-eval ... | head``) must not stop --json / --plots."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (lives until exit, so the final flush succeeds)
+
+
 @run_cli("bpr-eval")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
@@ -89,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings(boundary_ratio=args.boundary_ratio, af_ratio=args.af_ratio, f_ratio=args.f_ratio)
     ev = evaluate(args.gt, args.results, settings, single_instance=single, names=args.names,
                   progress=_progress(args.quiet))
-    print(format_report(ev))
+    _print_report(format_report(ev))
     if args.json is not None:
         write_json_atomic(args.json, report_json(ev))
         print(f"bpr-eval: wrote {args.json}", file=sys.stderr)

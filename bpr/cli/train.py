@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="cpu or cuda")
     p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--max-minutes", type=float, help="stop cleanly after this much wall time (continue with --resume)")
     p.add_argument("--quiet", action="store_true")
     return p
 
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         cfg = make_config(args)
     trainer = Trainer(cfg, args.out, resume=args.resume)
-    path = trainer.run(progress=not args.quiet)
+    path = trainer.run(progress=not args.quiet, max_seconds=args.max_minutes * 60 if args.max_minutes else None)
     print(f"bpr-train: step {trainer.step}, {trainer.seconds:.0f} s of training -> {path}", file=sys.stderr)
     return 0
 

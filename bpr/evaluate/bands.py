@@ -12,9 +12,11 @@ the cost does not grow with the number of (detection, ground truth) pairs.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import cv2
 import numpy as np
+from pycocotools import mask as mask_utils
 
 
 def band_width(height: int, width: int, ratio: float) -> int:
@@ -36,28 +38,54 @@ def _bbox(mask: np.ndarray) -> tuple[int, int, int, int] | None:
     return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
 
 
-def boundary_band(mask: np.ndarray, d: int) -> np.ndarray:
-    """HxW bool band of width ``d`` px inside ``mask`` (HxW bool); empty mask -> empty band.
+def _band_crop(
+    mask: np.ndarray, d: int, box: tuple[int, int, int, int]
+) -> tuple[np.ndarray, int, int]:
+    """The band inside the foreground box ``box`` grown by d + 1 px: (crop, y0, x0).
 
-    Works on the mask's bounding box grown by d + 1 px: pixels of that crop outside the box
-    are background anyway, so eroding with "outside = background" at the crop edge changes
-    nothing, except where the crop edge is the image edge, which must count as background.
+    Pixels of that crop outside the box are background anyway, so eroding with "outside =
+    background" at the crop edge changes nothing, except where the crop edge is the image
+    edge, which must count as background.
     """
+    if d < 1:
+        raise ValueError(f"band width must be >= 1 px, got {d}")
+    h, w = mask.shape
+    y0, y1 = max(0, box[0] - d - 1), min(h, box[1] + d + 1)
+    x0, x1 = max(0, box[2] - d - 1), min(w, box[3] + d + 1)
+    crop = np.ascontiguousarray(mask[y0:y1, x0:x1], dtype=np.uint8)
+    kernel = np.ones((2 * d + 1, 2 * d + 1), dtype=np.uint8)
+    eroded = cv2.erode(crop, kernel, borderType=cv2.BORDER_CONSTANT, borderValue=0)
+    return crop > eroded, y0, x0
+
+
+def boundary_band(mask: np.ndarray, d: int) -> np.ndarray:
+    """HxW bool band of width ``d`` px inside ``mask`` (HxW bool); empty mask -> empty band."""
     if d < 1:
         raise ValueError(f"band width must be >= 1 px, got {d}")
     mask = np.asarray(mask, dtype=bool)
     band = np.zeros(mask.shape, dtype=bool)
     box = _bbox(mask)
-    if box is None:
-        return band
-    h, w = mask.shape
-    y0, y1 = max(0, box[0] - d - 1), min(h, box[1] + d + 1)
-    x0, x1 = max(0, box[2] - d - 1), min(w, box[3] + d + 1)
-    crop = np.ascontiguousarray(mask[y0:y1, x0:x1]).view(np.uint8)
-    kernel = np.ones((2 * d + 1, 2 * d + 1), dtype=np.uint8)
-    eroded = cv2.erode(crop, kernel, borderType=cv2.BORDER_CONSTANT, borderValue=0)
-    band[y0:y1, x0:x1] = crop.astype(bool) & ~eroded.astype(bool)
+    if box is not None:
+        crop, y0, x0 = _band_crop(mask, d, box)
+        band[y0 : y0 + crop.shape[0], x0 : x0 + crop.shape[1]] = crop
     return band
+
+
+def band_rle(mask: np.ndarray, d: int, rle: dict[str, Any]) -> dict[str, Any]:
+    """Compressed RLE of ``boundary_band(mask, d)``; ``rle`` is the mask's own RLE (for its box).
+
+    Written into a zeroed W x H buffer whose transpose is the Fortran-ordered H x W array
+    pycocotools encodes, so no full-image copy or reordering is made per mask.
+    """
+    h, w = mask.shape
+    buf = np.zeros((w, h), dtype=np.uint8)
+    bx, by, bw, bh = (int(v) for v in mask_utils.toBbox(rle))
+    if bw > 0 and bh > 0:
+        crop, y0, x0 = _band_crop(mask, d, (by, by + bh, bx, bx + bw))
+        buf[x0 : x0 + crop.shape[1], y0 : y0 + crop.shape[0]] = crop.T
+    out = mask_utils.encode(buf.T)
+    out["counts"] = out["counts"].decode("ascii")
+    return out
 
 
 def iou(a: np.ndarray, b: np.ndarray, empty: float = 0.0) -> float:

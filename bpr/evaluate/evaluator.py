@@ -82,6 +82,11 @@ class Evaluation:
     seconds: float
 
     @property
+    def has_groups(self) -> bool:
+        """Single-instance data whose file names group images into sequences (some group > 1 image)."""
+        return self.single_instance and len({self.gt.group(i) for i in self.gt.images}) < len(self.gt.images)
+
+    @property
     def unit_kind(self) -> str:
         return "image" if self.single_instance else "instance"
 

@@ -42,8 +42,9 @@ def _rows(ev: Evaluation) -> list[tuple[str, Callable[[FileSummary], float | Non
         rows.append(("J (mean IoU)", lambda f: f.single.j if f.single else None))
         rows.append((f"F (contour, tol {f_tol})", lambda f: f.single.f if f.single else None))
         rows.append(("J&F", lambda f: (f.single.j + f.single.f) / 2 if f.single else None))
-        rows.append(("J (mean of groups)", lambda f: f.single.j_groups if f.single else None))
-        rows.append(("F (mean of groups)", lambda f: f.single.f_groups if f.single else None))
+        if ev.has_groups:
+            rows.append(("J (mean of groups)", lambda f: f.single.j_groups if f.single else None))
+            rows.append(("F (mean of groups)", lambda f: f.single.f_groups if f.single else None))
     else:
         rows.append(("instance mIoU (best match)", lambda f: f.instance_miou))
     return rows
@@ -71,7 +72,7 @@ def format_report(ev: Evaluation) -> str:
             if ev.single_instance
             else ""
         ),
-        "all numbers in percent; deltas against the first file (" + names[0] + ")",
+        "all numbers in percent" + (f"; deltas against the first file ({names[0]})" if len(names) > 1 else ""),
         "",
     ]
     header = ["metric", *names, *(f"{n} - {names[0]}" for n in names[1:])]
@@ -81,9 +82,9 @@ def format_report(ev: Evaluation) -> str:
         body.append([label, *(_pct(v) for v in values), *(_delta(v, values[0]) for v in values[1:])])
     lines += _table(header, body)
 
-    if ev.single_instance:
-        lines += ["", "per group (file-name prefix before the last '_'): J / F"]
+    if ev.has_groups:
         groups = list(files[0].single.groups)
+        lines += ["", "per group (file-name prefix before the last '_'): J / F"]
         header = ["group", "images"]
         for n in names:
             header += [f"J {n}", f"F {n}"]
@@ -99,13 +100,14 @@ def format_report(ev: Evaluation) -> str:
                 row += [_delta(p.j, per[0].j), _delta(p.f, per[0].f)]
             body.append(row)
         lines += _table(header, body)
+    if ev.single_instance:
         merged = [f"{f.name}: {f.single.merged_images}" for f in files if f.single.merged_images]
         if merged:
             lines.append("images whose several predictions were merged (union) for J / F: " + ", ".join(merged))
 
     if len(files) > 1:
-        unit = ev.unit_kind
-        lines += ["", f"per {unit} IoU against {names[0]} ({files[1].vs_baseline.units if files[1].vs_baseline else 0} {unit}s)"]
+        unit, n_units = ev.unit_kind, ev.unit_ious.shape[1]
+        lines += ["", f"per {unit} IoU against {names[0]} ({n_units} {unit}s)"]
         header = ["file", "improved", "worsened", "worse by >1 pt", "mean dIoU"]
         body = []
         for f in files[1:]:

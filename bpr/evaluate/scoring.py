@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from bpr.evaluate.bands import band_width, boundary_band, iou
+from bpr.evaluate.bands import band_rle, band_width, iou
 from bpr.evaluate.contours import contour_fscore, tolerance_px
 from bpr.evaluate.data import GroundTruth, ResultsFile
 from bpr.io.coco import decode_segmentation, encode_mask, mask_to_bbox
@@ -115,7 +115,7 @@ def score_images(
             mask, rle = _decode(ann["segmentation"], h, w, f"{gt.path}: annotation id {ann['id']!r}")
             ann["segmentation"] = rle
             ann.setdefault("area", int(np.count_nonzero(mask)))
-            out.gt_bands[ann["id"]] = encode_mask(boundary_band(mask, d))
+            out.gt_bands[ann["id"]] = band_rle(mask, d, rle)
             gt_masks.append(mask)
         real = [j for j, ann in enumerate(anns) if not ann["iscrowd"]]
         gt_union = np.zeros((h, w), dtype=bool)
@@ -131,14 +131,14 @@ def score_images(
                 entry["segmentation"] = rle
                 if rf.boxes_given and "bbox" not in entry:
                     entry["bbox"] = mask_to_bbox(mask)
-                scores.bands[i] = encode_mask(boundary_band(mask, d))
+                scores.bands[i] = band_rle(mask, d, rle)
                 masks.append(mask)
 
-            ious = np.asarray(
-                mask_utils.iou([rf.entries[i]["segmentation"] for i in idx], [anns[j]["segmentation"] for j in real], [0] * len(real))
-                if idx and real
-                else np.zeros((len(idx), len(real)))
-            ).reshape(len(idx), len(real))
+            ious = np.zeros((len(idx), len(real)))
+            if idx and real:  # one vectorised RLE call for every (detection, instance) pair
+                det_rles = [rf.entries[i]["segmentation"] for i in idx]
+                gt_rles = [anns[j]["segmentation"] for j in real]
+                ious[:] = mask_utils.iou(det_rles, gt_rles, [0] * len(real))
             best, best_iou = _best_partners(
                 ious,
                 [rf.entries[i]["category_id"] for i in idx],

@@ -167,6 +167,7 @@ class Trainer:
     # ----------------------------------------------------------------- loop
     def train_step(self) -> float:
         images, coarse, target = self.batch(self.step)
+        torch.manual_seed(self.cfg.seed * 1_000_003 + self.step)  # dropout masks: resumable too
         for group in self.opt.param_groups:
             group["lr"] = _lr_at(self.cfg, self.step)
         with self._autocast():
@@ -207,8 +208,13 @@ class Trainer:
             "val_band_iou": b_inter / max(b_union, 1), "coarse_band_iou": cb_inter / max(cb_union, 1),
         }
 
-    def run(self, progress: bool = True) -> Path:
+    def run(self, progress: bool = True, until_step: int | None = None, max_seconds: float | None = None) -> Path:
+        """Train to ``cfg.iters`` (or stop early at ``until_step`` / after ``max_seconds`` of
+        wall time, saving state so that ``--resume`` continues exactly where it stopped)."""
         from tqdm import tqdm
+
+        stop_at = min(self.cfg.iters, until_step or self.cfg.iters)
+        deadline = time.monotonic() + max_seconds if max_seconds else None
 
         log_path = self.out / "log.csv"
         fields = ["step", "loss", "lr", "samples_per_s", "val_iou", "coarse_iou", "val_band_iou", "coarse_band_iou", "seconds"]
@@ -222,7 +228,7 @@ class Trainer:
         t_last = time.perf_counter()
         steps_since = 0
         try:
-            while self.step < self.cfg.iters:
+            while self.step < stop_at and (deadline is None or time.monotonic() < deadline):
                 t0 = time.perf_counter()
                 losses.append(self.train_step())
                 self.seconds += time.perf_counter() - t0

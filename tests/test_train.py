@@ -1,0 +1,134 @@
+"""Training: patch building, synthesis, the loop (loss goes down, resume is exact), and the
+trained checkpoint working in bpr-refine."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from bpr.cli.build_patches import main as build_main
+from bpr.cli.refine import main as refine_main
+from bpr.cli.train import main as train_main
+from bpr.io.coco import decode_segmentation, load_json
+from bpr.io.images import read_image
+from bpr.train.build_patches import crop_patches
+from bpr.train.loop import TrainConfig, Trainer, boundary_band
+from bpr.train.patch_store import PatchSet
+from bpr.train.synth import RECIPES, synthesize
+
+
+@pytest.fixture(scope="module")
+def patch_dir(tmp_path_factory, data_dir):
+    out = tmp_path_factory.mktemp("patches") / "davis"
+    code = build_main(["--gt", str(data_dir / "davis-train" / "gt.json"), "--images", str(data_dir / "davis-train" / "images"),
+                       "--out", str(out), "--max-images", "6", "--draws", "2", "--workers", "1", "--quiet", "--val-fraction", "0.3"])
+    assert code == 0
+    return out
+
+
+def test_patch_set_shapes_counts_and_manifest(patch_dir):
+    manifest = json.loads((patch_dir / "manifest.json").read_text())
+    ps = PatchSet.open([patch_dir])
+    n = manifest["total"]
+    assert n == sum(len(m) for m in ps.meta) > 6 * 2 * 5  # several patches per draw
+    assert ps.images[0].shape[1:] == (64, 64, 3) and ps.coarse[0].shape[1:] == (64, 64)
+    assert manifest["draws"] == 2 and set(manifest["mix"]) <= set(RECIPES)
+    assert len(ps.indices("train")) + len(ps.indices("val")) == n
+    assert len(ps.indices("val")) > 0
+
+
+def test_patch_target_is_the_ground_truth_crop_and_image_patch_the_image_crop(patch_dir, data_dir):
+    ps = PatchSet.open([patch_dir])
+    manifest = json.loads((patch_dir / "manifest.json").read_text())
+    gt = load_json(data_dir / "davis-train" / "gt.json")
+    by_name = {i["file_name"]: i for i in gt["images"]}
+    meta = ps.meta[0]
+    for row in (0, len(meta) // 2, len(meta) - 1):
+        rec = meta[row]
+        info = by_name[manifest["image_files"][rec["image"]]]
+        ann = [a for a in gt["annotations"] if a["image_id"] == info["id"]][rec["instance"]]
+        g = decode_segmentation(ann["segmentation"], info["height"], info["width"])
+        corner = np.array([[rec["y0"], rec["x0"]]])
+        assert np.array_equal(ps.target[0][row], crop_patches(g, corner, 64)[0].astype(np.uint8))
+        image = read_image(data_dir / "davis-train" / "images" / info["file_name"])
+        assert np.array_equal(ps.images[0][row], crop_patches(image, corner, 64)[0])
+
+
+@pytest.mark.parametrize("recipe", sorted(RECIPES))
+def test_every_recipe_differs_from_gt_but_overlaps_it(recipe, data_dir):
+    gt = load_json(data_dir / "davis-train" / "gt.json")
+    info, ann = gt["images"][3], gt["annotations"][3]
+    image = read_image(data_dir / "davis-train" / "images" / info["file_name"])
+    g = decode_segmentation(ann["segmentation"], info["height"], info["width"])
+    rng = np.random.default_rng(0)
+    ious = []
+    for _ in range(3):
+        c = RECIPES[recipe](image, g, rng)
+        assert c.shape == g.shape and c.dtype == bool
+        ious.append((c & g).sum() / (c | g).sum())
+    assert 0.3 < np.mean(ious) < 0.999
+
+
+def test_synthesize_draws_from_the_mix():
+    g = np.zeros((120, 160), bool)
+    g[30:90, 40:120] = True
+    image = np.random.default_rng(1).integers(0, 255, (120, 160, 3), dtype=np.uint8)
+    rng = np.random.default_rng(0)
+    names = {synthesize(image, g, rng, {"grid": 1.0})[1].split("+")[0] for _ in range(5)}
+    assert names == {"grid"}
+
+
+def test_boundary_band_marks_pixels_near_a_class_change():
+    t = torch.zeros(1, 10, 10, dtype=torch.uint8)
+    t[0, :, 5:] = 1
+    band = boundary_band(t, 1)[0]
+    assert band[:, 4:6].all() and not band[:, :4].any() and not band[:, 6:].any()
+
+
+def _cfg(patch_dir, **kw):
+    base = dict(patches=[str(patch_dir)], input_size=64, batch_size=8, iters=30, optimizer="adamw", lr=1e-3,
+                warmup_iters=0, eval_every=15, eval_patches=64, ckpt_every=10, seed=0, threads=2)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_a_few_steps_reduce_the_loss_on_a_tiny_set(patch_dir, tmp_path):
+    cfg = _cfg(patch_dir, augment=False)
+    trainer = Trainer(cfg, tmp_path / "run")
+    fixed = trainer.batch(0)
+    trainer.batch = lambda step: fixed  # overfit one batch
+    losses = [trainer.train_step() for _ in range(25)]
+    assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
+
+
+def test_resume_continues_from_the_same_step_with_the_same_weights(patch_dir, tmp_path):
+    straight = Trainer(_cfg(patch_dir, iters=20), tmp_path / "a")
+    straight.run(progress=False)
+    first = Trainer(_cfg(patch_dir, iters=20), tmp_path / "b")
+    first.run(progress=False, until_step=10)  # as if the session had ended at step 10
+    resumed = Trainer(_cfg(patch_dir, iters=20), tmp_path / "b", resume=True)
+    assert resumed.step == 10
+    resumed.run(progress=False)
+    assert resumed.step == 20
+    # Same batches in the same order from the same state -> the same weights (bf16 autocast
+    # and CPU kernels are deterministic here).
+    for (k, a), b in zip(straight.net.state_dict().items(), resumed.net.state_dict().values()):
+        if a.is_floating_point():
+            assert torch.allclose(a, b, atol=1e-5), k
+
+
+def test_train_cli_writes_log_plot_and_a_checkpoint_bpr_refine_accepts(patch_dir, tmp_path, data_dir):
+    run = tmp_path / "cli"
+    assert train_main(["--patches", str(patch_dir), "--out", str(run), "--iters", "12", "--batch-size", "4",
+                       "--eval-every", "6", "--input-size", "64", "--quiet"]) == 0
+    assert (run / "curves.png").stat().st_size > 1000
+    rows = (run / "log.csv").read_text().splitlines()
+    assert rows[0].startswith("step,loss") and len(rows) >= 3
+    assert train_main(["--patches", str(patch_dir), "--out", str(run), "--iters", "12", "--quiet"]) == 2  # no silent overwrite
+    res = json.loads((data_dir / "davis-dev-real" / "osvos.json").read_text())[:2]
+    (tmp_path / "r.json").write_text(json.dumps(res))
+    assert refine_main([str(tmp_path / "r.json"), "--images", str(data_dir / "davis-dev-real" / "images"),
+                        "--image-info", str(data_dir / "davis-dev-real" / "gt.json"), "--checkpoint", str(run / "model.pt"),
+                        "--quiet"]) == 0
+    assert len(json.loads((tmp_path / "r.refined.json").read_text())) == 2
