@@ -41,15 +41,22 @@ def boundary_candidates(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nd
     return ys + ys0, xs + xs0, scores
 
 
+def mask_extent(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    """[y0, x0, y1, x1) bounding box of a bool mask, None if empty (OpenCV: no full-image numpy pass)."""
+    x, y, w, h = cv2.boundingRect(mask.view(np.uint8))
+    if w == 0:
+        return None
+    return y, x, y + h, x + w
+
+
 def _crop_to_mask(mask: np.ndarray) -> tuple[int, int, np.ndarray | None]:
     """Crop to the mask's bounding box plus a 1 px margin, so big images cost little."""
-    rows = np.flatnonzero(mask.any(axis=1))
-    if rows.size == 0:
+    extent = mask_extent(mask)
+    if extent is None:
         return 0, 0, None
-    cols = np.flatnonzero(mask.any(axis=0))
-    y0, y1 = max(rows[0] - 1, 0), min(rows[-1] + 2, mask.shape[0])
-    x0, x1 = max(cols[0] - 1, 0), min(cols[-1] + 2, mask.shape[1])
-    return int(y0), int(x0), mask[y0:y1, x0:x1]
+    y0, x0 = max(extent[0] - 1, 0), max(extent[1] - 1, 0)
+    y1, x1 = min(extent[2] + 1, mask.shape[0]), min(extent[3] + 1, mask.shape[1])
+    return y0, x0, mask[y0:y1, x0:x1]
 
 
 def squares_inside(ys: np.ndarray, xs: np.ndarray, patch_size: int, height: int, width: int) -> np.ndarray:

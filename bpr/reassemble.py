@@ -15,6 +15,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from bpr.patches import mask_extent
+
 
 def instance_regions(corners: np.ndarray, instance_ids: np.ndarray, patch_size: int, num_instances: int) -> np.ndarray:
     """(N, 4) [y0, x0, y1, x1] spanned by each instance's patches; all zeros without patches."""
@@ -38,11 +40,14 @@ def reassemble(
     probs: torch.Tensor,
     resolve_overlaps: bool = True,
     threshold: float = 0.5,
+    extents: np.ndarray | None = None,
 ) -> torch.Tensor:
     """Paste patch probabilities back.
 
     coarse: (N, H, W) bool; corners: (P, 2) int [y0, x0]; instance_ids: (P,) int in [0, N);
-    probs: (P, S, S) float foreground probability per patch. Returns (N, H, W) bool.
+    probs: (P, S, S) float foreground probability per patch; extents: optional (N, 4) boxes
+    of the coarse masks (see ``coarse_extents``), computed here when needed and not given.
+    Returns (N, H, W) bool.
     """
     refined = coarse.clone()
     n = coarse.shape[0]
@@ -86,28 +91,71 @@ def reassemble(
         refined[i, y0:y1, x0:x1] = torch.where(c > 0, prob > threshold, old)
         probabilities[int(i)] = prob
     if resolve_overlaps and n > 1:
-        _resolve_gained_overlaps(coarse, refined, regions, probabilities)
+        _resolve_gained_overlaps(coarse, refined, regions, probabilities, extents)
     return refined
 
 
+def coarse_extents(coarse: np.ndarray) -> np.ndarray:
+    """(N, 4) [y0, x0, y1, x1) box of each coarse mask (zeros if empty), via OpenCV."""
+    ext = np.zeros((coarse.shape[0], 4), dtype=np.int64)
+    for i, m in enumerate(coarse):
+        box = mask_extent(m)
+        if box is not None:
+            ext[i] = box
+    return ext
+
+
+def _claim_boxes(extents: np.ndarray, regions: np.ndarray) -> np.ndarray:
+    """Box that holds every pixel an instance can claim: its coarse box joined with its patch region."""
+    has_region = regions[:, 2] > regions[:, 0]
+    empty = extents[:, 2] == extents[:, 0]
+    out = extents.copy()
+    out[has_region & empty] = regions[has_region & empty]
+    both = has_region & ~empty
+    out[both, :2] = np.minimum(extents[both, :2], regions[both, :2])
+    out[both, 2:] = np.maximum(extents[both, 2:], regions[both, 2:])
+    return out
+
+
 def _resolve_gained_overlaps(
-    coarse: torch.Tensor, refined: torch.Tensor, regions: np.ndarray, probabilities: dict[int, torch.Tensor]
+    coarse: torch.Tensor,
+    refined: torch.Tensor,
+    regions: np.ndarray,
+    probabilities: dict[int, torch.Tensor],
+    extents: np.ndarray | None,
 ) -> None:
-    """Drop newly gained pixels that another, more confident instance also claims (in place)."""
-    claims = refined.sum(dim=0, dtype=torch.int16)
-    if not bool((claims > 1).any()):
-        return
-    best = torch.zeros(coarse.shape[1:], device=coarse.device, dtype=torch.float32)
-    for i in range(coarse.shape[0]):
-        if i in probabilities:
-            y0, x0, y1, x1 = (int(v) for v in regions[i])
-            view = best[y0:y1, x0:x1]
-            torch.maximum(view, probabilities[i] * refined[i, y0:y1, x0:x1], out=view)
-        else:  # no patches: the coarse mask stands, with full confidence
-            torch.maximum(best, refined[i].float(), out=best)
+    """Drop newly gained pixels that another, more confident instance also claims (in place).
+
+    Only pairs whose boxes meet are compared, so the cost follows the instances' sizes, not
+    N times the image. Outside its patches an instance's pixels count with confidence 1.
+    """
+    ext = None
     for i, prob in probabilities.items():
         y0, x0, y1, x1 = (int(v) for v in regions[i])
-        region = refined[i, y0:y1, x0:x1]
-        gained = region & ~coarse[i, y0:y1, x0:x1]
-        lose = gained & (claims[y0:y1, x0:x1] > 1) & (prob < best[y0:y1, x0:x1])
-        region &= ~lose
+        gained = refined[i, y0:y1, x0:x1] & ~coarse[i, y0:y1, x0:x1]
+        if not bool(gained.any()):
+            continue
+        if ext is None:
+            if extents is None:
+                extents = coarse_extents(coarse.cpu().numpy())
+            ext = _claim_boxes(extents, regions)
+        best_other = torch.full(gained.shape, -1.0, device=prob.device)
+        for j in range(coarse.shape[0]):
+            oy0, ox0 = max(y0, int(ext[j, 0])), max(x0, int(ext[j, 1]))
+            oy1, ox1 = min(y1, int(ext[j, 2])), min(x1, int(ext[j, 3]))
+            if j == i or oy0 >= oy1 or ox0 >= ox1:
+                continue
+            claim = refined[j, oy0:oy1, ox0:ox1]
+            conf = claim.float()
+            if j in probabilities:  # inside j's patch region its confidence is its probability
+                ry0, rx0, ry1, rx1 = (int(v) for v in regions[j])
+                iy0, ix0, iy1, ix1 = max(oy0, ry0), max(ox0, rx0), min(oy1, ry1), min(ox1, rx1)
+                if iy0 < iy1 and ix0 < ix1:
+                    conf[iy0 - oy0 : iy1 - oy0, ix0 - ox0 : ix1 - ox0] = (
+                        probabilities[j][iy0 - ry0 : iy1 - ry0, ix0 - rx0 : ix1 - rx0]
+                        * claim[iy0 - oy0 : iy1 - oy0, ix0 - ox0 : ix1 - ox0]
+                    )
+            view = best_other[oy0 - y0 : oy1 - y0, ox0 - x0 : ox1 - x0]
+            torch.maximum(view, torch.where(claim, conf, torch.full_like(conf, -1.0)), out=view)
+        lose = gained & (best_other > prob)
+        refined[i, y0:y1, x0:x1] &= ~lose

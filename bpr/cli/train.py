@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.resume and (args.out / "config.json").is_file() and not args.patches and not args.config:
         cfg = TrainConfig(**json.loads((args.out / "config.json").read_text()))
-        for name in ("iters",):
+        for name in ("iters", "threads", "device", "eval_every", "ckpt_every"):
             if getattr(args, name, None) is not None:
                 setattr(cfg, name, getattr(args, name))
     else:

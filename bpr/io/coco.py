@@ -100,35 +100,35 @@ def decode_segmentation(seg: Any, height: int, width: int, what: str = "segmenta
 
 
 def _compressed_rle_is_valid(counts: bytes, n_pixels: int) -> bool:
-    """Parse COCO's LEB128-like compressed counts and check they cover exactly n_pixels.
+    """Parse COCO's compressed counts (vectorised) and check they cover exactly n_pixels.
 
     pycocotools reads past malformed strings without complaint (and can produce garbage
-    masks), so the string is validated here first. The format: each run is a sequence of
-    5-bit groups in chars 48..111, bit 0x20 = continuation, bit 0x10 of the last group =
-    sign; runs after the second are stored as deltas to the run two before.
+    masks), so the string is validated here first. The format: each run is a group of 5-bit
+    chunks in chars 48..111, bit 0x20 = "more chunks follow", bit 0x10 of a group's last
+    chunk = sign; runs after the second are stored as deltas to the run two before.
     """
-    runs: list[int] = []
-    i, n = 0, len(counts)
-    while i < n:
-        value, shift, more = 0, 0, True
-        while more:
-            if i >= n:
-                return False
-            c = counts[i] - 48
-            if c < 0 or c > 63:
-                return False
-            value |= (c & 0x1F) << (5 * shift)
-            more = bool(c & 0x20)
-            i += 1
-            shift += 1
-            if not more and (c & 0x10):
-                value |= -1 << (5 * shift)
-        if len(runs) > 2:
-            value += runs[-2]
-        if value < 0:
-            return False
-        runs.append(value)
-    return sum(runs) == n_pixels
+    c = np.frombuffer(counts, dtype=np.uint8).astype(np.int64) - 48
+    if c.size == 0:
+        return n_pixels == 0
+    if (c < 0).any() or (c > 63).any() or (c[-1] & 0x20):
+        return False
+    last = (c & 0x20) == 0  # the last chunk of each run
+    run_id = np.concatenate([[0], np.cumsum(last)[:-1]])
+    starts = np.flatnonzero(np.concatenate([[True], last[:-1]]))
+    position = np.arange(c.size) - starts[run_id]  # chunk index inside its run
+    if position.max() > 11:  # more than 60 bits: not a count any encoder writes
+        return False
+    values = np.bincount(run_id, weights=(c & 0x1F) << (5 * position)).astype(np.int64)
+    ends = np.flatnonzero(last)
+    negative = (c[ends] & 0x10) != 0
+    values[negative] -= np.left_shift(1, 5 * (position[ends][negative] + 1))
+    runs = values.copy()
+    # runs[i] = values[i] + runs[i - 2] for i >= 3: two interleaved cumulative sums.
+    if runs.size > 3:
+        runs[3::2] = np.cumsum(values[1::2])[1:]
+    if runs.size > 4:
+        runs[4::2] = values[2] + np.cumsum(values[4::2])
+    return bool((runs >= 0).all()) and int(runs.sum()) == n_pixels
 
 
 def encode_mask(mask: np.ndarray) -> dict:
