@@ -100,6 +100,8 @@ class Refiner:
         patch_size / input_size: override the checkpoint's (image pixels cut / network input).
         cover_all: add patches until every boundary pixel is covered (see patches.py).
         resolve_overlaps: give newly gained pixels claimed twice to the likelier instance.
+        precision: "auto" (fp16 autocast on CUDA, fp32 on CPU), "fp32", "bf16" (about 1.7x
+            faster on CPUs with AVX512-BF16/AMX; the default model was trained in bf16) or "fp16".
         net: an already built RefinerNet (tests, training); replaces ``checkpoint``.
     """
 
@@ -113,9 +115,17 @@ class Refiner:
         input_size: int | None = None,
         cover_all: bool = True,
         resolve_overlaps: bool = True,
+        precision: str = "auto",
         net: RefinerNet | None = None,
     ) -> None:
         self.device = torch.device(device)
+        if precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise BprInputError(f"precision must be auto, fp32, bf16 or fp16, got {precision!r}")
+        if precision == "fp16" and self.device.type != "cuda":
+            raise BprInputError("fp16 precision needs a CUDA device; use bf16 on CPU")
+        if precision == "auto":
+            precision = "fp16" if self.device.type == "cuda" else "fp32"
+        self.precision = precision
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise BprInputError("--device cuda was asked for, but PyTorch sees no CUDA device")
         if batch_size < 1:
@@ -257,7 +267,8 @@ class Refiner:
                 feed.appendleft((job, end))
         images = torch.cat([j.image_patches[a:b] for j, a, b in parts])
         masks = torch.cat([j.mask_patches[a:b] for j, a, b in parts])
-        with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=self.device.type == "cuda"):
+        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.precision)
+        with torch.autocast(device_type=self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             probs = self.net.foreground_probability(images, masks)
         offset = 0
         for job, a, b in parts:

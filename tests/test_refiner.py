@@ -119,3 +119,15 @@ def test_bad_inputs(random_checkpoint, tmp_path, monkeypatch):
     monkeypatch.setenv("BPR_DEFAULT_CHECKPOINT", str(tmp_path / "none.pt"))
     with pytest.raises(ModelNotAvailableError, match="no trained model is bundled"):
         Refiner()
+
+
+def test_precision_options(random_checkpoint):
+    image = np.full((80, 90, 3), 100, np.uint8)
+    m = disk(80, 90, 40, 45, 25)[None]
+    fp32 = Refiner(checkpoint=random_checkpoint, precision="fp32").refine(image, m)
+    bf16 = Refiner(checkpoint=random_checkpoint, precision="bf16").refine(image, m)
+    assert bf16.shape == fp32.shape and bf16.dtype == bool
+    with pytest.raises(BprInputError, match="CUDA"):
+        Refiner(checkpoint=random_checkpoint, precision="fp16")
+    with pytest.raises(BprInputError, match="precision"):
+        Refiner(checkpoint=random_checkpoint, precision="int8")

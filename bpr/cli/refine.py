@@ -33,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="output json (default: <input stem>.refined.json beside the input)")
     p.add_argument("--checkpoint", type=Path, help="refiner checkpoint (default: the bundled model)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (fp16 autocast on CUDA)")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="auto: fp16 on CUDA, fp32 on CPU; bf16 is ~1.7x faster on recent CPUs")
     p.add_argument("--batch-size", type=int, default=64, help="patches per network pass (default 64)")
     p.add_argument("--patch-size", type=int, default=None, help="square cut around the boundary, in image pixels (default: the checkpoint's, 64)")
     p.add_argument("--input-size", type=int, default=None, help="network input size the patch is resized to (default: the checkpoint's)")
@@ -72,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         input_size=args.input_size,
         cover_all=not args.no_cover_all,
         resolve_overlaps=not args.keep_overlaps,
+        precision=args.precision,
     )
     refined: list[dict[str, Any] | None] = [None] * len(results)
     start = time.perf_counter()
