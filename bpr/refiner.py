@@ -100,6 +100,8 @@ class Refiner:
         patch_size / input_size: override the checkpoint's (image pixels cut / network input).
         cover_all: add patches until every boundary pixel is covered (see patches.py).
         resolve_overlaps: give newly gained pixels claimed twice to the likelier instance.
+        flip_tta: also run every patch mirrored and average the two probabilities (2x network
+            time; steadier boundaries). None = what the checkpoint recommends (its config).
         precision: "auto" (fp16 autocast on CUDA, fp32 on CPU), "fp32", "bf16" (about 1.7x
             faster on CPUs with AVX512-BF16/AMX; the default model was trained in bf16) or "fp16".
         net: an already built RefinerNet (tests, training); replaces ``checkpoint``.
@@ -116,6 +118,7 @@ class Refiner:
         cover_all: bool = True,
         resolve_overlaps: bool = True,
         precision: str = "auto",
+        flip_tta: bool | None = None,
         net: RefinerNet | None = None,
     ) -> None:
         self.device = torch.device(device)
@@ -146,6 +149,7 @@ class Refiner:
             net = net.to(self.device).eval()
             self.checkpoint = None
         self.net = net
+        self.flip_tta = net.config.flip_tta if flip_tta is None else flip_tta
         self.patch_size = patch_size or net.config.patch_size
         if self.patch_size < 4:
             raise BprInputError(f"patch size must be at least 4 pixels, got {self.patch_size}")
@@ -270,6 +274,8 @@ class Refiner:
         dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.precision)
         with torch.autocast(device_type=self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             probs = self.net.foreground_probability(images, masks)
+            if self.flip_tta:
+                probs = 0.5 * (probs + self.net.foreground_probability(images.flip(-1), masks.flip(-1)).flip(-1))
         offset = 0
         for job, a, b in parts:
             job.probs[a:b] = probs[offset : offset + b - a]

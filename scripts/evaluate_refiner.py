@@ -29,6 +29,7 @@ def main() -> None:
     p.add_argument("--nms", type=float, nargs="+", default=[0.25])
     p.add_argument("--data", type=Path, default=DATA)
     p.add_argument("--json", type=Path)
+    p.add_argument("--extra", nargs="*", default=[], help="more bpr-refine flags, e.g. --extra=--flip-tta")
     args = p.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -37,7 +38,7 @@ def main() -> None:
                 out = Path(tmp) / f"{pred}.nms{nms}.json"
                 code = refine_main([str(args.data / f"{pred}.json"), "--images", str(args.data / "images"),
                                     "--image-info", str(args.data / "gt.json"), "--checkpoint", str(args.checkpoint),
-                                    "--nms-iou", str(nms), "--out", str(out), "--quiet"])
+                                    "--nms-iou", str(nms), "--out", str(out), "--quiet", *args.extra])
                 if code:
                     raise SystemExit(code)
                 ev = evaluate(args.data / "gt.json", [args.data / f"{pred}.json", out], names=[pred, "refined"])

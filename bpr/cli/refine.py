@@ -39,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patch-size", type=int, default=None, help="square cut around the boundary, in image pixels (default: the checkpoint's, 64)")
     p.add_argument("--input-size", type=int, default=None, help="network input size the patch is resized to (default: the checkpoint's)")
     p.add_argument("--nms-iou", type=float, default=0.25, help="patch NMS IoU: 0.25 sparse, 0.55 dense (default 0.25)")
+    p.add_argument("--flip-tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="average each patch with its mirror image (2x network time; default: as the checkpoint recommends)")
     p.add_argument("--no-cover-all", action="store_true", help="plain NMS only, even if a few boundary pixels stay uncovered")
     p.add_argument("--keep-overlaps", action="store_true", help="do not resolve pixels newly claimed by two instances")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
@@ -75,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         cover_all=not args.no_cover_all,
         resolve_overlaps=not args.keep_overlaps,
         precision=args.precision,
+        flip_tta=args.flip_tta,
     )
     refined: list[dict[str, Any] | None] = [None] * len(results)
     start = time.perf_counter()

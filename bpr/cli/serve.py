@@ -29,6 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, help="TCP port (BPR_PORT, default 8000; 0 = any free port)")
     p.add_argument("--checkpoint", type=Path, help="refiner checkpoint (BPR_CHECKPOINT, default: the bundled model)")
     p.add_argument("--device", help="cpu, cuda or cuda:N (BPR_DEVICE, default cpu)")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="network precision (BPR_PRECISION, default auto: fp16 on CUDA, fp32 on CPU)")
     p.add_argument("--max-batch-size", type=int, help="patches per forward pass, pooled across requests (BPR_MAX_BATCH_SIZE, 64)")
     p.add_argument("--max-wait-ms", type=float, help="how long a partly filled batch waits (BPR_MAX_WAIT_MS, 5)")
     p.add_argument("--detector", choices=["none", "http", "mmdet", "results"], help="upstream detector for /segment (BPR_DETECTOR)")

@@ -27,6 +27,7 @@ class RefinerConfig:
     input_size: int = 128
     patch_size: int = 64
     upsample_mode: str = "bilinear"  # HRNet fuse-layer upsampling; "nearest" for mmseg 0.x weights
+    flip_tta: bool = False  # recommended inference: average each patch with its mirror image
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -1,0 +1,37 @@
+#!/usr/bin/env python
+"""Turn a training run's model.pt into a shippable checkpoint: fp16 weights, inference
+recommendations (flip TTA) in its config, and the evaluation numbers in its meta.
+
+    python scripts/package_model.py work/runs/default/model.pt models/bpr_default.pt --flip-tta [--eval models/bpr_default.eval.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+
+import torch
+
+from bpr.modeling.checkpoint import load_refiner, save_refiner
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("src", type=Path)
+    p.add_argument("dst", type=Path)
+    p.add_argument("--flip-tta", action="store_true", help="recommend flip test-time augmentation")
+    p.add_argument("--eval", type=Path, help="evaluation json (scripts/evaluate_refiner.py --json) to embed")
+    args = p.parse_args()
+    net = load_refiner(args.src)
+    net.config = dataclasses.replace(net.config, flip_tta=args.flip_tta)
+    meta = torch.load(args.src, map_location="cpu", weights_only=True).get("meta", {})
+    if args.eval:
+        meta["evaluation"] = json.loads(args.eval.read_text())
+    save_refiner(net, args.dst, meta=meta)
+    print(f"{args.dst}: {args.dst.stat().st_size / 1e6:.1f} MB, config {net.config}")
+
+
+if __name__ == "__main__":
+    main()
