@@ -29,15 +29,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, help="TCP port (BPR_PORT, default 8000; 0 = any free port)")
     p.add_argument("--checkpoint", type=Path, help="refiner checkpoint (BPR_CHECKPOINT, default: the bundled model)")
     p.add_argument("--device", help="cpu, cuda or cuda:N (BPR_DEVICE, default cpu)")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"],
-                   help="network precision (BPR_PRECISION, default auto: fp16 on CUDA, fp32 on CPU)")
-    p.add_argument("--max-batch-size", type=int, help="patches per forward pass, pooled across requests (BPR_MAX_BATCH_SIZE, 64)")
+    p.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        help="network precision (BPR_PRECISION, default auto: fp16 on CUDA, fp32 on CPU)",
+    )
+    p.add_argument(
+        "--max-batch-size", type=int, help="patches per forward pass, pooled across requests (BPR_MAX_BATCH_SIZE, 64)"
+    )
     p.add_argument("--max-wait-ms", type=float, help="how long a partly filled batch waits (BPR_MAX_WAIT_MS, 5)")
-    p.add_argument("--detector", choices=["none", "http", "mmdet", "results"], help="upstream detector for /segment (BPR_DETECTOR)")
+    p.add_argument(
+        "--detector", choices=["none", "http", "mmdet", "results"], help="upstream detector for /segment (BPR_DETECTOR)"
+    )
     p.add_argument("--detector-url", help="http detector: the upstream's detect URL (BPR_DETECTOR_URL)")
-    p.add_argument("--results", dest="results_file", type=Path, help="results detector: COCO results json (BPR_RESULTS_FILE)")
-    p.add_argument("--image-info", dest="results_image_info", type=Path, help="results detector: COCO json with 'images' (BPR_RESULTS_IMAGE_INFO)")
-    p.add_argument("--images", dest="results_images_dir", type=Path, help="results detector: image folder, to match uploads by hash (BPR_RESULTS_IMAGES_DIR)")
+    p.add_argument(
+        "--results", dest="results_file", type=Path, help="results detector: COCO results json (BPR_RESULTS_FILE)"
+    )
+    p.add_argument(
+        "--image-info",
+        dest="results_image_info",
+        type=Path,
+        help="results detector: COCO json with 'images' (BPR_RESULTS_IMAGE_INFO)",
+    )
+    p.add_argument(
+        "--images",
+        dest="results_images_dir",
+        type=Path,
+        help="results detector: image folder, to match uploads by hash (BPR_RESULTS_IMAGES_DIR)",
+    )
     p.add_argument("--mmdet-config", type=Path, help="mmdet detector: config file (BPR_MMDET_CONFIG)")
     p.add_argument("--mmdet-checkpoint", type=Path, help="mmdet detector: weights (BPR_MMDET_CHECKPOINT)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])

@@ -15,6 +15,7 @@ from typing import Any
 
 from bpr.errors import BprInputError
 from bpr.io.coco import load_json
+from bpr.io.datasets import load_results as read_results_list
 
 
 def _is_number(value: Any) -> bool:
@@ -136,23 +137,12 @@ class ResultsFile:
 def load_results(path: str | os.PathLike, gt: GroundTruth, name: str | None = None) -> ResultsFile:
     """Load and check a COCO results file against the ground truth's images and categories."""
     path = Path(path)
-    data = load_json(path)
-    if isinstance(data, dict) and isinstance(data.get("annotations"), list):
-        data = data["annotations"]  # a full COCO file works too
-    if not isinstance(data, list):
-        raise BprInputError(f"{path}: a COCO results file must be a JSON list of entries")
-    if not data:
-        raise BprInputError(f"{path}: the results list is empty, nothing to evaluate")
+    data = read_results_list(path, required=("image_id", "category_id", "segmentation"), purpose="evaluate")
     entries: list[dict[str, Any]] = []
     by_image: dict[Any, list[int]] = defaultdict(list)
     unknown_images: list[Any] = []
     unknown_cats: list[Any] = []
     for i, raw in enumerate(data):
-        if not isinstance(raw, dict):
-            raise BprInputError(f"{path}: results[{i}] is not an object")
-        for key in ("image_id", "category_id", "segmentation"):
-            if key not in raw:
-                raise BprInputError(f"{path}: results[{i}] has no '{key}'")
         entry = {k: v for k, v in raw.items() if k not in ("id", "area", "iscrowd")}  # loadRes sets these
         if "score" not in entry:
             entry["score"] = 1.0  # segmenters without confidences: all detections rank equal

@@ -12,21 +12,27 @@ from bpr.io.coco import load_json
 from bpr.io.images import find_image_by_stem
 
 
-def load_results(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """A COCO results file: a non-empty list of entries with image_id and segmentation."""
+def load_results(
+    path: str | os.PathLike, required: tuple[str, ...] = ("image_id", "segmentation"), purpose: str = "refine"
+) -> list[dict[str, Any]]:
+    """A COCO results file: a non-empty list of objects that all have the ``required`` keys.
+
+    A full COCO file (a dict with an ``annotations`` list) is accepted too. Shared by
+    bpr-refine and bpr-eval so that both refuse the same files with the same words.
+    """
     results = load_json(path)
     if isinstance(results, dict) and isinstance(results.get("annotations"), list):
         results = results["annotations"]  # a full COCO file works too
     if not isinstance(results, list):
         raise BprInputError(f"{path}: a COCO results file must be a JSON list of entries")
     if not results:
-        raise BprInputError(f"{path}: the results list is empty, nothing to refine")
+        raise BprInputError(f"{path}: the results list is empty, nothing to {purpose}")
     for i, entry in enumerate(results):
         if not isinstance(entry, dict):
-            raise BprInputError(f"{path}: entry {i} is not an object")
-        for key in ("image_id", "segmentation"):
+            raise BprInputError(f"{path}: results[{i}] is not an object")
+        for key in required:
             if key not in entry:
-                raise BprInputError(f"{path}: entry {i} has no '{key}'")
+                raise BprInputError(f"{path}: results[{i}] has no '{key}'")
     return results
 
 
