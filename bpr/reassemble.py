@@ -124,10 +124,13 @@ def _resolve_gained_overlaps(
     probabilities: dict[int, torch.Tensor],
     extents: np.ndarray | None,
 ) -> None:
-    """Drop newly gained pixels that another, more confident instance also claims (in place).
+    """Give every pixel that refinement newly makes shared to its most confident claimant (in place).
 
-    Only pairs whose boxes meet are compared, so the cost follows the instances' sizes, not
-    N times the image. Outside its patches an instance's pixels count with confidence 1.
+    A pixel instance i gained while another instance claims it goes to whichever is more
+    confident: i loses it, or the others do. Only pairs whose boxes meet are compared, so
+    the cost follows the instances' sizes, not N times the image. Outside its patches an
+    instance's pixels count with confidence 1. Overlaps already in the coarse masks are not
+    touched (i did not gain those pixels).
     """
     ext = None
     for i, prob in probabilities.items():
@@ -140,11 +143,13 @@ def _resolve_gained_overlaps(
                 extents = coarse_extents(coarse.cpu().numpy())
             ext = _claim_boxes(extents, regions)
         best_other = torch.full(gained.shape, -1.0, device=prob.device)
+        rivals: list[tuple[int, int, int, int, int]] = []
         for j in range(coarse.shape[0]):
             oy0, ox0 = max(y0, int(ext[j, 0])), max(x0, int(ext[j, 1]))
             oy1, ox1 = min(y1, int(ext[j, 2])), min(x1, int(ext[j, 3]))
             if j == i or oy0 >= oy1 or ox0 >= ox1:
                 continue
+            rivals.append((j, oy0, ox0, oy1, ox1))
             claim = refined[j, oy0:oy1, ox0:ox1]
             conf = claim.float()
             if j in probabilities:  # inside j's patch region its confidence is its probability
@@ -157,5 +162,10 @@ def _resolve_gained_overlaps(
                     )
             view = best_other[oy0 - y0 : oy1 - y0, ox0 - x0 : ox1 - x0]
             torch.maximum(view, torch.where(claim, conf, torch.full_like(conf, -1.0)), out=view)
-        lose = gained & (best_other > prob)
-        refined[i, y0:y1, x0:x1] &= ~lose
+        contested = gained & (best_other >= 0)
+        if not bool(contested.any()):
+            continue
+        refined[i, y0:y1, x0:x1] &= ~(contested & (best_other > prob))
+        wins = contested & (prob > best_other)
+        for j, oy0, ox0, oy1, ox1 in rivals:
+            refined[j, oy0:oy1, ox0:ox1] &= ~wins[oy0 - y0 : oy1 - y0, ox0 - x0 : ox1 - x0]

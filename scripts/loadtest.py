@@ -69,8 +69,14 @@ def load_payloads(data_dir: Path, results_name: str, limit: int) -> list[tuple[s
 def scrape(url: str) -> dict[str, float]:
     """The few /metrics samples the report needs."""
     text = httpx.get(f"{url}/metrics", timeout=30).text
-    wanted = ("bpr_patches_total", "bpr_instances_total", "bpr_batch_patches_sum", "bpr_batch_patches_count",
-              "bpr_batch_requests_sum", "bpr_batch_requests_count")
+    wanted = (
+        "bpr_patches_total",
+        "bpr_instances_total",
+        "bpr_batch_patches_sum",
+        "bpr_batch_patches_count",
+        "bpr_batch_requests_sum",
+        "bpr_batch_requests_count",
+    )
     out = {}
     for line in text.splitlines():
         m = re.match(r"([a-z_]+)(?:\{\})? (\S+)$", line)
@@ -87,8 +93,15 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[k]
 
 
-async def run_clients(url: str, payloads: list[tuple[str, bytes, str]], endpoint: str, clients: int,
-                      requests: int, duration: float, api_key: str | None) -> tuple[list[float], Counter, float]:
+async def run_clients(
+    url: str,
+    payloads: list[tuple[str, bytes, str]],
+    endpoint: str,
+    clients: int,
+    requests: int,
+    duration: float,
+    api_key: str | None,
+) -> tuple[list[float], Counter, float]:
     latencies: list[float] = []
     statuses: Counter = Counter()
     next_index = 0
@@ -194,9 +207,16 @@ def main(argv: list[str] | None = None) -> int:
         "requests_per_s": round(ok / elapsed, 2),
         "instances_per_s": round(delta.get("bpr_instances_total", 0) / elapsed, 1),
         "patches_per_s": round(delta.get("bpr_patches_total", 0) / elapsed, 1),
-        "mean_batch_patches": round(delta.get("bpr_batch_patches_sum", 0) / max(delta.get("bpr_batch_patches_count", 0), 1), 1),
-        "mean_requests_per_batch": round(delta.get("bpr_batch_requests_sum", 0) / max(delta.get("bpr_batch_requests_count", 0), 1), 2),
-        "latency_ms": {q: round(1000 * percentile(latencies, v), 1) for q, v in (("p50", 50), ("p95", 95), ("p99", 99), ("max", 100))},
+        "mean_batch_patches": round(
+            delta.get("bpr_batch_patches_sum", 0) / max(delta.get("bpr_batch_patches_count", 0), 1), 1
+        ),
+        "mean_requests_per_batch": round(
+            delta.get("bpr_batch_requests_sum", 0) / max(delta.get("bpr_batch_requests_count", 0), 1), 2
+        ),
+        "latency_ms": {
+            q: round(1000 * percentile(latencies, v), 1)
+            for q, v in (("p50", 50), ("p95", 95), ("p99", 99), ("max", 100))
+        },
     }
     lat = report["latency_ms"]
     print(

@@ -22,6 +22,7 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import Annotated
 
 import uvicorn
 from fastapi import FastAPI, File, UploadFile
@@ -49,7 +50,7 @@ def create_upstream_app(detector: Detector, max_pixels: int = 25_000_000) -> Fas
         return {"status": "ok"}
 
     @app.post("/detect")
-    async def detect(image: UploadFile = File(...)) -> dict[str, list]:
+    async def detect(image: Annotated[UploadFile, File(description="the image file")]) -> dict[str, list]:
         data = await image.read()
         decoded = decode_image_bytes(data, what="image", max_pixels=max_pixels)
         return {"instances": await detector.detect(data, decoded, image.filename)}

@@ -72,6 +72,7 @@ class Batcher:
         self._pending_patches = 0  # submitted and not yet run (inbox + feed)
         self._pending_jobs = 0
         self._stopping = False
+        self._cancelled = False  # some queued future was cancelled since the worker last looked
         self._patches_per_s = 0.0  # moving average, for Retry-After
         self._thread = threading.Thread(target=self._run, name="bpr-network", daemon=True)
 
@@ -108,7 +109,15 @@ class Batcher:
             self._pending_patches += job.remaining
             self._pending_jobs += 1
             self._cond.notify()
+        ticket.future.add_done_callback(self._on_done)
         return ticket.future
+
+    def _on_done(self, future: Future) -> None:
+        """A cancelled request wakes the worker, so its patches leave the queue at once."""
+        if future.cancelled():
+            with self._cond:
+                self._cancelled = True
+                self._cond.notify()
 
     def stop(self, timeout: float | None = None) -> bool:
         """Refuse new jobs, finish the queued ones, end the thread; False if it did not end in time."""
@@ -133,21 +142,18 @@ class Batcher:
                         tickets.append(t)
                         queued += t.job.remaining
                     self._inbox.clear()
-                    if queued >= batch_size or (queued and self._stopping):
+                    if self._cancelled or self._ripe(tickets, queued, batch_size):
                         break
-                    if queued:
-                        wait = tickets[0].enqueued + self.max_wait_s - time.monotonic()
-                        if wait <= 0:
-                            break
-                        self._cond.wait(wait)
-                    elif self._stopping:
+                    if not queued and self._stopping:
                         return
-                    else:
-                        self._cond.wait()
-            if any(t.future.cancelled() for t in tickets):
+                    # sleep until new work, a cancellation, or the oldest patch's deadline
+                    self._cond.wait(tickets[0].enqueued + self.max_wait_s - time.monotonic() if queued else None)
+            if self._cancelled:
+                with self._cond:
+                    self._cancelled = False
                 feed, tickets, queued = self._drop_cancelled(feed, tickets, queued)
-                if not queued:
-                    continue
+                if not self._ripe(tickets, queued, batch_size):
+                    continue  # back to waiting: what is left is not due yet
             jobs_in_batch = self._jobs_at_front(feed, batch_size)
             t0 = time.perf_counter()
             try:
@@ -172,6 +178,12 @@ class Batcher:
                 self._pending_jobs -= done
             if self.on_batch is not None:
                 self.on_batch(n, jobs_in_batch, seconds)
+
+    def _ripe(self, tickets: deque[_Ticket], queued: int, batch_size: int) -> bool:
+        """Is a batch due: full, or its oldest patch waited max_wait, or draining for shutdown?"""
+        if not queued:
+            return False
+        return queued >= batch_size or self._stopping or time.monotonic() >= tickets[0].enqueued + self.max_wait_s
 
     def _drop_cancelled(
         self, feed: deque[tuple[Job, int]], tickets: deque[_Ticket], queued: int

@@ -44,7 +44,7 @@ class RefineEngine:
         metrics: ServiceMetrics,
         cpu_workers: int = 2,
         max_wait_ms: float = 5.0,
-        max_queued_patches: int = 20_000,
+        max_queued_patches: int = 8192,
     ) -> None:
         self.refiner = refiner
         self.metrics = metrics

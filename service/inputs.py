@@ -81,7 +81,9 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
         raise ServiceError(422, "invalid_image", str(exc)) from None
 
 
-def parse_instances(data: bytes, height: int, width: int, settings: Settings) -> tuple[list[dict[str, Any]], np.ndarray]:
+def parse_instances(
+    data: bytes, height: int, width: int, settings: Settings
+) -> tuple[list[dict[str, Any]], np.ndarray]:
     """The ``instances`` part (JSON or instance-id PNG) -> (entries, NxHxW bool masks)."""
     if data.startswith(PNG_MAGIC):
         return id_map_to_masks(data, height, width, settings)
@@ -113,13 +115,28 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a number JSON allows")
 
 
+def _finite_float(text: str) -> float:
+    """Numbers like 1e999 parse to inf, which no JSON answer can carry back: refuse them here."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is out of the range of a float")
+    return value
+
+
+def loads_strict(text: str | bytes) -> Any:
+    """json.loads without NaN, Infinity or overflowing numbers (ValueError for those)."""
+    return json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+
+
 def _parse_json_instances(data: bytes) -> list[dict[str, Any]]:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
-        raise ServiceError(422, "invalid_instances", "instances: neither UTF-8 JSON nor a PNG instance-id map") from None
+        raise ServiceError(
+            422, "invalid_instances", "instances: neither UTF-8 JSON nor a PNG instance-id map"
+        ) from None
     try:
-        value = json.loads(text, parse_constant=_reject_constant)
+        value = loads_strict(text)
     except (json.JSONDecodeError, ValueError) as exc:
         raise ServiceError(422, "invalid_instances", f"instances: invalid JSON: {exc}") from None
     except RecursionError:
@@ -132,14 +149,18 @@ def _parse_json_instances(data: bytes) -> list[dict[str, Any]]:
         )
     for i, entry in enumerate(value):
         if not isinstance(entry, dict):
-            raise ServiceError(422, "invalid_instances", f"instances[{i}]: expected an object, got {type(entry).__name__}")
+            raise ServiceError(
+                422, "invalid_instances", f"instances[{i}]: expected an object, got {type(entry).__name__}"
+            )
     return value
 
 
 def _check_count(n: int, height: int, width: int, settings: Settings) -> None:
     if n > settings.max_instances:
         raise ServiceError(
-            422, "too_many_instances", f"{n} instances is over the limit of {settings.max_instances} (BPR_MAX_INSTANCES)"
+            422,
+            "too_many_instances",
+            f"{n} instances is over the limit of {settings.max_instances} (BPR_MAX_INSTANCES)",
         )
     if n * height * width > settings.max_mask_pixels:
         raise ServiceError(
@@ -150,7 +171,9 @@ def _check_count(n: int, height: int, width: int, settings: Settings) -> None:
         )
 
 
-def id_map_to_masks(data: bytes, height: int, width: int, settings: Settings) -> tuple[list[dict[str, Any]], np.ndarray]:
+def id_map_to_masks(
+    data: bytes, height: int, width: int, settings: Settings
+) -> tuple[list[dict[str, Any]], np.ndarray]:
     """Instance-id PNG (0 = background, k = instance k) -> entries ``{"id": k}`` in increasing k."""
     try:
         with Image.open(io.BytesIO(data)) as im:  # reads the header only
@@ -159,7 +182,9 @@ def id_map_to_masks(data: bytes, height: int, width: int, settings: Settings) ->
             w, h = im.size
             if w * h > settings.max_pixels:
                 raise ServiceError(
-                    422, "invalid_instances", f"instances: {w}x{h} pixels is over the limit of {settings.max_pixels} pixels"
+                    422,
+                    "invalid_instances",
+                    f"instances: {w}x{h} pixels is over the limit of {settings.max_pixels} pixels",
                 )
             if (h, w) != (height, width):
                 raise ServiceError(
@@ -176,6 +201,10 @@ def id_map_to_masks(data: bytes, height: int, width: int, settings: Settings) ->
             ids_map = np.asarray(im)
     except ServiceError:
         raise
+    except Image.DecompressionBombError:  # Pillow's own guard, far above ours, fires in open()
+        raise ServiceError(
+            422, "invalid_instances", f"instances: the PNG is over the limit of {settings.max_pixels} pixels"
+        ) from None
     except Exception as exc:  # Pillow raises many types for truncated / corrupt files
         raise ServiceError(422, "invalid_instances", f"instances: not a readable PNG instance-id map ({exc})") from None
     ids = np.unique(ids_map)
@@ -209,6 +238,7 @@ def masks_to_id_png(masks: np.ndarray) -> bytes:
 
 def keep_top_detections(entries: list[dict[str, Any]], min_score: float, limit: int) -> list[dict[str, Any]]:
     """Detections at or above ``min_score``, at most ``limit`` of the best, in the detector's order."""
+
     def score(e: dict[str, Any]) -> float:
         s = e.get("score")
         return float(s) if isinstance(s, (int, float)) and math.isfinite(s) else 1.0

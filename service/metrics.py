@@ -171,7 +171,9 @@ class ServiceMetrics:
 
     def __init__(self) -> None:
         r = self.registry = Registry()
-        self.requests = Counter(r, "bpr_requests_total", "HTTP requests answered, by route and status", ("route", "status"))
+        self.requests = Counter(
+            r, "bpr_requests_total", "HTTP requests answered, by route and status", ("route", "status")
+        )
         self.latency = Histogram(r, "bpr_request_duration_seconds", "HTTP request latency, by route", ("route",))
         self.stage = Histogram(
             r,

@@ -59,13 +59,22 @@ class InstanceOut(BaseModel):
         extra="allow",
         json_schema_extra={
             "examples": [
-                {"segmentation": RLE_EXAMPLE, "bbox": [18.0, 10.0, 25.0, 25.0], "area": 441, "category_id": 1, "score": 0.98, "id": 7}
+                {
+                    "segmentation": RLE_EXAMPLE,
+                    "bbox": [18.0, 10.0, 25.0, 25.0],
+                    "area": 441,
+                    "category_id": 1,
+                    "score": 0.98,
+                    "id": 7,
+                }
             ]
         },
     )
 
     segmentation: RLE = Field(description="the refined mask")
-    bbox: list[float] = Field(description="[x, y, width, height] of the refined mask (zeros if empty)", min_length=4, max_length=4)
+    bbox: list[float] = Field(
+        description="[x, y, width, height] of the refined mask (zeros if empty)", min_length=4, max_length=4
+    )
     area: int = Field(description="pixels in the refined mask")
     category_id: int | None = Field(None, description="as given (or as the detector said, for /segment)")
     score: float | None = Field(None, description="as given (or as the detector said, for /segment)")
@@ -87,7 +96,10 @@ class SegmentResponse(BaseModel):
 class ErrorBody(BaseModel):
     """Every error the service sends has this body."""
 
-    detail: str = Field(description="what went wrong, in one line", examples=["image: not a readable image (corrupt or unsupported format)"])
+    detail: str = Field(
+        description="what went wrong, in one line",
+        examples=["image: not a readable image (corrupt or unsupported format)"],
+    )
     code: str = Field(description="machine-readable kind of error", examples=["invalid_image"])
 
 
@@ -107,6 +119,7 @@ class RefinerInfo(BaseModel):
     patch_size: int = Field(description="square cut around the boundary, in image pixels")
     input_size: int = Field(description="network input size the patch is resized to")
     device: str
+    precision: str = Field(description="fp32, bf16 or fp16 (autocast) for the network")
     max_batch_size: int = Field(description="patches per forward pass, pooled across requests")
     max_wait_ms: float = Field(description="how long a partly filled batch waits for more patches")
     nms_iou: float = Field(description="default patch NMS IoU")
@@ -117,7 +130,9 @@ class RefinerInfo(BaseModel):
 
 class ModelsResponse(BaseModel):
     refiner: RefinerInfo
-    detector: dict[str, Any] | None = Field(description="the upstream detector for /segment; null if none is configured")
+    detector: dict[str, Any] | None = Field(
+        description="the upstream detector for /segment; null if none is configured"
+    )
 
 
 class RefineForm(BaseModel):
@@ -125,9 +140,10 @@ class RefineForm(BaseModel):
 
     image: bytes = Field(description="the image file (JPEG, PNG, BMP, TIFF, WebP)")
     instances: str = Field(
-        description="the instances to refine: JSON (a list of InstanceIn objects, or {\"instances\": [...]}) as a "
+        description='the instances to refine: JSON (a list of InstanceIn objects, or {"instances": [...]}) as a '
         "text field or a file, or an instance-id PNG file (0 = background, k = instance k; 8-bit, 16-bit or "
-        "palette) of the image's size"
+        "palette) of the image's size",
+        examples=['[{"segmentation": [[4, 4, 40, 6, 36, 30, 6, 28]], "category_id": 1, "score": 0.9, "id": "a"}]'],
     )
 
 
@@ -140,7 +156,11 @@ class SegmentForm(BaseModel):
 def multipart_body(model: type[BaseModel]) -> dict[str, Any]:
     """OpenAPI ``requestBody`` for a multipart form read by hand (see service.inputs.read_form)."""
     schema = model.model_json_schema()
-    encoding = {name: {"contentType": "application/octet-stream"} for name, p in schema["properties"].items() if p.get("format") == "binary"}
+    encoding = {
+        name: {"contentType": "application/octet-stream"}
+        for name, p in schema["properties"].items()
+        if p.get("format") == "binary"
+    }
     content: dict[str, Any] = {"schema": schema}
     if encoding:
         content["encoding"] = encoding

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DetectorKind = Literal["none", "http", "mmdet", "results"]
@@ -28,7 +28,10 @@ class Settings(BaseSettings):
 
     # --- the refiner --------------------------------------------------------------------
     checkpoint: Path | None = Field(None, description="refiner checkpoint; None = the bundled default model")
-    device: str = Field("cpu", description="cpu, cuda or cuda:N (fp16 autocast on CUDA)")
+    device: str = Field("cpu", description="cpu, cuda or cuda:N")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="network precision: auto = fp16 on CUDA, fp32 on CPU; bf16 is faster on recent CPUs"
+    )
     nms_iou: float = Field(0.25, gt=0.0, le=1.0, description="default patch NMS IoU; requests may override it")
     patch_size: int | None = Field(None, ge=4, description="override the checkpoint's patch size (image pixels)")
     input_size: int | None = Field(None, ge=8, description="override the checkpoint's network input size")
@@ -40,13 +43,16 @@ class Settings(BaseSettings):
     max_wait_ms: float = Field(5.0, ge=0.0, description="how long a partly filled batch waits for more patches")
     max_queue: int = Field(32, ge=0, description="requests admitted to /refine and /segment at once; more get 429")
     max_queued_patches: int = Field(
-        20_000, ge=1, description="patches waiting for the network; a request that would exceed it gets 429"
+        8192, ge=1, description="patches waiting for the network; a request that would exceed it gets 429"
     )
     request_timeout_s: float = Field(60.0, gt=0.0, description="per-request deadline; past it the answer is 503")
     cpu_workers: int = Field(
         default_factory=lambda: max(1, min(4, os.cpu_count() or 1)),
         ge=1,
         description="threads for decoding, patch extraction, reassembly and encoding",
+    )
+    torch_threads: int | None = Field(
+        None, ge=1, description="intra-op threads of the network (torch.set_num_threads); default one per core"
     )
     shutdown_timeout_s: float = Field(30.0, ge=0.0, description="how long shutdown waits for in-flight requests")
 
@@ -55,25 +61,39 @@ class Settings(BaseSettings):
     max_pixels: int = Field(25_000_000, ge=1, description="largest image, in pixels (checked on the header first)")
     max_instances: int = Field(256, ge=1, description="most instances in one request")
     max_mask_pixels: int = Field(
-        400_000_000, ge=1, description="instances x height x width of one request (bounds mask memory)"
+        256_000_000, ge=1, description="instances x height x width of one request (bounds mask memory)"
     )
 
     # --- security -----------------------------------------------------------------------
-    api_key: SecretStr | None = Field(None, description="if set, /refine, /segment and /v1/models need header X-API-Key")
+    api_key: SecretStr | None = Field(
+        None, description="if set, /refine, /segment and /v1/models need header X-API-Key"
+    )
 
     # --- upstream detector for /segment -------------------------------------------------
     detector: DetectorKind = Field("none", description="none, http, mmdet or results")
     detector_url: str | None = Field(None, description="http: the upstream's detect endpoint (POST multipart 'image')")
-    detector_health_url: str | None = Field(None, description="http: readiness probe; default <scheme://host:port>/healthz")
+    detector_health_url: str | None = Field(
+        None, description="http: readiness probe; default <scheme://host:port>/healthz"
+    )
     detector_api_key: SecretStr | None = Field(None, description="http: sent to the upstream as header X-API-Key")
     detector_timeout_s: float = Field(30.0, gt=0.0, description="http: timeout of one upstream call")
     results_file: Path | None = Field(None, description="results: COCO results json with the precomputed detections")
-    results_image_info: Path | None = Field(None, description="results: COCO json whose 'images' give file_name per image_id")
-    results_images_dir: Path | None = Field(None, description="results: image folder, to also match uploads by content hash")
+    results_image_info: Path | None = Field(
+        None, description="results: COCO json whose 'images' give file_name per image_id"
+    )
+    results_images_dir: Path | None = Field(
+        None, description="results: image folder, to also match uploads by content hash"
+    )
     mmdet_config: Path | None = Field(None, description="mmdet: model config file (PointRend, HTC, Mask R-CNN...)")
     mmdet_checkpoint: Path | None = Field(None, description="mmdet: model weights")
     mmdet_device: str | None = Field(None, description="mmdet: device; default the refiner's")
     min_score: float = Field(0.0, ge=0.0, le=1.0, description="/segment: drop detections below this score by default")
+
+    @field_validator("api_key", "detector_api_key", mode="before")
+    @classmethod
+    def _empty_means_none(cls, value: object) -> object:
+        """BPR_API_KEY= (empty, as compose files often leave it) means no key, not the empty key."""
+        return None if value == "" else value
 
     @model_validator(mode="after")
     def _detector_needs_its_settings(self) -> "Settings":

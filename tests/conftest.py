@@ -20,13 +20,28 @@ def data_dir() -> Path:
     return DATA
 
 
+def make_checkpoint(path: Path) -> Path:
+    """A random-init hr18s refiner at input 64 whose answers are not trivial.
+
+    Plain random weights (seed 0) give foreground probabilities of 0.47-0.50 everywhere, so
+    every patched pixel turns background and all refined masks come back empty: equality
+    tests on them would prove little. Stretching the classifier's class difference spreads
+    the probabilities over about 0.25-0.85, so refined masks depend on image and mask, and
+    few pixels sit near the 0.5 threshold.
+    """
+    torch.manual_seed(0)
+    net = RefinerNet(RefinerConfig(input_size=64))
+    with torch.no_grad():
+        w = net.decode_head.conv_seg.weight
+        w[1] = w[0] + 30.0 * (w[1] - w[0])
+    save_refiner(net, path, half=False)
+    return path
+
+
 @pytest.fixture(scope="session")
 def random_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A random-weight hr18s refiner at input 64: fast, and enough to exercise every path."""
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "random64.pt"
-    save_refiner(RefinerNet(RefinerConfig(input_size=64)), path)
-    return path
+    """Random weights (see make_checkpoint): fast, and enough to exercise every path."""
+    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "random64.pt")
 
 
 class IdentityNet(RefinerNet):

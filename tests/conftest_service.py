@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from conftest import make_checkpoint  # noqa: F401  (re-exported for the service tests)
 import torch
 import uvicorn
 
@@ -30,14 +32,6 @@ DAVIS = DATA / "davis-dev-real"
 COCO = DATA / "coco-mini"
 
 needs_data = pytest.mark.skipif(not (DAVIS / "gt.json").is_file(), reason=f"shared data not found at {DATA}")
-
-
-def make_checkpoint(path: Path) -> Path:
-    from bpr.modeling import RefinerConfig, RefinerNet, save_refiner
-
-    torch.manual_seed(0)
-    save_refiner(RefinerNet(RefinerConfig(input_size=64)), path)
-    return path
 
 
 @pytest.fixture(scope="session")
@@ -90,7 +84,12 @@ class ServerProcess:
 
     def __init__(self, cmd: list[str], env: dict[str, str] | None = None) -> None:
         self.proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})}, cwd=REPO
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, **(env or {})},
+            cwd=REPO,
         )
         self.lines: list[str] = []
         self.url = ""
@@ -156,7 +155,9 @@ def coco_items(n: int, min_instances: int = 2) -> list[tuple[dict, list[dict]]]:
     return [(img, by_image[img["id"]]) for img in gt["images"] if len(by_image.get(img["id"], [])) >= min_instances][:n]
 
 
-def refine_request(url: str, image: Path | bytes, instances: Any, filename: str = "image.jpg", timeout: float = 60.0, **kw: Any):
+def refine_request(
+    url: str, image: Path | bytes, instances: Any, filename: str = "image.jpg", timeout: float = 60.0, **kw: Any
+):
     """POST /refine with the image as a file and ``instances`` as a JSON text field (or raw bytes as a file)."""
     import httpx
 

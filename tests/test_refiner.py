@@ -100,6 +100,18 @@ def test_gained_pixels_claimed_twice_go_to_the_more_confident_instance():
     assert kept[1, :, 4:6].all()  # without resolution both keep the contested pixels
 
 
+def test_a_confident_gain_takes_the_pixel_from_the_other_instance():
+    coarse = torch.zeros(2, 10, 10, dtype=torch.bool)
+    coarse[0, :, :5] = True
+    coarse[1, :, 5:] = True  # disjoint input, as from an instance-id PNG
+    probs = torch.zeros(2, 10, 10)
+    probs[0, :, :7] = 0.95  # instance 0 confidently grows into columns 5-6
+    probs[1, :, 5:] = 0.6  # instance 1 keeps them, unsure
+    out = reassemble(coarse, np.array([[0, 0], [0, 0]]), np.array([0, 1]), probs)
+    assert out[0, :, :7].all() and not out[1, :, 5:7].any() and out[1, :, 7:].all()
+    assert not (out[0] & out[1]).any()  # disjoint in, disjoint out
+
+
 def test_coarse_overlaps_are_left_alone():
     coarse = torch.zeros(2, 10, 10, dtype=torch.bool)
     coarse[:, 2:8, 2:8] = True

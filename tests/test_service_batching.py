@@ -151,7 +151,7 @@ def test_prometheus_text_format() -> None:
     h.observe(0.5)
     h.observe(5.0)
     text = r.render()
-    assert '# TYPE x_total counter\n' in text
+    assert "# TYPE x_total counter\n" in text
     assert 'x_total{route="/a",status="200"} 2\n' in text
     assert 'x_total{route="we\\"ird\\\\",status="500"} 1\n' in text
     assert 'y_seconds_bucket{le="0.1"} 1\n' in text

@@ -25,8 +25,9 @@ from conftest_service import (  # noqa: F401  (checkpoint is a fixture)
 
 def test_missing_model_fails_to_start_with_the_message(tmp_path: Path) -> None:
     env = {"BPR_DEFAULT_CHECKPOINT": str(tmp_path / "nothing.pt")}
-    r = subprocess.run([bin_path("bpr-serve"), "--port", "0"], capture_output=True, text=True, timeout=120,
-                       env={**os.environ, **env})
+    r = subprocess.run(
+        [bin_path("bpr-serve"), "--port", "0"], capture_output=True, text=True, timeout=120, env={**os.environ, **env}
+    )
     assert r.returncode == 2
     assert "bpr-serve: error: no trained model is bundled yet" in r.stderr and "--checkpoint" in r.stderr
     assert "Traceback" not in r.stderr
@@ -34,7 +35,9 @@ def test_missing_model_fails_to_start_with_the_message(tmp_path: Path) -> None:
 
 def test_invalid_settings_fail_to_start(checkpoint: Path) -> None:
     env = {**os.environ, "BPR_DETECTOR": "http", "BPR_MAX_QUEUE": "lots"}
-    r = subprocess.run([bin_path("bpr-serve"), "--checkpoint", str(checkpoint)], capture_output=True, text=True, timeout=120, env=env)
+    r = subprocess.run(
+        [bin_path("bpr-serve"), "--checkpoint", str(checkpoint)], capture_output=True, text=True, timeout=120, env=env
+    )
     assert r.returncode == 2 and "invalid settings" in r.stderr and "max_queue" in r.stderr
     assert "Traceback" not in r.stderr
 

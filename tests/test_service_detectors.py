@@ -45,8 +45,16 @@ def decode(rle: dict) -> np.ndarray:
 @pytest.fixture(scope="module")
 def upstream():
     """scripts/upstream_detector_example.py serving DAVIS OSVOS predictions, as its own process."""
-    cmd = [sys.executable, str(REPO / "scripts" / "upstream_detector_example.py"), "--port", "0",
-           "--results", str(DAVIS / "osvos.json"), "--image-info", str(DAVIS / "gt.json")]
+    cmd = [
+        sys.executable,
+        str(REPO / "scripts" / "upstream_detector_example.py"),
+        "--port",
+        "0",
+        "--results",
+        str(DAVIS / "osvos.json"),
+        "--image-info",
+        str(DAVIS / "gt.json"),
+    ]
     with ServerProcess(cmd) as proc:
         yield proc
 
@@ -107,6 +115,7 @@ def test_http_detector_down_or_talking_nonsense(checkpoint: Path) -> None:
         "bad rle": JSONResponse({"instances": [{"segmentation": {"size": [480, 854], "counts": "!!"}, "score": 0.9}]}),
         "wrong size": JSONResponse({"instances": [{"segmentation": {"size": [10, 10], "counts": "0:0"}}]}),
         "nan score": Response(b'{"instances": [{"segmentation": [], "score": NaN}]}', media_type="application/json"),
+        "inf score": Response(b'{"instances": [{"segmentation": [], "score": 1e999}]}', media_type="application/json"),
         "server error": Response(b"boom", status_code=500),
     }
     with LiveServer(fake) as up, serve(checkpoint, detector="http", detector_url=f"{up.url}/detect") as live:
@@ -132,7 +141,12 @@ def test_results_detector_by_name_by_hash_and_unknown(checkpoint: Path, tmp_path
     results = tmp_path / "res.json"
     scored = [{**e, "score": s} for e, s in zip(entries, np.linspace(0.1, 0.95, len(entries)).round(3).tolist())]
     results.write_text(json.dumps(scored))
-    settings = dict(detector="results", results_file=results, results_image_info=COCO / "gt.json", results_images_dir=COCO / "images")
+    settings = dict(
+        detector="results",
+        results_file=results,
+        results_image_info=COCO / "gt.json",
+        results_images_dir=COCO / "images",
+    )
     with serve(checkpoint, max_instances=5, **settings) as live:
         by_name = segment(live.url, data, f"some/dir/{img['file_name']}")
         assert by_name.status_code == 200, by_name.text
@@ -147,7 +161,9 @@ def test_results_detector_by_name_by_hash_and_unknown(checkpoint: Path, tmp_path
         assert none.status_code == 200 and none.json()["instances"] == []  # known image, no detections
         unknown = segment(live.url, (DAVIS / "images" / davis_items(1)[0][0]["file_name"]).read_bytes(), "who.jpg")
         assert unknown.status_code == 404 and unknown.json()["code"] == "no_detections"
-        resized = segment(live.url, (DAVIS / "images" / davis_items(1)[0][0]["file_name"]).read_bytes(), img["file_name"])
+        resized = segment(
+            live.url, (DAVIS / "images" / davis_items(1)[0][0]["file_name"]).read_bytes(), img["file_name"]
+        )
         assert resized.status_code == 422 and "for a 640x" in resized.json()["detail"]
 
 
@@ -196,6 +212,13 @@ def test_mmdet_detector_with_a_stand_in_mmdet(checkpoint: Path, monkeypatch: pyt
         assert body["coarse"][0]["bbox"] == [213.0, 120.0, 214.0, 120.0]
         all_of_them = segment(live.url, data, "a.jpg").json()["instances"]
         assert [i["category_id"] for i in all_of_them] == [1, 14]  # label 12 -> COCO id 14 (ids skip 12)
+
+        def out_of_memory(model: Any, image: np.ndarray) -> Any:
+            raise RuntimeError("CUDA out of memory (simulated)")
+
+        detector._infer = out_of_memory
+        failed = segment(live.url, data, "a.jpg")
+        assert failed.status_code == 502 and "out of memory" in failed.json()["detail"]
     rgb = np.asarray(calls[0])
     from bpr.io.images import read_image
 
@@ -213,13 +236,17 @@ def test_mmdet_missing_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None
 
 
 @pytest.mark.mmdet
-@pytest.mark.skipif(os.environ.get("BPR_TEST_MMDET") != "1", reason="opt-in: BPR_TEST_MMDET=1 with mmdetection installed")
+@pytest.mark.skipif(
+    os.environ.get("BPR_TEST_MMDET") != "1", reason="opt-in: BPR_TEST_MMDET=1 with mmdetection installed"
+)
 def test_mmdet_detector_for_real(checkpoint: Path) -> None:
     """Real mmdetection: BPR_TEST_MMDET_CONFIG and BPR_TEST_MMDET_CHECKPOINT name a COCO instance model."""
     config, weights = os.environ["BPR_TEST_MMDET_CONFIG"], os.environ["BPR_TEST_MMDET_CHECKPOINT"]
     img, _ = coco_items(1)[0]
     data = (COCO / "images" / img["file_name"]).read_bytes()
-    with serve(checkpoint, detector="mmdet", mmdet_config=config, mmdet_checkpoint=weights, request_timeout_s=600) as live:
+    with serve(
+        checkpoint, detector="mmdet", mmdet_config=config, mmdet_checkpoint=weights, request_timeout_s=600
+    ) as live:
         r = segment(live.url, data, img["file_name"], min_score=0.3, include_coarse="true")
         assert r.status_code == 200, r.text
         body = r.json()

@@ -51,6 +51,7 @@ def _png(array: np.ndarray) -> bytes:
 
 def _png_header_only(width: int, height: int) -> bytes:
     """A PNG that claims width x height (a decompression bomb's header) with one tiny IDAT."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
@@ -63,6 +64,7 @@ def _entry(good, **changes: Any) -> dict:
 
 
 # (name, builds (image bytes, instances) from `good`, expected code, words the detail must contain)
+# fmt: off
 BAD_INPUTS: list[tuple[str, Callable[[Any], tuple[bytes, Any]], str, str]] = [
     ("not an image", lambda g: (b"hello, I am a text file", g[1]), "invalid_image", "not a readable image"),
     ("empty image", lambda g: (b"", g[1]), "invalid_image", "empty"),
@@ -89,6 +91,7 @@ BAD_INPUTS: list[tuple[str, Callable[[Any], tuple[bytes, Any]], str, str]] = [
     ("id map truncated", lambda g: (g[0], _png(np.ones((480, 854), np.uint8))[:80]), "invalid_instances", "not a readable PNG"),
     ("id map bomb", lambda g: (g[0], _png_header_only(100_000, 100_000)), "invalid_instances", "over the limit"),
 ]
+# fmt: on
 
 
 @pytest.mark.parametrize("name,build,code,words", BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
@@ -105,10 +108,11 @@ def test_bad_input_is_a_422_naming_the_problem(server, good, name, build, code, 
     [
         ("{not json", "invalid JSON"),
         ('[{"segmentation": [], "score": NaN}]', "NaN is not a number JSON allows"),
+        ('[{"segmentation": [], "score": 1e999}]', "1e999 is out of the range"),
         ("[" * 100_000 + "]" * 100_000, "JSON"),
         ("\udcff".encode("utf-8", "surrogatepass"), "neither UTF-8 JSON nor a PNG"),
     ],
-    ids=["syntax", "nan", "deep", "binary"],
+    ids=["syntax", "nan", "overflow", "deep", "binary"],
 )
 def test_instances_that_are_not_json(server, good, raw, words) -> None:
     files = {"image": ("a.jpg", good[0]), "instances": ("i.json", raw if isinstance(raw, bytes) else raw.encode())}
@@ -140,7 +144,11 @@ def test_broken_multipart_is_400(server) -> None:
 
 @pytest.mark.parametrize(
     "params,words",
-    [({"nms_iou": 2}, "query parameter 'nms_iou'"), ({"nms_iou": "dense"}, "nms_iou"), ({"output": "gif"}, "query parameter 'output'")],
+    [
+        ({"nms_iou": 2}, "query parameter 'nms_iou'"),
+        ({"nms_iou": "dense"}, "nms_iou"),
+        ({"output": "gif"}, "query parameter 'output'"),
+    ],
 )
 def test_bad_query_parameters(server, good, params, words) -> None:
     r = refine_request(server.url, good[0], good[1], params=params)
@@ -158,7 +166,9 @@ def test_upload_over_the_byte_limit(server, good) -> None:
         for _ in range(20):
             yield b"\0" * 50_000
 
-    r = httpx.post(f"{server.url}/refine", content=chunks(), headers={"content-type": "multipart/form-data; boundary=b"})
+    r = httpx.post(
+        f"{server.url}/refine", content=chunks(), headers={"content-type": "multipart/form-data; boundary=b"}
+    )
     assert r.status_code == 413 and r.json()["code"] == "upload_too_large", r.text
 
 
@@ -181,10 +191,17 @@ def test_no_client_input_caused_a_500(server, good) -> None:
 def test_api_key(checkpoint: Path, good) -> None:
     with serve(checkpoint, api_key="s3cret") as live:
         for path in ("/refine", "/segment"):
-            r = httpx.post(f"{live.url}{path}", files={"image": ("a.jpg", good[0])}, data={"instances": json.dumps(good[1])})
+            r = httpx.post(
+                f"{live.url}{path}", files={"image": ("a.jpg", good[0])}, data={"instances": json.dumps(good[1])}
+            )
             assert r.status_code == 401 and r.json()["code"] == "unauthorized", path
         assert refine_request(live.url, good[0], good[1], headers={"X-API-Key": "wrong"}).status_code == 401
-        assert refine_request(live.url, good[0], good[1], headers={"X-API-Key": "s3cret\u00e9".encode("latin-1")}).status_code == 401
+        assert (
+            refine_request(
+                live.url, good[0], good[1], headers={"X-API-Key": "s3cret\u00e9".encode("latin-1")}
+            ).status_code
+            == 401
+        )
         assert httpx.get(f"{live.url}/v1/models").status_code == 401
         assert httpx.get(f"{live.url}/v1/models", headers={"X-API-Key": "s3cret"}).status_code == 200
         assert refine_request(live.url, good[0], good[1], headers={"X-API-Key": "s3cret"}).status_code == 200

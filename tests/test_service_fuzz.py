@@ -8,10 +8,14 @@ so its 503 (no detector) does not hide the paths behind it.
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
+# hypothesis keeps a cache folder; keep it out of the work tree
+os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", os.path.join(tempfile.gettempdir(), "bpr-hypothesis"))
 schemathesis = pytest.importorskip("schemathesis", reason="pip install schemathesis (test extra)")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
@@ -47,7 +51,14 @@ def api_schema(live_url: str):
     return schemathesis.openapi.from_url(f"{live_url}/openapi.json")
 
 
-OPERATIONS = [("POST", "/refine"), ("POST", "/segment"), ("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/v1/models"), ("GET", "/metrics")]
+OPERATIONS = [
+    ("POST", "/refine"),
+    ("POST", "/segment"),
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("GET", "/v1/models"),
+    ("GET", "/metrics"),
+]
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 
 
@@ -75,7 +86,13 @@ def test_no_input_gets_a_server_error(api_schema, method: str, path: str, mode: 
         strategy = st.one_of(strategy, *api_schema.get_strategies_from_examples(operation))
 
     @given(case=strategy)
-    @settings(max_examples=MAX_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True, database=None)
+    @settings(
+        max_examples=MAX_EXAMPLES,
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+        derandomize=True,
+        database=None,
+    )
     def run(case) -> None:
         response = case.call_and_validate(checks=CHECKS, timeout=60)
         statuses.append(response.status_code)

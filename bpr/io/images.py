@@ -36,7 +36,7 @@ def decode_image_bytes(data: bytes, what: str = "image", max_pixels: int | None 
         size = _header_size(data)
         if size is not None and size[0] * size[1] > max_pixels:
             raise BprInputError(
-                f"{what}: {size[1]}x{size[0]} pixels is over the limit of {max_pixels} pixels"
+                f"{what}: {size[0]}x{size[1]} pixels is over the limit of {max_pixels} pixels"
             )
     image = cv2.imdecode(buf, cv2.IMREAD_COLOR)
     if image is None:

@@ -1,0 +1,1 @@
+"""One router per concern: refine, segment, health (healthz/readyz), models, metrics."""

@@ -1,0 +1,35 @@
+"""What the two heavy routes share: the per-request deadline and the refine step."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from typing import TypeVar
+
+import numpy as np
+
+from service.batching import QueueFull, ShuttingDown
+from service.engine import RefineEngine
+from service.errors import ServiceError
+
+T = TypeVar("T")
+
+
+async def within_deadline(work: Awaitable[T], seconds: float) -> T:
+    """Run ``work`` with the per-request timeout; past it 503 (its queued patches are dropped)."""
+    try:
+        return await asyncio.wait_for(work, seconds)
+    except asyncio.TimeoutError:
+        raise ServiceError(
+            503, "timeout", f"the request took longer than {seconds:g} s (BPR_REQUEST_TIMEOUT_S)", {"Retry-After": "1"}
+        ) from None
+
+
+async def refine_masks(engine: RefineEngine, image: np.ndarray, masks: np.ndarray, nms_iou: float | None) -> np.ndarray:
+    """engine.refine with the queue's refusals as HTTP answers."""
+    try:
+        return await engine.refine(image, masks, nms_iou)
+    except QueueFull as exc:
+        raise ServiceError(429, "queue_full", str(exc), {"Retry-After": str(exc.retry_after)}) from None
+    except ShuttingDown as exc:
+        raise ServiceError(503, "shutting_down", str(exc), {"Retry-After": "5"}) from None

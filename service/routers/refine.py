@@ -1,0 +1,71 @@
+"""POST /refine: an image and its coarse instances in, refined instances out."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import JSONResponse, Response
+
+from service.engine import RefineEngine
+from service.inputs import decode_image, masks_to_id_png, parse_instances, read_form, refined_entries
+from service.routers.common import refine_masks, within_deadline
+from service.schemas import RefineForm, RefineResponse, error_responses, multipart_body
+from service.security import require_api_key
+from service.state import ServiceState, get_engine, get_state
+
+router = APIRouter(tags=["refine"], dependencies=[Depends(require_api_key)])
+
+NMS_HELP = "patch NMS IoU for this request: 0.25 sparse (default, BPR_NMS_IOU), 0.55 dense (better, slower)"
+
+
+@router.post(
+    "/refine",
+    response_model=RefineResponse,
+    summary="Refine the masks of one image",
+    openapi_extra=multipart_body(RefineForm),
+    responses={
+        200: {
+            "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
+            "description": "JSON by default; with ?output=png an instance-id PNG (pixel k = k-th instance, 1-based)",
+        },
+        **error_responses(400, 401, 413, 422, 429, 503),
+    },
+)
+async def refine(
+    request: Request,
+    state: Annotated[ServiceState, Depends(get_state)],
+    engine: Annotated[RefineEngine, Depends(get_engine)],
+    nms_iou: Annotated[float | None, Query(gt=0.0, le=1.0, description=NMS_HELP)] = None,
+    output: Annotated[
+        Literal["json", "png"], Query(description="json: RLE per instance; png: one instance-id PNG")
+    ] = "json",
+) -> Response:
+    """Send the image in form field `image` and the instances in `instances`: JSON in the
+    shape of COCO results entries (RLE or polygons, plus any fields of yours, returned
+    unchanged), or an instance-id PNG. The answer lists the refined instances in the same
+    order, each with a new RLE, `bbox` and `area`; it equals what `bpr-refine` writes for
+    the same image, instances and settings.
+    """
+    settings = state.settings
+
+    async def work() -> Response:
+        parts = await read_form(request, settings, ("image", "instances"))
+        t0 = time.perf_counter()
+        image = await engine.cpu(decode_image, parts["image"].data, settings.max_pixels)
+        entries, masks = await engine.cpu(
+            parse_instances, parts["instances"].data, image.shape[0], image.shape[1], settings
+        )
+        state.metrics.stage.observe(time.perf_counter() - t0, "decode")
+        refined = await refine_masks(engine, image, masks, nms_iou)
+        t1 = time.perf_counter()
+        if output == "png":
+            png = await engine.cpu(masks_to_id_png, refined)
+            response: Response = Response(png, media_type="image/png", headers={"X-BPR-Instances": str(len(refined))})
+        else:
+            response = JSONResponse({"instances": await engine.cpu(refined_entries, entries, refined)})
+        state.metrics.stage.observe(time.perf_counter() - t1, "encode")
+        return response
+
+    return await within_deadline(work(), settings.request_timeout_s)

@@ -1,0 +1,82 @@
+"""POST /segment: an image in; the upstream detector's instances, refined, out."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import JSONResponse
+
+from bpr.errors import BprInputError
+from bpr.io.results import entries_to_masks
+from service.detectors import NO_DETECTOR_HELP
+from service.engine import RefineEngine
+from service.errors import ServiceError
+from service.inputs import decode_image, keep_top_detections, read_form, refined_entries
+from service.routers.common import refine_masks, within_deadline
+from service.routers.refine import NMS_HELP
+from service.schemas import SegmentForm, SegmentResponse, error_responses, multipart_body
+from service.security import require_api_key
+from service.state import ServiceState, get_engine, get_state
+
+router = APIRouter(tags=["segment"], dependencies=[Depends(require_api_key)])
+
+
+@router.post(
+    "/segment",
+    response_model=SegmentResponse,
+    summary="Detect with the upstream detector, then refine",
+    openapi_extra=multipart_body(SegmentForm),
+    responses=error_responses(400, 401, 404, 413, 422, 429, 502, 503),
+)
+async def segment(
+    request: Request,
+    state: Annotated[ServiceState, Depends(get_state)],
+    engine: Annotated[RefineEngine, Depends(get_engine)],
+    include_coarse: Annotated[bool, Query(description="also return the detector's masks before refinement")] = False,
+    min_score: Annotated[
+        float | None, Query(ge=0.0, le=1.0, description="drop detections below this score (default BPR_MIN_SCORE)")
+    ] = None,
+    nms_iou: Annotated[float | None, Query(gt=0.0, le=1.0, description=NMS_HELP)] = None,
+) -> JSONResponse:
+    """Send the image in form field `image`. The configured upstream detector (`http`,
+    `mmdet` or `results`) finds the instances, bpr refines them; each instance keeps the
+    detector's `category_id` and `score`. Answers 503 if no detector is configured.
+    At most BPR_MAX_INSTANCES detections (the best-scoring) are refined.
+    """
+    settings, detector = state.settings, state.detector
+    if detector is None:
+        raise ServiceError(503, "no_detector", NO_DETECTOR_HELP)
+
+    async def work() -> JSONResponse:
+        parts = await read_form(request, settings, ("image",))
+        upload = parts["image"]
+        t0 = time.perf_counter()
+        image = await engine.cpu(decode_image, upload.data, settings.max_pixels)
+        state.metrics.stage.observe(time.perf_counter() - t0, "decode")
+        t1 = time.perf_counter()
+        detections = await detector.detect(upload.data, image, upload.filename)
+        state.metrics.stage.observe(time.perf_counter() - t1, "detect")
+        h, w = image.shape[:2]
+        limit = max(1, min(settings.max_instances, settings.max_mask_pixels // (h * w)))
+        threshold = settings.min_score if min_score is None else min_score
+        entries = keep_top_detections(detections, threshold, limit)
+        try:
+            masks = await engine.cpu(entries_to_masks, entries, h, w, "detector output")
+        except BprInputError as exc:
+            raise ServiceError(
+                502, "detector_bad_output", f"the {detector.kind} detector gave an unusable instance: {exc}"
+            ) from None
+        refined = await refine_masks(engine, image, masks, nms_iou)
+        t2 = time.perf_counter()
+        body = {
+            "instances": await engine.cpu(refined_entries, entries, refined),
+            "coarse": await engine.cpu(refined_entries, entries, masks) if include_coarse else None,
+            "detector": detector.kind,
+        }
+        response = JSONResponse(body)
+        state.metrics.stage.observe(time.perf_counter() - t2, "encode")
+        return response
+
+    return await within_deadline(work(), settings.request_timeout_s)

@@ -1,0 +1,33 @@
+"""What the routes share: settings, metrics, the engine and the detector (one per app)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fastapi import Request
+
+from service.detectors.base import Detector
+from service.engine import RefineEngine
+from service.metrics import ServiceMetrics
+from service.settings import Settings
+
+
+@dataclass
+class ServiceState:
+    settings: Settings
+    metrics: ServiceMetrics
+    engine: RefineEngine | None = None  # set by the lifespan once the model is loaded
+    detector: Detector | None = None
+    in_flight: int = 0  # requests admitted to /refine and /segment (event-loop only)
+
+
+def get_state(request: Request) -> ServiceState:
+    """FastAPI dependency: the app's ServiceState."""
+    return request.app.state.bpr
+
+
+def get_engine(request: Request) -> RefineEngine:
+    """FastAPI dependency: the engine; the lifespan guarantees it exists while serving."""
+    engine = get_state(request).engine
+    assert engine is not None, "the lifespan sets the engine before the first request"
+    return engine
