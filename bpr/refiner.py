@@ -29,7 +29,7 @@ from bpr.errors import BprInputError, ModelNotAvailableError
 from bpr.modeling.checkpoint import load_refiner
 from bpr.modeling.refiner_net import RefinerNet
 from bpr.patches import extract_patch_corners
-from bpr.reassemble import coarse_extents, reassemble
+from bpr.reassemble import reassemble
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "models" / "bpr_default.pt"
 
@@ -57,7 +57,6 @@ class Job:
     coarse: torch.Tensor  # (N, Hp, Wp) bool, padded to at least the patch size
     height: int
     width: int
-    extents: np.ndarray  # (N, 4) box of each coarse mask
     corners: np.ndarray  # (P, 2) [y0, x0]
     instance_ids: np.ndarray  # (P,)
     image_patches: torch.Tensor  # (P, 3, S, S) float 0..255
@@ -223,7 +222,6 @@ class Refiner:
             image_np = image.permute(1, 2, 0).cpu().numpy()
             image_np = cv2.copyMakeBorder(image_np, 0, pad_h, 0, pad_w, cv2.BORDER_REPLICATE)
             image = torch.from_numpy(np.ascontiguousarray(image_np)).permute(2, 0, 1)
-        extents = coarse_extents(masks_np)
         per_instance = [extract_patch_corners(m, s, self.nms_iou, self.cover_all) for m in masks_np]
         corners = np.concatenate(per_instance) if per_instance else np.zeros((0, 2), dtype=np.int64)
         instance_ids = np.repeat(np.arange(len(per_instance)), [len(c) for c in per_instance])
@@ -242,7 +240,6 @@ class Refiner:
             coarse=coarse,
             height=height,
             width=width,
-            extents=extents,
             corners=corners,
             instance_ids=instance_ids,
             image_patches=image_patches,
@@ -288,9 +285,7 @@ class Refiner:
     def finish(self, job: Job) -> torch.Tensor:
         """Reassembly: paste probabilities back and crop any padding away."""
         t0 = time.perf_counter()
-        refined = reassemble(
-            job.coarse, job.corners, job.instance_ids, job.probs, self.resolve_overlaps, extents=job.extents
-        )
+        refined = reassemble(job.coarse, job.corners, job.instance_ids, job.probs, self.resolve_overlaps)
         refined = refined[:, : job.height, : job.width]
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)

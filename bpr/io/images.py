@@ -18,9 +18,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise BprInputError(f"image not found: {path}")
-    data = np.fromfile(path, dtype=np.uint8)
-    image = decode_image_bytes(data.tobytes(), what=str(path))
-    return image
+    return decode_image_bytes(path.read_bytes(), what=str(path))
 
 
 def decode_image_bytes(data: bytes, what: str = "image", max_pixels: int | None = None) -> np.ndarray:
