@@ -103,6 +103,9 @@ class Refiner:
             time; steadier boundaries). None = what the checkpoint recommends (its config).
         precision: "auto" (fp16 autocast on CUDA, fp32 on CPU), "fp32", "bf16" (about 1.7x
             faster on CPUs with AVX512-BF16/AMX; the default model was trained in bf16) or "fp16".
+        iterations: refinement passes; each pass places patches on the boundary the previous
+            one produced, so errors deeper than half a patch get a second look (None = what the
+            checkpoint recommends; each pass costs a full refinement).
         net: an already built RefinerNet (tests, training); replaces ``checkpoint``.
     """
 
@@ -118,6 +121,7 @@ class Refiner:
         resolve_overlaps: bool = True,
         precision: str = "auto",
         flip_tta: bool | None = None,
+        iterations: int | None = None,
         net: RefinerNet | None = None,
     ) -> None:
         self.device = torch.device(device)
@@ -149,6 +153,9 @@ class Refiner:
             self.checkpoint = None
         self.net = net
         self.flip_tta = net.config.flip_tta if flip_tta is None else flip_tta
+        self.iterations = net.config.iterations if iterations is None else iterations
+        if self.iterations < 1:
+            raise BprInputError(f"iterations must be at least 1, got {self.iterations}")
         self.patch_size = patch_size or net.config.patch_size
         if self.patch_size < 4:
             raise BprInputError(f"patch size must be at least 4 pixels, got {self.patch_size}")
@@ -175,37 +182,51 @@ class Refiner:
         """Refine a stream of (image, masks) pairs; yields refined masks in input order.
 
         Patches of consecutive images share network batches, so a batch is always full
-        except for the very last one.
+        except for the very last one. With several iterations the passes are chained lazily:
+        pass 2 takes each image as soon as pass 1 has finished it.
         """
-        jobs: deque[Job] = deque()
+        stream = self._one_pass(items)
+        for _ in range(self.iterations - 1):
+            stream = self._one_pass(stream)
+        for _, masks in stream:
+            yield masks
+
+    def _one_pass(self, items: Iterable[tuple[np.ndarray, np.ndarray]]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """One refinement pass over a stream: yields (image, refined masks) in input order."""
+        jobs: deque[tuple[Job, np.ndarray]] = deque()
         feed: deque[tuple[Job, int]] = deque()  # (job, first unprocessed patch)
         queued = 0
         for image, masks in items:
             image, masks = check_inputs(image, masks)
             job = self.prepare(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1), torch.from_numpy(masks))
-            jobs.append(job)
+            jobs.append((job, image))
             if job.remaining:
                 feed.append((job, 0))
                 queued += job.remaining
             while queued >= self.batch_size:
                 queued -= self.run_batch(feed)
-            while jobs and jobs[0].remaining == 0:
-                yield self.finish(jobs.popleft()).cpu().numpy()
+            while jobs and jobs[0][0].remaining == 0:
+                job, image = jobs.popleft()
+                yield image, self.finish(job).cpu().numpy()
         while feed:
             self.run_batch(feed)
         while jobs:
-            yield self.finish(jobs.popleft()).cpu().numpy()
+            job, image = jobs.popleft()
+            yield image, self.finish(job).cpu().numpy()
 
     # ------------------------------------------------------------------ torch door
     def refine_torch(self, image: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         """image: (3, H, W) uint8 or float 0..255 RGB; masks: (N, H, W) bool. Returns (N, H, W) bool."""
         if image.ndim != 3 or image.shape[0] != 3 or masks.ndim != 3 or masks.shape[1:] != image.shape[1:]:
             raise BprInputError(f"expected image (3, H, W) and masks (N, H, W), got {tuple(image.shape)}, {tuple(masks.shape)}")
-        job = self.prepare(image, masks.bool())
-        feed = deque([(job, 0)]) if job.remaining else deque()
-        while feed:
-            self.run_batch(feed)
-        return self.finish(job)
+        masks = masks.bool()
+        for _ in range(self.iterations):
+            job = self.prepare(image, masks)
+            feed = deque([(job, 0)]) if job.remaining else deque()
+            while feed:
+                self.run_batch(feed)
+            masks = self.finish(job)
+        return masks
 
     # ------------------------------------------------------------------ stages
     # prepare -> run_batch (repeatedly, over a feed shared by many jobs) -> finish. Public so

@@ -29,7 +29,8 @@ def main() -> None:
     p.add_argument("--nms", type=float, nargs="+", default=[0.25])
     p.add_argument("--data", type=Path, default=DATA)
     p.add_argument("--json", type=Path)
-    p.add_argument("--extra", nargs="*", default=[], help="more bpr-refine flags, e.g. --extra=--flip-tta")
+    p.add_argument("--extra", action="append", default=[],
+                   help="one more bpr-refine flag per use, e.g. --extra=--iterations=2 --extra=--no-flip-tta")
     args = p.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -22,10 +22,11 @@ def main() -> None:
     p.add_argument("src", type=Path)
     p.add_argument("dst", type=Path)
     p.add_argument("--flip-tta", action="store_true", help="recommend flip test-time augmentation")
+    p.add_argument("--iterations", type=int, default=1, help="recommended refinement passes")
     p.add_argument("--eval", type=Path, help="evaluation json (scripts/evaluate_refiner.py --json) to embed")
     args = p.parse_args()
     net = load_refiner(args.src)
-    net.config = dataclasses.replace(net.config, flip_tta=args.flip_tta)
+    net.config = dataclasses.replace(net.config, flip_tta=args.flip_tta, iterations=args.iterations)
     meta = torch.load(args.src, map_location="cpu", weights_only=True).get("meta", {})
     if args.eval:
         meta["evaluation"] = json.loads(args.eval.read_text())

@@ -50,6 +50,7 @@ def build_refiner(settings: Settings) -> Refiner:
         cover_all=settings.cover_all,
         resolve_overlaps=settings.resolve_overlaps,
         precision=settings.precision,
+        iterations=settings.iterations,
     )
 
 

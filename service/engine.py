@@ -79,16 +79,18 @@ class RefineEngine:
         Raises QueueFull (-> 429) when the patch queue is full, ShuttingDown (-> 503).
         """
         stage = self.metrics.stage
-        t0 = time.perf_counter()
-        job = await self.cpu(self._prepare, image, masks, nms_iou)
-        t1 = time.perf_counter()
-        stage.observe(t1 - t0, "extract")
-        if job.remaining:
-            await asyncio.wrap_future(self.batcher.submit(job))  # cancelling this drops the job
-            stage.observe(time.perf_counter() - t1, "batch_wait")
-        t2 = time.perf_counter()
-        refined = await self.cpu(self._finish, job)
-        stage.observe(time.perf_counter() - t2, "reassemble")
+        refined = masks
+        for _ in range(self.refiner.iterations):  # each pass refines the previous pass's boundary
+            t0 = time.perf_counter()
+            job = await self.cpu(self._prepare, image, refined, nms_iou)
+            t1 = time.perf_counter()
+            stage.observe(t1 - t0, "extract")
+            if job.remaining:
+                await asyncio.wrap_future(self.batcher.submit(job))  # cancelling this drops the job
+                stage.observe(time.perf_counter() - t1, "batch_wait")
+            t2 = time.perf_counter()
+            refined = await self.cpu(self._finish, job)
+            stage.observe(time.perf_counter() - t2, "reassemble")
         self.metrics.instances.inc(amount=len(refined))
         return refined
 

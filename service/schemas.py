@@ -125,6 +125,8 @@ class RefinerInfo(BaseModel):
     nms_iou: float = Field(description="default patch NMS IoU")
     cover_all: bool
     resolve_overlaps: bool
+    flip_tta: bool
+    iterations: int
     parameters: int = Field(description="number of network parameters")
 
 

@@ -35,6 +35,7 @@ class Settings(BaseSettings):
     nms_iou: float = Field(0.25, gt=0.0, le=1.0, description="default patch NMS IoU; requests may override it")
     patch_size: int | None = Field(None, ge=4, description="override the checkpoint's patch size (image pixels)")
     input_size: int | None = Field(None, ge=8, description="override the checkpoint's network input size")
+    iterations: int | None = Field(None, ge=1, description="refinement passes per request (default: as the checkpoint recommends)")
     cover_all: bool = Field(True, description="add patches until every boundary pixel is covered")
     resolve_overlaps: bool = Field(True, description="newly gained pixels claimed twice go to the likelier instance")
 

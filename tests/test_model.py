@@ -101,3 +101,22 @@ def test_unreadable_or_foreign_checkpoints_fail_clearly(tmp_path):
         load_refiner(tmp_path / "foreign.pt")
     with pytest.raises(ModelNotAvailableError, match="not found"):
         load_refiner(tmp_path / "missing.pt")
+
+
+def test_detail_head_starts_as_the_refiner_without_it_and_round_trips(tmp_path):
+    torch.manual_seed(0)
+    plain = RefinerNet(RefinerConfig(input_size=64)).eval()
+    detailed = RefinerNet(RefinerConfig(input_size=64, detail_head=True)).eval()
+    missing, unexpected = detailed.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and missing and all(k.startswith("detail_head.") for k in missing)
+    image, mask = torch.randn(2, 3, 64, 64), torch.randn(2, 1, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(detailed(image, mask), plain(image, mask), atol=1e-6)
+        torch.nn.init.normal_(detailed.detail_head.conv_out.weight, std=0.1)
+        changed = detailed(image, mask)
+    assert not torch.allclose(changed, plain(image, mask))
+    save_refiner(detailed, tmp_path / "detail.pt", half=False)
+    back = load_refiner(tmp_path / "detail.pt")
+    assert back.config.detail_head and back.detail_head is not None
+    with torch.no_grad():
+        assert torch.allclose(back(image, mask), changed, atol=1e-5)

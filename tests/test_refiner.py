@@ -143,3 +143,24 @@ def test_precision_options(random_checkpoint):
         Refiner(checkpoint=random_checkpoint, precision="fp16")
     with pytest.raises(BprInputError, match="precision"):
         Refiner(checkpoint=random_checkpoint, precision="int8")
+
+
+def test_each_iteration_refines_the_previous_pass_output(data_dir, random_checkpoint):
+    items = [_davis(data_dir, k) for k in (0, 10)]
+    once = Refiner(checkpoint=random_checkpoint, iterations=1)
+    twice = Refiner(checkpoint=random_checkpoint, iterations=2, batch_size=16)
+    chained = list(twice.refine_many((img, m[None]) for img, m in items))
+    for (img, m), got in zip(items, chained):
+        by_hand = once.refine(img, once.refine(img, m[None]))
+        assert (got != by_hand).mean() < 1e-5  # identical up to float summation order (pooled batches)
+        torch_door = twice.refine_torch(torch.from_numpy(img).permute(2, 0, 1), torch.from_numpy(m[None])).numpy()
+        assert (torch_door != by_hand).mean() < 1e-5
+    image, m = items[0]
+    assert (chained[0] != once.refine(image, m[None])).sum() > 100  # the second pass did something
+
+
+def test_iterations_default_to_the_checkpoint_recommendation_and_must_be_positive():
+    assert Refiner(net=IdentityNet(RefinerConfig(input_size=64, iterations=2))).iterations == 2
+    assert Refiner(net=IdentityNet(RefinerConfig(input_size=64, iterations=2)), iterations=1).iterations == 1
+    with pytest.raises(BprInputError):
+        Refiner(net=IdentityNet(RefinerConfig(input_size=64)), iterations=0)

@@ -224,3 +224,23 @@ def test_metrics_exposition(server) -> None:
         assert metric_value(text, "bpr_stage_duration_seconds_count", f'stage="{stage}"') > 0, stage
     assert metric_value(text, "bpr_queue_patches") == 0
     assert 'status="500"' not in text
+
+
+def test_iterations_setting_matches_the_cli_flag(checkpoint: Path, tmp_path: Path) -> None:
+    """BPR_ITERATIONS=2 runs two passes per request, exactly as bpr-refine --iterations 2 does."""
+    items = davis_items(2)
+    results = [e for _, entries in items for e in entries]
+    src, dst = tmp_path / "in.json", tmp_path / "out.json"
+    src.write_text(json.dumps(results))
+    argv = [str(src), "--images", str(DAVIS / "images"), "--image-info", str(DAVIS / "gt.json"),
+            "--checkpoint", str(checkpoint), "--out", str(dst), "--quiet", "--iterations", "2"]
+    assert refine_cli(argv) == 0
+    cli = json.loads(dst.read_text())
+    with serve(checkpoint, iterations=2) as live:
+        assert httpx.get(f"{live.url}/v1/models").json()["refiner"]["iterations"] == 2
+        got = []
+        for img, entries in items:
+            r = refine_request(live.url, DAVIS / "images" / img["file_name"], entries, filename=img["file_name"])
+            assert r.status_code == 200, r.text
+            got += r.json()["instances"]
+    assert got == cli

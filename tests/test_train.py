@@ -3,6 +3,7 @@ trained checkpoint working in bpr-refine."""
 
 import json
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -12,10 +13,11 @@ from bpr.cli.refine import main as refine_main
 from bpr.cli.train import main as train_main
 from bpr.io.coco import decode_segmentation, load_json
 from bpr.io.images import read_image
+from bpr.modeling import load_refiner
 from bpr.train.build_patches import crop_patches
 from bpr.train.loop import TrainConfig, Trainer, boundary_band
 from bpr.train.patch_store import PatchSet
-from bpr.train.synth import RECIPES, synthesize
+from bpr.train.synth import LARGE_MIX, RECIPES, parse_mix, synthesize, thin_parts_lost
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +70,41 @@ def test_every_recipe_differs_from_gt_but_overlaps_it(recipe, data_dir):
         assert c.shape == g.shape and c.dtype == bool
         ious.append((c & g).sum() / (c | g).sum())
     assert 0.3 < np.mean(ious) < 0.999
+
+
+def test_thin_parts_lost_drops_a_leg_far_from_the_body_and_keeps_the_body():
+    g = np.zeros((480, 480), bool)
+    g[100:300, 100:300] = True  # body
+    g[300:460, 190:194] = True  # a 4 px wide leg (thinner than any opening), 160 px long
+    image = np.zeros((480, 480, 3), np.uint8)
+    for seed in range(6):
+        c = thin_parts_lost(image, g, np.random.default_rng(seed))
+        assert c[120:280, 120:280].all()
+        assert not c[420:460, 190:194].any()  # the leg's far end is always gone
+
+
+def _share_of_boundary_within(mask: np.ndarray, gt: np.ndarray, px: float) -> float:
+    from bpr.evaluate.contours import contour
+    dist = cv2.distanceTransform((~contour(gt)).view(np.uint8), cv2.DIST_L2, 5)
+    return float((dist[contour(mask)] <= px).mean())
+
+
+@pytest.mark.parametrize("small,large", [("warp", "warp_large"), ("colour", "colour_large")])
+def test_large_recipes_make_errors_beyond_the_f_score_tolerance(small, large, data_dir):
+    gt = load_json(data_dir / "davis-train" / "gt.json")
+    info, ann = gt["images"][3], gt["annotations"][3]
+    image = read_image(data_dir / "davis-train" / "images" / info["file_name"])
+    g = decode_segmentation(ann["segmentation"], info["height"], info["width"])
+    near = {name: np.mean([_share_of_boundary_within(RECIPES[name](image, g, np.random.default_rng(s)), g, 8)
+                           for s in range(4)]) for name in (small, large)}
+    assert near[large] < near[small]
+
+
+def test_named_mixes_parse_to_their_weights():
+    assert parse_mix("large") == LARGE_MIX
+    assert parse_mix("grid=2,thin") == {"grid": 2.0, "thin": 1.0}
+    with pytest.raises(ValueError):
+        parse_mix("nonsense=1")
 
 
 def test_synthesize_draws_from_the_mix():
@@ -132,3 +169,12 @@ def test_train_cli_writes_log_plot_and_a_checkpoint_bpr_refine_accepts(patch_dir
                         "--image-info", str(data_dir / "davis-dev-real" / "gt.json"), "--checkpoint", str(run / "model.pt"),
                         "--quiet"]) == 0
     assert len(json.loads((tmp_path / "r.refined.json").read_text())) == 2
+
+
+def test_fine_tuning_adds_a_detail_head_to_a_checkpoint_without_one(patch_dir, tmp_path, random_checkpoint):
+    trainer = Trainer(_cfg(patch_dir, iters=3, detail_head=True, init_checkpoint=str(random_checkpoint)), tmp_path / "run")
+    base = load_refiner(random_checkpoint)
+    for k, v in base.state_dict().items():  # every original weight carried over
+        assert torch.allclose(trainer.net.state_dict()[k].float(), v.float()), k
+    trainer.run(progress=False)
+    assert load_refiner(trainer.export()).config.detail_head

@@ -9,7 +9,7 @@ from pathlib import Path
 from bpr.cli.common import run_cli
 from bpr.errors import BprInputError
 from bpr.train.build_patches import BuildConfig, build_patches
-from bpr.train.synth import DEFAULT_MIX, parse_mix
+from bpr.train.synth import DEFAULT_MIX, NAMED_MIXES, parse_mix
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="output patch directory")
     p.add_argument("--draws", type=int, default=4, help="synthetic coarse masks per instance (0: real only; default 4)")
     default_mix = ",".join(f"{k}={v}" for k, v in DEFAULT_MIX.items())
-    p.add_argument("--mix", default=default_mix, help=f"recipe weights (default {default_mix})")
+    p.add_argument("--mix", default=default_mix, help=f"recipe weights, e.g. 'grid=2,warp=1', or a named mix: {', '.join(NAMED_MIXES)} (default {default_mix})")
     p.add_argument("--patch-size", type=int, default=64)
     p.add_argument("--nms-iou", type=float, default=0.25)
     p.add_argument("--val-fraction", type=float, default=0.05, help="share of images held out for validation")

@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nms-iou", type=float, default=0.25, help="patch NMS IoU: 0.25 sparse, 0.55 dense (default 0.25)")
     p.add_argument("--flip-tta", action=argparse.BooleanOptionalAction, default=None,
                    help="average each patch with its mirror image (2x network time; default: as the checkpoint recommends)")
+    p.add_argument("--iterations", type=int, default=None,
+                   help="refinement passes, each on the previous pass's boundary (default: as the checkpoint recommends)")
     p.add_argument("--no-cover-all", action="store_true", help="plain NMS only, even if a few boundary pixels stay uncovered")
     p.add_argument("--keep-overlaps", action="store_true", help="do not resolve pixels newly claimed by two instances")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
@@ -78,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         resolve_overlaps=not args.keep_overlaps,
         precision=args.precision,
         flip_tta=args.flip_tta,
+        iterations=args.iterations,
     )
     refined: list[dict[str, Any] | None] = [None] * len(results)
     start = time.perf_counter()

@@ -22,6 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", dest="init_checkpoint", help="fine-tune from this checkpoint (bpr or original BPR)")
     p.add_argument("--arch", choices=["hr18s", "hr18", "hr48"])
     p.add_argument("--input-size", type=int, help="network input size (64 fast, 128 as the paper)")
+    p.add_argument("--detail-head", action="store_true", default=None,
+                   help="add a full-resolution head after the 1/4-resolution one (thin parts, exact edges)")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--iters", type=int)
     p.add_argument("--optimizer", choices=["sgd", "adamw"])

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bpr.modeling.head import FCNHead
+from bpr.modeling.head import DetailHead, FCNHead
 from bpr.modeling.hrnet import ARCHS, HRNetWithMask
 
 IMAGENET_MEAN = (123.675, 116.28, 103.53)  # RGB, 0..255 scale, as mmseg normalises
@@ -28,6 +28,8 @@ class RefinerConfig:
     patch_size: int = 64
     upsample_mode: str = "bilinear"  # HRNet fuse-layer upsampling; "nearest" for mmseg 0.x weights
     flip_tta: bool = False  # recommended inference: average each patch with its mirror image
+    detail_head: bool = False  # full-resolution correction after the 1/4-resolution FCN head
+    iterations: int = 1  # recommended inference passes; each pass patches the previous pass's boundary
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -49,13 +51,17 @@ class RefinerNet(nn.Module):
         spec = ARCHS[config.arch]
         self.backbone = HRNetWithMask(spec, upsample_mode=config.upsample_mode)
         self.decode_head = FCNHead(spec.widths, num_classes=2)
+        self.detail_head = DetailHead(num_classes=2) if config.detail_head else None
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """image (B, 3, S, S) normalised; mask (B, 1, S, S) in [-1, 1] -> logits (B, 2, S, S)."""
         logits = self.decode_head(self.backbone(image, mask))  # (B, 2, S/4, S/4)
-        return F.interpolate(logits, size=image.shape[-2:], mode="bilinear", align_corners=False)
+        logits = F.interpolate(logits, size=image.shape[-2:], mode="bilinear", align_corners=False)
+        if self.detail_head is not None:
+            logits = self.detail_head(logits, image, mask)
+        return logits
 
     def preprocess(self, image_patches: torch.Tensor, mask_patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw patches -> network inputs at ``input_size``.

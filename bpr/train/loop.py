@@ -32,6 +32,7 @@ class TrainConfig:
     patches: list[str] = field(default_factory=list)
     arch: str = "hr18s"
     input_size: int = 64
+    detail_head: bool = False  # add the full-resolution DetailHead (see bpr.modeling.head)
     batch_size: int = 32
     iters: int = 20000
     optimizer: str = "sgd"  # the reference recipe; "adamw" converges faster from scratch
@@ -94,11 +95,16 @@ class Trainer:
         if len(self.train_idx) == 0:
             raise BprInputError("the patch set has no training patches")
         torch.manual_seed(cfg.seed)
-        config = RefinerConfig(arch=cfg.arch, input_size=cfg.input_size, patch_size=self.data.patch_size)
+        config = RefinerConfig(arch=cfg.arch, input_size=cfg.input_size, patch_size=self.data.patch_size,
+                               detail_head=cfg.detail_head)
         if cfg.init_checkpoint:
             init = load_refiner(cfg.init_checkpoint)
             self.net = RefinerNet(config)
-            self.net.load_state_dict(init.state_dict())
+            missing, unexpected = self.net.load_state_dict(init.state_dict(), strict=False)
+            # A checkpoint without a detail head may seed one with it: that head starts as identity.
+            if unexpected or any(not k.startswith("detail_head.") for k in missing):
+                raise BprInputError(f"{cfg.init_checkpoint} does not fit a {cfg.arch} refiner "
+                                    f"(missing {missing[:2]}, unexpected {unexpected[:2]})")
         else:
             self.net = RefinerNet(config)
         self.net.to(self.device).train()

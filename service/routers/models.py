@@ -31,6 +31,8 @@ async def models(
         nms_iou=r.nms_iou,
         cover_all=r.cover_all,
         resolve_overlaps=r.resolve_overlaps,
+        flip_tta=r.flip_tta,
+        iterations=r.iterations,
         parameters=sum(p.numel() for p in r.net.parameters()),
     )
     detector = state.detector.describe() if state.detector is not None else None

@@ -1,0 +1,77 @@
+#!/usr/bin/env python
+"""Which boundary errors does a refiner fix? Ground-truth boundary pixels of davis-dev-real,
+binned by how far the coarse (REAL OSVOS / RVOS) boundary is from them, and the share of each
+bin that lies within the DAVIS F tolerance (8 px at 854x480) before and after refinement.
+
+    python scripts/error_profile.py --checkpoint models/bpr_default.pt [--predictors osvos rvos]
+
+F only counts errors beyond its tolerance, so this table says where F points can come from:
+bins 8-32 px are inside a 64 px patch's reach, bins beyond 64 px (missed parts, other
+objects) are out of reach of any boundary patch.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from bpr.evaluate.contours import contour, tolerance_px
+from bpr.io.coco import decode_segmentation, load_json
+from bpr.io.images import read_image
+from bpr.refiner import Refiner
+
+DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "davis-dev-real"
+BINS = (0, 2, 4, 8, 16, 32, 64, np.inf)
+
+
+def _distance_to(boundary: np.ndarray) -> np.ndarray:
+    return cv2.distanceTransform((~boundary).view(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+
+
+def profile(refiner: Refiner, data: Path, predictor: str) -> dict[str, np.ndarray]:
+    gt = load_json(data / "gt.json")
+    images = {im["id"]: im for im in gt["images"]}
+    gt_masks = {a["image_id"]: a["segmentation"] for a in gt["annotations"]}
+    n = len(BINS) - 1
+    total, hit_before, hit_after = np.zeros(n), np.zeros(n), np.zeros(n)
+    for entry in load_json(data / f"{predictor}.json"):
+        info = images[entry["image_id"]]
+        h, w = info["height"], info["width"]
+        g = decode_segmentation(gt_masks[entry["image_id"]], h, w)
+        coarse = decode_segmentation(entry["segmentation"], h, w)
+        refined = refiner.refine(read_image(data / "images" / info["file_name"]), coarse[None])[0]
+        tol = tolerance_px(h, w, 0.008)
+        gb = contour(g)
+        err = _distance_to(contour(coarse))[gb]
+        after = _distance_to(contour(refined))[gb] <= tol + 1e-4
+        which = np.digitize(err, BINS) - 1
+        total += np.bincount(which, minlength=n)
+        hit_before += np.bincount(which, weights=err <= tol + 1e-4, minlength=n)
+        hit_after += np.bincount(which, weights=after, minlength=n)
+    return {"total": total, "before": hit_before, "after": hit_after}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--predictors", nargs="+", default=["osvos", "rvos"])
+    p.add_argument("--data", type=Path, default=DATA)
+    args = p.parse_args()
+    refiner = Refiner(args.checkpoint)
+    print(f"checkpoint: {args.checkpoint}\n")
+    print("| predictor | coarse error (px) | share of GT boundary | within tolerance before | after |")
+    print("| --- | --- | ---: | ---: | ---: |")
+    for pred in args.predictors:
+        r = profile(refiner, args.data, pred)
+        for k in range(len(BINS) - 1):
+            label = f"{BINS[k]:g}-{BINS[k + 1]:g}" if np.isfinite(BINS[k + 1]) else f"> {BINS[k]:g}"
+            t = max(r["total"][k], 1)
+            print(f"| {pred} | {label} | {100 * r['total'][k] / r['total'].sum():.1f}% | "
+                  f"{100 * r['before'][k] / t:.1f}% | {100 * r['after'][k] / t:.1f}% |")
+
+
+if __name__ == "__main__":
+    main()
