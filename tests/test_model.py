@@ -120,3 +120,12 @@ def test_detail_head_starts_as_the_refiner_without_it_and_round_trips(tmp_path):
     assert back.config.detail_head and back.detail_head is not None
     with torch.no_grad():
         assert torch.allclose(back(image, mask), changed, atol=1e-5)
+
+
+@pytest.mark.parametrize("name,input_size", [("bpr_default.pt", 64), ("bpr_hq128.pt", 128)])
+def test_bundled_models_load_with_the_settings_their_card_states(name, input_size):
+    net = load_refiner(REPO / "models" / name)
+    c = net.config
+    assert (c.arch, c.patch_size, c.input_size) == ("hr18s", 64, input_size)
+    assert c.detail_head and c.flip_tta and c.iterations == 2
+    assert (REPO / "models" / name).stat().st_size < 20e6
