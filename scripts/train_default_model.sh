@@ -37,5 +37,5 @@ train() {  # train <config> <run dir>: start it, or continue it from its last.pt
 train models/configs/default_hr18s_64.json work/runs/default_12k
 cp work/runs/default_12k/model.pt work/bpr_default_12k.pt  # stage 2's init_checkpoint
 train models/configs/finetune_large_p64_detail.json work/runs/large_p64_detail
-python scripts/package_model.py work/runs/large_p64_detail/model.pt models/bpr_default.pt --flip-tta
+python scripts/package_model.py work/runs/large_p64_detail/model.pt models/bpr_default.pt --flip-tta --iterations 2
 python scripts/evaluate_refiner.py --checkpoint models/bpr_default.pt --nms 0.25 0.55 --json models/bpr_default.eval.json
