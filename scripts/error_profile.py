@@ -8,6 +8,11 @@ bin that lies within the DAVIS F tolerance (8 px at 854x480) before and after re
 F only counts errors beyond its tolerance, so this table says where F points can come from:
 bins 8-32 px are inside a 64 px patch's reach, bins beyond 64 px (missed parts, other
 objects) are out of reach of any boundary patch.
+
+A second table looks at precision: contour pixels farther than the tolerance from the ground
+truth ("false"), before and after, and how many of the false ones after refinement lie within
+the tolerance of a false coarse contour pixel, i.e. a coarse error the refiner kept or only
+reshaped (other objects taken as foreground), against false boundary the refiner made.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ def profile(refiner: Refiner, data: Path, predictor: str) -> dict[str, np.ndarra
     gt_masks = {a["image_id"]: a["segmentation"] for a in gt["annotations"]}
     n = len(BINS) - 1
     total, hit_before, hit_after = np.zeros(n), np.zeros(n), np.zeros(n)
+    precision = np.zeros(5)  # coarse contour, coarse false, refined contour, refined false, of which near coarse false
     for entry in load_json(data / f"{predictor}.json"):
         info = images[entry["image_id"]]
         h, w = info["height"], info["width"]
@@ -51,7 +57,12 @@ def profile(refiner: Refiner, data: Path, predictor: str) -> dict[str, np.ndarra
         total += np.bincount(which, minlength=n)
         hit_before += np.bincount(which, weights=err <= tol + 1e-4, minlength=n)
         hit_after += np.bincount(which, weights=after, minlength=n)
-    return {"total": total, "before": hit_before, "after": hit_after}
+        to_gt = _distance_to(gb)
+        cb, rb = contour(coarse), contour(refined)
+        coarse_false, refined_false = cb & (to_gt > tol + 1e-4), rb & (to_gt > tol + 1e-4)
+        kept = refined_false & (_distance_to(coarse_false) <= tol + 1e-4) if coarse_false.any() else np.zeros_like(refined_false)
+        precision += [cb.sum(), coarse_false.sum(), rb.sum(), refined_false.sum(), kept.sum()]
+    return {"total": total, "before": hit_before, "after": hit_after, "precision": precision}
 
 
 def main() -> None:
@@ -64,13 +75,18 @@ def main() -> None:
     print(f"checkpoint: {args.checkpoint}\n")
     print("| predictor | coarse error (px) | share of GT boundary | within tolerance before | after |")
     print("| --- | --- | ---: | ---: | ---: |")
-    for pred in args.predictors:
-        r = profile(refiner, args.data, pred)
+    results = {pred: profile(refiner, args.data, pred) for pred in args.predictors}
+    for pred, r in results.items():
         for k in range(len(BINS) - 1):
             label = f"{BINS[k]:g}-{BINS[k + 1]:g}" if np.isfinite(BINS[k + 1]) else f"> {BINS[k]:g}"
             t = max(r["total"][k], 1)
             print(f"| {pred} | {label} | {100 * r['total'][k] / r['total'].sum():.1f}% | "
                   f"{100 * r['before'][k] / t:.1f}% | {100 * r['after'][k] / t:.1f}% |")
+    print("\n| predictor | contour px before | false before | contour px after | false after | false after, at a false coarse contour |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for pred, r in results.items():
+        cb, cf, rb, rf, kept = r["precision"]
+        print(f"| {pred} | {cb:.0f} | {100 * cf / max(cb, 1):.1f}% | {rb:.0f} | {100 * rf / max(rb, 1):.1f}% | {100 * kept / max(rf, 1):.1f}% |")
 
 
 if __name__ == "__main__":
