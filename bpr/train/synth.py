@@ -25,6 +25,11 @@ def _bbox(mask: np.ndarray) -> tuple[int, int, int, int]:
     return int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1
 
 
+def _disk(radius: int) -> np.ndarray:
+    """Elliptical (disk) structuring element of the given radius, for OpenCV morphology."""
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+
+
 def _smooth_noise(shape: tuple[int, int], cell: float, rng: np.random.Generator) -> np.ndarray:
     """Zero-mean, unit-std noise that varies smoothly over about ``cell`` pixels."""
     h, w = shape
@@ -105,7 +110,7 @@ def boundary_chunks(image: np.ndarray, gt: np.ndarray, rng: np.random.Generator)
 def dilate_erode(image: np.ndarray, gt: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """A mask grown or shrunk by a few pixels, with a noisy edge."""
     r = int(rng.integers(1, 6))
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+    kernel = _disk(r)
     m = gt.astype(np.uint8)
     m = cv2.dilate(m, kernel) if rng.random() < 0.5 else cv2.erode(m, kernel)
     return boundary_noise(image, m.astype(bool), rng)
@@ -117,7 +122,7 @@ def boundary_noise(image: np.ndarray, gt: np.ndarray, rng: np.random.Generator) 
     soft = cv2.GaussianBlur(gt.astype(np.float32), (0, 0), sigma)
     noise = _smooth_noise(gt.shape, rng.uniform(4, 16), rng) * rng.uniform(0.1, 0.3)
     r = int(3 * sigma) + 2
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+    kernel = _disk(r)
     m = gt.astype(np.uint8)
     band = (cv2.dilate(m, kernel) - cv2.erode(m, kernel)).astype(bool)
     out = gt.copy()
@@ -129,7 +134,7 @@ def _colour_leak(image: np.ndarray, gt: np.ndarray, rng: np.random.Generator, wi
     """Within ``width_px`` (at 480 px) of the boundary, pixels take the label whose colour they resemble."""
     h, w = gt.shape
     width = int(rng.integers(*width_px) * max(h, w) / 480) + 1
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * width + 1, 2 * width + 1))
+    kernel = _disk(width)
     m = gt.astype(np.uint8)
     band = (cv2.dilate(m, kernel) - cv2.erode(m, kernel)).astype(bool)
     lab = cv2.cvtColor(cv2.GaussianBlur(image, (0, 0), rng.uniform(0.5, 2.0)), cv2.COLOR_RGB2LAB).astype(np.float32)
@@ -169,7 +174,7 @@ def grabcut(image: np.ndarray, gt: np.ndarray, rng: np.random.Generator) -> np.n
     crop_img = np.ascontiguousarray(image[ys:ye, xs:xe, ::-1])  # GrabCut wants BGR
     seed = smooth_warp(image, gt, rng)[ys:ye, xs:xe]
     r = 4
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+    kernel = _disk(r)
     sure_fg = cv2.erode(seed.astype(np.uint8), kernel, iterations=2).astype(bool)
     maybe_fg = cv2.dilate(seed.astype(np.uint8), kernel, iterations=2).astype(bool)
     gc = np.full(seed.shape, cv2.GC_BGD, dtype=np.uint8)
@@ -192,9 +197,9 @@ def blobs_and_cuts(image: np.ndarray, gt: np.ndarray, rng: np.random.Generator) 
     size = max(y1 - y0, x1 - x0)
     if rng.random() < 0.6:  # cut thin parts with an opening
         r = int(rng.integers(2, max(3, size // 25)))
-        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+        kernel = _disk(r)
         out = cv2.morphologyEx(out.astype(np.uint8), cv2.MORPH_OPEN, kernel).astype(bool)
-    ring = cv2.dilate(gt.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (31, 31))).astype(bool) & ~gt
+    ring = cv2.dilate(gt.astype(np.uint8), _disk(15)).astype(bool) & ~gt
     candidates = np.argwhere(ring)
     for _ in range(int(rng.integers(1, 4))):
         if len(candidates) == 0:
@@ -213,14 +218,14 @@ def thin_parts_lost(image: np.ndarray, gt: np.ndarray, rng: np.random.Generator)
     5-25 px next to the body, as real ones do."""
     scale = max(gt.shape) / 480
     r = max(2, int(rng.uniform(3, 12) * scale))
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+    kernel = _disk(r)
     m = gt.astype(np.uint8)
     opened = cv2.morphologyEx(m, cv2.MORPH_OPEN, kernel)
     if not opened.any():
         return boundary_noise(image, gt, rng)
     if rng.random() < 0.5:
         reach = max(1, int(rng.uniform(5, 25) * scale))
-        near = cv2.dilate(opened, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * reach + 1, 2 * reach + 1)))
+        near = cv2.dilate(opened, _disk(reach))
         opened = opened | (m & near)
     return opened.astype(bool)
 
