@@ -49,18 +49,17 @@ def profile(refiner: Refiner, data: Path, predictor: str) -> dict[str, np.ndarra
         g = decode_segmentation(gt_masks[entry["image_id"]], h, w)
         coarse = decode_segmentation(entry["segmentation"], h, w)
         refined = refiner.refine(read_image(data / "images" / info["file_name"]), coarse[None])[0]
-        tol = tolerance_px(h, w, 0.008)
-        gb = contour(g)
-        err = _distance_to(contour(coarse))[gb]
-        after = _distance_to(contour(refined))[gb] <= tol + 1e-4
+        tol = tolerance_px(h, w, 0.008) + 1e-4  # inclusive, as contour_fscore matches
+        gb, cb, rb = contour(g), contour(coarse), contour(refined)
+        err = _distance_to(cb)[gb]
+        after = _distance_to(rb)[gb] <= tol
         which = np.digitize(err, BINS) - 1
         total += np.bincount(which, minlength=n)
-        hit_before += np.bincount(which, weights=err <= tol + 1e-4, minlength=n)
+        hit_before += np.bincount(which, weights=err <= tol, minlength=n)
         hit_after += np.bincount(which, weights=after, minlength=n)
         to_gt = _distance_to(gb)
-        cb, rb = contour(coarse), contour(refined)
-        coarse_false, refined_false = cb & (to_gt > tol + 1e-4), rb & (to_gt > tol + 1e-4)
-        kept = refined_false & (_distance_to(coarse_false) <= tol + 1e-4) if coarse_false.any() else np.zeros_like(refined_false)
+        coarse_false, refined_false = cb & (to_gt > tol), rb & (to_gt > tol)
+        kept = refined_false & (_distance_to(coarse_false) <= tol) if coarse_false.any() else np.zeros_like(refined_false)
         precision += [cb.sum(), coarse_false.sum(), rb.sum(), refined_false.sum(), kept.sum()]
     return {"total": total, "before": hit_before, "after": hit_after, "precision": precision}
 
