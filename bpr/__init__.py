@@ -1,7 +1,7 @@
 """bpr: Boundary Patch Refinement for instance segmentation masks.
 
     from bpr import Refiner
-    refined = Refiner().refine(image, masks)  # HxWx3 uint8 RGB, NxHxW bool -> NxHxW bool
+    refined = Refiner.from_checkpoint().refine(image, masks)  # HxWx3 uint8 RGB, NxHxW bool -> NxHxW bool
 
 ``Refiner`` is imported lazily so that commands which never touch the network (bpr-eval)
 start without loading torch.

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+import torch
 
 
 def boundary_counts(mask: np.ndarray) -> np.ndarray:
@@ -150,3 +151,35 @@ def extract_patch_corners(
             return np.concatenate(rounds)
         idx = np.flatnonzero(pending)
         rounds.append(corners[idx][nms_squares(corners[idx], scores[idx], patch_size, nms_iou)])
+
+
+def crop_squares(
+    source: torch.Tensor, corners: np.ndarray, size: int, layers: np.ndarray | None = None
+) -> torch.Tensor:
+    """The ``size`` squares at ``corners`` (P, 2) [y0, x0], cut from ``source``.
+
+    ``source`` is (C, H, W) (an image: returns (P, C, size, size)) or, with ``layers`` (P,),
+    (N, H, W) (one mask per instance: square p is cut from ``source[layers[p]]``, returns
+    (P, size, size)). Squares that reach past the bottom or right edge (images smaller than a
+    patch) repeat the last row / column. The one cropping routine of bpr: inference patches
+    and training patches are both cut here, so they cannot drift apart.
+    """
+    height, width = source.shape[-2:]
+    ar = torch.arange(size, device=source.device)
+    y0 = torch.as_tensor(corners[:, 0], device=source.device)
+    x0 = torch.as_tensor(corners[:, 1], device=source.device)
+    rows = (y0[:, None] + ar).clamp_(max=height - 1)[:, :, None]  # (P, S, 1)
+    cols = (x0[:, None] + ar).clamp_(max=width - 1)[:, None, :]  # (P, 1, S)
+    if layers is None:
+        return source[:, rows, cols].permute(1, 0, 2, 3)
+    return source[torch.as_tensor(layers, device=source.device)[:, None, None], rows, cols]
+
+
+def pad_to_patch(source: torch.Tensor, size: int) -> torch.Tensor:
+    """(..., H, W) grown to at least ``size`` x ``size`` by repeating the last row / column."""
+    height, width = source.shape[-2:]
+    if height >= size and width >= size:
+        return source
+    rows = torch.arange(max(height, size), device=source.device).clamp_(max=height - 1)
+    cols = torch.arange(max(width, size), device=source.device).clamp_(max=width - 1)
+    return source[..., rows[:, None], cols[None, :]]

@@ -33,21 +33,53 @@ def instance_regions(corners: np.ndarray, instance_ids: np.ndarray, patch_size: 
     return regions
 
 
+def _canvas_index(
+    corners: np.ndarray, instance_ids: np.ndarray, size: int, offsets: np.ndarray, regions: np.ndarray,
+    widths: np.ndarray, device: torch.device,
+) -> torch.Tensor:
+    """Flat slot of every patch pixel in a buffer of per-instance canvases laid end to end:
+    offset[instance] + (y - region_y0) * region_w + (x - region_x0)."""
+    base = (
+        offsets[instance_ids]
+        + (corners[:, 0] - regions[instance_ids, 0]) * widths[instance_ids]
+        + (corners[:, 1] - regions[instance_ids, 1])
+    )
+    ar = torch.arange(size, device=device)
+    w_t = torch.as_tensor(widths[instance_ids], device=device)
+    return (
+        torch.as_tensor(base, device=device)[:, None, None]
+        + ar[None, :, None] * w_t[:, None, None]
+        + ar[None, None, :]
+    ).reshape(-1)
+
+
+def patch_reach(shape: tuple[int, ...] | torch.Size, corners: np.ndarray, instance_ids: np.ndarray, size: int,
+                device: torch.device | str = "cpu") -> torch.Tensor:
+    """(N, H, W) bool: the pixels some patch of each instance covers."""
+    n, height, width = shape
+    reach = torch.zeros(n * height * width, dtype=torch.bool, device=device)
+    if len(corners):
+        ar = np.arange(size)
+        flat = (
+            instance_ids[:, None, None] * (height * width)
+            + (corners[:, 0, None, None] + ar[None, :, None]) * width
+            + (corners[:, 1, None, None] + ar[None, None, :])
+        ).reshape(-1)
+        reach[torch.as_tensor(flat, device=device)] = True
+    return reach.view(n, height, width)
+
+
 def reassemble(
     coarse: torch.Tensor,
     corners: np.ndarray,
     instance_ids: np.ndarray,
     probs: torch.Tensor,
     resolve_overlaps: bool = True,
-    threshold: float = 0.5,
-    extents: np.ndarray | None = None,
 ) -> torch.Tensor:
     """Paste patch probabilities back.
 
     coarse: (N, H, W) bool; corners: (P, 2) int [y0, x0]; instance_ids: (P,) int in [0, N);
-    probs: (P, S, S) float foreground probability per patch; extents: optional (N, 4) boxes
-    of the coarse masks (see ``coarse_extents``), computed here when needed and not given.
-    Returns (N, H, W) bool.
+    probs: (P, S, S) float foreground probability per patch. Returns (N, H, W) bool.
     """
     refined = coarse.clone()
     n = coarse.shape[0]
@@ -60,20 +92,7 @@ def reassemble(
     widths = regions[:, 3] - regions[:, 1]
     offsets = np.concatenate([[0], np.cumsum(heights * widths)])
 
-    # One flat buffer holds every instance's canvas; a patch pixel's slot is
-    # offset[instance] + (y - region_y0) * region_w + (x - region_x0).
-    base = (
-        offsets[instance_ids]
-        + (corners[:, 0] - regions[instance_ids, 0]) * widths[instance_ids]
-        + (corners[:, 1] - regions[instance_ids, 1])
-    )
-    ar = torch.arange(size, device=device)
-    w_t = torch.as_tensor(widths[instance_ids], device=device)
-    index = (
-        torch.as_tensor(base, device=device)[:, None, None]
-        + ar[None, :, None] * w_t[:, None, None]
-        + ar[None, None, :]
-    ).reshape(-1)
+    index = _canvas_index(corners, instance_ids, size, offsets, regions, widths, device)
     total = int(offsets[-1])
     sums = torch.zeros(total, device=device, dtype=torch.float32).index_add_(0, index, probs.reshape(-1).float())
     counts = torch.zeros(total, device=device, dtype=torch.float32).index_add_(
@@ -88,10 +107,10 @@ def reassemble(
         c = counts[offsets[i] : offsets[i + 1]].view(h, w)
         old = coarse[i, y0:y1, x0:x1]
         prob = torch.where(c > 0, s / c.clamp(min=1), old.float())
-        refined[i, y0:y1, x0:x1] = torch.where(c > 0, prob > threshold, old)
+        refined[i, y0:y1, x0:x1] = torch.where(c > 0, prob > 0.5, old)
         probabilities[int(i)] = prob
     if resolve_overlaps and n > 1:
-        _resolve_gained_overlaps(coarse, refined, regions, probabilities, extents)
+        _resolve_gained_overlaps(coarse, refined, regions, probabilities)
     return refined
 
 
@@ -122,7 +141,6 @@ def _resolve_gained_overlaps(
     refined: torch.Tensor,
     regions: np.ndarray,
     probabilities: dict[int, torch.Tensor],
-    extents: np.ndarray | None,
 ) -> None:
     """Give every pixel that refinement newly makes shared to its most confident claimant (in place).
 
@@ -139,9 +157,7 @@ def _resolve_gained_overlaps(
         if not bool(gained.any()):
             continue
         if ext is None:
-            if extents is None:
-                extents = coarse_extents(coarse.cpu().numpy())
-            ext = _claim_boxes(extents, regions)
+            ext = _claim_boxes(coarse_extents(coarse.cpu().numpy()), regions)
         best_other = torch.full(gained.shape, -1.0, device=prob.device)
         rivals: list[tuple[int, int, int, int, int]] = []
         for j in range(coarse.shape[0]):

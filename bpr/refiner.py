@@ -2,36 +2,45 @@
 
 Two doors, as in segment-anything's predictor:
 
-* numpy: ``Refiner().refine(image HxWx3 uint8 RGB, masks NxHxW bool) -> NxHxW bool``, and
-  ``refine_many`` which streams many images through shared network batches;
+* numpy: ``Refiner.from_checkpoint().refine(image HxWx3 uint8 RGB, masks NxHxW bool)`` ->
+  NxHxW bool, and ``refine_many``, which streams many images through shared network batches;
 * torch: ``refine_torch(image (3,H,W), masks (N,H,W))`` on tensors already on the device.
 
-Inside, every image goes through the same three stages: extract boundary patches (numpy +
-OpenCV), run the network on batches of patches pooled across instances and images, paste the
-probabilities back (torch, on the device). The CLI, the service and the training-data builder
-all use this class.
+Behind both doors sits one pass loop, :class:`Refinement`: each pass extracts boundary
+patches (``prepare``: numpy + OpenCV for the boundary, torch on the device for the crops),
+waits for the network to fill in their probabilities (``run_batch`` over a
+:class:`bpr.feed.PatchFeed` shared by many images), and pastes them back (``finish``). The
+CLI, the service's dynamic batcher and the benchmarks drive the same loop.
+
+How to refine (NMS density, passes, flip TTA, the safety rules) is a per-call
+:class:`RefineOptions`; the Refiner itself holds only the network and how to run it, so one
+Refiner serves concurrent calls with different options without copies.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-import cv2
 import numpy as np
 import torch
 
 from bpr.errors import BprInputError, ModelNotAvailableError
+from bpr.feed import PatchBatch, PatchFeed
 from bpr.modeling.checkpoint import load_refiner
 from bpr.modeling.refiner_net import RefinerNet
-from bpr.patches import extract_patch_corners
-from bpr.reassemble import reassemble
+from bpr.patches import crop_squares, extract_patch_corners, pad_to_patch
+from bpr.reassemble import patch_reach, reassemble
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "models" / "bpr_default.pt"
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 def default_checkpoint() -> Path:
@@ -39,22 +48,83 @@ def default_checkpoint() -> Path:
     return Path(os.environ.get("BPR_DEFAULT_CHECKPOINT", DEFAULT_CHECKPOINT))
 
 
+@dataclass(frozen=True)
+class RefineOptions:
+    """How to refine, per call.
+
+    nms_iou: patch NMS threshold (0.25 sparse, 0.55 dense: more patches, slower).
+    cover_all: add patches until every boundary pixel lies in one (see patches.py).
+    resolve_overlaps: pixels newly gained by an instance while another claims them go to the
+        more confident one.
+    flip_tta: also run every patch mirrored and average the two (2x network time).
+    iterations: refinement passes; each places patches on the previous pass's boundary.
+    confine_passes: later passes may change only pixels the first pass's patches covered, so
+        a pass cannot extend what the previous one added (no compounding).
+    fallback_iou: an instance whose refined mask is empty, or overlaps its input mask by an
+        IoU below this, is returned as it came in (0 = off).
+    min_area: instances of fewer pixels than this are returned as they came in (0 = refine all).
+    """
+
+    nms_iou: float = 0.25
+    cover_all: bool = True
+    resolve_overlaps: bool = True
+    flip_tta: bool = False
+    iterations: int = 1
+    confine_passes: bool = True
+    fallback_iou: float = 0.0
+    min_area: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.nms_iou <= 1.0:
+            raise BprInputError(f"NMS IoU threshold must be in (0, 1], got {self.nms_iou}")
+        if self.iterations < 1:
+            raise BprInputError(f"iterations (refinement passes) must be at least 1, got {self.iterations}")
+        if not 0.0 <= self.fallback_iou < 1.0:
+            raise BprInputError(f"fallback IoU must be in [0, 1), got {self.fallback_iou}")
+        if self.min_area < 0:
+            raise BprInputError(f"minimum instance area must be 0 or more pixels, got {self.min_area}")
+
+    def updated(self, **changes: Any) -> "RefineOptions":
+        """A copy with the given fields changed; ``None`` values leave a field as it is."""
+        changes = {k: v for k, v in changes.items() if v is not None}
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise TypeError(f"unknown refine option(s): {', '.join(sorted(unknown))}")
+        return dataclasses.replace(self, **changes) if changes else self
+
+
 @dataclass
 class RefineStats:
-    """Running totals, for progress bars, benchmarks and /metrics."""
+    """Running totals, for progress bars, benchmarks and /metrics. Safe to update from many
+    threads: every change goes through ``add`` under one lock.
+
+    images / instances count each image once, whatever the number of passes; patches and
+    batches count the network's work; fallbacks are instances returned as they came in by
+    the ``fallback_iou`` rule, small ones those left alone by ``min_area``.
+    """
 
     images: int = 0
     instances: int = 0
     patches: int = 0
     batches: int = 0
+    fallbacks: int = 0
+    small: int = 0
     seconds: dict[str, float] = field(default_factory=lambda: {"extract": 0.0, "network": 0.0, "reassemble": 0.0})
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, stage: str | None = None, seconds: float = 0.0, **counts: int) -> None:
+        with self._lock:
+            for name, value in counts.items():
+                setattr(self, name, getattr(self, name) + value)
+            if stage is not None:
+                self.seconds[stage] += seconds
 
 
 @dataclass
 class Job:
-    """One image in flight: its patches, and the probabilities filled in batch by batch."""
+    """One pass over one image: its patches, and the probabilities filled in batch by batch."""
 
-    coarse: torch.Tensor  # (N, Hp, Wp) bool, padded to at least the patch size
+    coarse: torch.Tensor  # (N, Hp, Wp) bool on the device, padded to at least the patch size
     height: int
     width: int
     corners: np.ndarray  # (P, 2) [y0, x0]
@@ -62,7 +132,14 @@ class Job:
     image_patches: torch.Tensor  # (P, 3, S, S) float 0..255
     mask_patches: torch.Tensor  # (P, 1, S, S) float {0, 1}
     probs: torch.Tensor  # (P, S, S)
-    remaining: int
+    flip_tta: bool
+    resolve_overlaps: bool
+    remaining: int  # patches whose probabilities are not filled in yet
+    extract_seconds: float = 0.0
+
+    @property
+    def num_patches(self) -> int:
+        return len(self.corners)
 
 
 def check_inputs(image: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -88,176 +165,272 @@ def check_inputs(image: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.n
     return image, masks.astype(bool, copy=False)
 
 
+def _mask_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(N,) IoU of two (N, H, W) bool stacks; 1 where both are empty."""
+    inter = (a & b).flatten(1).sum(1)
+    union = (a | b).flatten(1).sum(1)
+    return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(inter, dtype=torch.float32))
+
+
+class Refinement:
+    """One image through every refinement pass: the one pass loop that every door drives.
+
+    ``advance()`` finishes the pass whose patches the network has just filled in (if any),
+    applies the pass rules, and prepares the next pass; it returns that pass's :class:`Job`
+    (queue its patches, run them, call ``advance`` again) or None once ``result`` is ready.
+    Each call is a CPU-side step, so the service runs them in its worker pool while the
+    network thread serves other requests.
+    """
+
+    def __init__(self, refiner: "Refiner", image: torch.Tensor, masks: torch.Tensor, options: RefineOptions) -> None:
+        self.refiner = refiner
+        self.options = options
+        self.image = image  # (3, H, W) on the device
+        self.input = masks  # (N, H, W) bool on the device
+        self.masks = masks
+        self.passes = 0
+        self.job: Job | None = None
+        self.result: torch.Tensor | None = None
+        self.reach: torch.Tensor | None = None  # pixels the first pass's patches covered
+        self.active: np.ndarray | None = None  # instances to refine (None = all)
+        self.extract_seconds = 0.0  # of the last advance, for the service's stage metrics
+        self.reassemble_seconds = 0.0
+        small = 0
+        if options.min_area > 0 and masks.shape[0]:
+            areas = masks.flatten(1).sum(1).cpu().numpy()
+            self.active = areas >= options.min_area
+            small = int((~self.active & (areas > 0)).sum())
+        refiner.stats.add(images=1, instances=int(masks.shape[0]), small=small)
+
+    @property
+    def done(self) -> bool:
+        return self.result is not None
+
+    def output(self) -> torch.Tensor:
+        """The refined (N, H, W) bool masks; only once ``advance`` has returned None."""
+        if self.result is None:
+            raise RuntimeError("the refinement is not finished: call advance() until it returns None")
+        return self.result
+
+    def advance(self) -> Job | None:
+        self.extract_seconds = self.reassemble_seconds = 0.0
+        if self.job is not None:
+            t0 = time.perf_counter()
+            self._end_pass(self.job, self.refiner.finish(self.job))
+            self.reassemble_seconds = time.perf_counter() - t0
+            self.job = None
+        if self.passes < self.options.iterations:
+            job = self.refiner.prepare(self.image, self.masks, self.options, self.active)
+            self.extract_seconds = job.extract_seconds
+            if job.num_patches:
+                self.job = job
+                return job
+            # no boundary left to patch: no later pass can change anything either
+        self.result = self._fall_back(self.masks)
+        return None
+
+    def _end_pass(self, job: Job, refined: torch.Tensor) -> None:
+        if self.options.confine_passes and self.options.iterations > 1:
+            if self.passes == 0:
+                self.reach = patch_reach(
+                    job.coarse.shape, job.corners, job.instance_ids, job.probs.shape[-1], job.coarse.device
+                )
+                self.reach = self.reach[:, : job.height, : job.width]
+            elif self.reach is not None:
+                refined = torch.where(self.reach, refined, self.masks)
+        self.masks = refined
+        self.passes += 1
+
+    def _fall_back(self, refined: torch.Tensor) -> torch.Tensor:
+        """Instances the refinement emptied or changed beyond ``fallback_iou`` come back as input."""
+        if self.options.fallback_iou <= 0 or refined is self.input or refined.shape[0] == 0:
+            return refined
+        had = self.input.flatten(1).any(1)
+        lost = had & (~refined.flatten(1).any(1) | (_mask_iou(refined, self.input) < self.options.fallback_iou))
+        n = int(lost.sum())
+        if n:
+            refined = torch.where(lost[:, None, None], self.input, refined)
+            self.refiner.stats.add(fallbacks=n)
+        return refined
+
+
 class Refiner:
     """Boundary Patch Refinement with a trained refiner network.
 
     Arguments:
-        checkpoint: bpr or original-BPR checkpoint; None = the bundled default model.
+        net: the refiner network (``Refiner.from_checkpoint`` loads one).
         device: "cpu", "cuda", "cuda:1"...; fp16 autocast is used on CUDA.
-        batch_size: patches per network forward pass.
-        nms_iou: patch NMS threshold (0.25 sparse, 0.55 dense: more patches, slower).
-        patch_size / input_size: override the checkpoint's (image pixels cut / network input).
-        cover_all: add patches until every boundary pixel is covered (see patches.py).
-        resolve_overlaps: give newly gained pixels claimed twice to the likelier instance.
-        flip_tta: also run every patch mirrored and average the two probabilities (2x network
-            time; steadier boundaries). None = what the checkpoint recommends (its config).
         precision: "auto" (fp16 autocast on CUDA, fp32 on CPU), "fp32", "bf16" (about 1.7x
             faster on CPUs with AVX512-BF16/AMX; the default model was trained in bf16) or "fp16".
-        iterations: refinement passes; each pass places patches on the boundary the previous
-            one produced, so errors deeper than half a patch get a second look (None = what the
-            checkpoint recommends; each pass costs a full refinement).
-        net: an already built RefinerNet (tests, training); replaces ``checkpoint``.
+        batch_size: patches per network forward pass.
+        patch_size: image pixels cut around the boundary (None = the checkpoint's).
+        **options: defaults of :class:`RefineOptions` for every call (None = keep); flip_tta,
+            iterations, fallback_iou and min_area default to what the checkpoint recommends.
     """
 
     def __init__(
         self,
-        checkpoint: str | os.PathLike | None = None,
+        net: RefinerNet,
+        *,
         device: str | torch.device = "cpu",
-        batch_size: int = 64,
-        nms_iou: float = 0.25,
-        patch_size: int | None = None,
-        input_size: int | None = None,
-        cover_all: bool = True,
-        resolve_overlaps: bool = True,
         precision: str = "auto",
-        flip_tta: bool | None = None,
-        iterations: int | None = None,
-        net: RefinerNet | None = None,
+        batch_size: int = 64,
+        patch_size: int | None = None,
+        checkpoint: str | None = None,
+        **options: Any,
     ) -> None:
         self.device = torch.device(device)
-        if precision not in ("auto", "fp32", "bf16", "fp16"):
+        if precision not in PRECISIONS:
             raise BprInputError(f"precision must be auto, fp32, bf16 or fp16, got {precision!r}")
         if precision == "fp16" and self.device.type != "cuda":
             raise BprInputError("fp16 precision needs a CUDA device; use bf16 on CPU")
-        if precision == "auto":
-            precision = "fp16" if self.device.type == "cuda" else "fp32"
-        self.precision = precision
         if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise BprInputError("--device cuda was asked for, but PyTorch sees no CUDA device")
+            raise BprInputError("the CUDA device was asked for, but PyTorch sees no CUDA device")
         if batch_size < 1:
             raise BprInputError(f"batch size must be at least 1, got {batch_size}")
-        if not 0.0 < nms_iou <= 1.0:
-            raise BprInputError(f"NMS IoU threshold must be in (0, 1], got {nms_iou}")
-        if net is None:
-            path = Path(checkpoint) if checkpoint is not None else default_checkpoint()
-            if checkpoint is None and not path.is_file():
-                raise ModelNotAvailableError(
-                    f"no trained model is bundled yet ({path} is missing); pass --checkpoint PATH "
-                    "(a bpr checkpoint from bpr-train, or an original BPR .pth)"
-                )
-            overrides = {"input_size": input_size} if input_size else None
-            net = load_refiner(path, device=self.device, overrides=overrides)
-            self.checkpoint = str(path)
-        else:
-            net = net.to(self.device).eval()
-            self.checkpoint = None
-        self.net = net
-        self.flip_tta = net.config.flip_tta if flip_tta is None else flip_tta
-        self.iterations = net.config.iterations if iterations is None else iterations
-        if self.iterations < 1:
-            raise BprInputError(f"iterations must be at least 1, got {self.iterations}")
+        self.precision = ("fp16" if self.device.type == "cuda" else "fp32") if precision == "auto" else precision
+        self.net = net.to(self.device).eval()
+        self.checkpoint = checkpoint
+        self.batch_size = batch_size
         self.patch_size = patch_size or net.config.patch_size
         if self.patch_size < 4:
             raise BprInputError(f"patch size must be at least 4 pixels, got {self.patch_size}")
-        self.batch_size = batch_size
-        self.nms_iou = nms_iou
-        self.cover_all = cover_all
-        self.resolve_overlaps = resolve_overlaps
+        cfg = net.config
+        recommended = RefineOptions(
+            flip_tta=cfg.flip_tta, iterations=cfg.iterations, fallback_iou=cfg.fallback_iou, min_area=cfg.min_area
+        )
+        self.options = recommended.updated(**options)
         self.stats = RefineStats()
+
+    @classmethod
+    def from_checkpoint(
+        cls, checkpoint: str | os.PathLike | None = None, *, input_size: int | None = None, **kwargs: Any
+    ) -> "Refiner":
+        """A Refiner for a bpr or original-BPR checkpoint (None = the bundled default model).
+
+        ``input_size`` overrides the network input size the patch is resized to; every other
+        keyword goes to :class:`Refiner`.
+        """
+        path = Path(checkpoint) if checkpoint is not None else default_checkpoint()
+        if checkpoint is None and not path.is_file():
+            raise ModelNotAvailableError(
+                f"no trained model is bundled ({path} is missing); give a checkpoint "
+                "(a bpr checkpoint from bpr-train, or an original BPR .pth)"
+            )
+        device = torch.device(kwargs.get("device", "cpu"))
+        net = load_refiner(path, device=device, overrides={"input_size": input_size} if input_size else None)
+        return cls(net, checkpoint=str(path), **kwargs)
 
     @property
     def input_size(self) -> int:
         return self.net.config.input_size
 
     # ------------------------------------------------------------------ numpy door
-    def refine(self, image: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    def refine(self, image: np.ndarray, masks: np.ndarray, options: RefineOptions | None = None, **overrides: Any) -> np.ndarray:
         """Refine the masks of one image.
 
         image: HxWx3 uint8 RGB; masks: NxHxW bool (or 0/1). Returns NxHxW bool, same order.
-        Empty masks and masks without a boundary come back unchanged.
+        Empty masks and masks without a boundary come back unchanged. ``options`` /
+        ``overrides``: this call's :class:`RefineOptions` (default: the Refiner's).
         """
-        return next(iter(self.refine_many([(image, masks)])))
+        return next(iter(self.refine_many([(image, masks)], options, **overrides)))
 
-    def refine_many(self, items: Iterable[tuple[np.ndarray, np.ndarray]]) -> Iterator[np.ndarray]:
+    def refine_many(
+        self, items: Iterable[tuple[np.ndarray, np.ndarray]], options: RefineOptions | None = None, **overrides: Any
+    ) -> Iterator[np.ndarray]:
         """Refine a stream of (image, masks) pairs; yields refined masks in input order.
 
-        Patches of consecutive images share network batches, so a batch is always full
-        except for the very last one. With several iterations the passes are chained lazily:
-        pass 2 takes each image as soon as pass 1 has finished it.
+        Patches of consecutive images share network batches, so every batch is full except
+        at the very end; an image's next pass starts as soon as its previous pass is done.
         """
-        stream = self._one_pass(items)
-        for _ in range(self.iterations - 1):
-            stream = self._one_pass(stream)
-        for _, masks in stream:
-            yield masks
+        opts = self.resolve(options, **overrides)
+        feed = PatchFeed(self.batch_size)
+        in_flight: deque[Refinement] = deque()
+        owner: dict[int, Refinement] = {}
+        source = iter(items)
+        exhausted = False
+        while True:
+            while not exhausted and feed.queued < self.batch_size:
+                item = next(source, None)
+                if item is None:
+                    exhausted = True
+                    break
+                flight = self.start_numpy(*item, options=opts)
+                in_flight.append(flight)
+                self._queue_next(flight, feed, owner)
+            while in_flight and in_flight[0].done:
+                yield in_flight.popleft().output().cpu().numpy()
+            if not feed:
+                if exhausted and not in_flight:
+                    return
+                continue
+            batch = feed.take()
+            self.run_batch(batch)
+            for job in batch.completed():
+                self._queue_next(owner.pop(id(job)), feed, owner)
 
-    def _one_pass(self, items: Iterable[tuple[np.ndarray, np.ndarray]]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """One refinement pass over a stream: yields (image, refined masks) in input order."""
-        jobs: deque[tuple[Job, np.ndarray]] = deque()
-        feed: deque[tuple[Job, int]] = deque()  # (job, first unprocessed patch)
-        queued = 0
-        for image, masks in items:
-            image, masks = check_inputs(image, masks)
-            job = self.prepare(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1), torch.from_numpy(masks))
-            jobs.append((job, image))
-            if job.remaining:
-                feed.append((job, 0))
-                queued += job.remaining
-            while queued >= self.batch_size:
-                queued -= self.run_batch(feed)
-            while jobs and jobs[0][0].remaining == 0:
-                job, image = jobs.popleft()
-                yield image, self.finish(job).cpu().numpy()
-        while feed:
-            self.run_batch(feed)
-        while jobs:
-            job, image = jobs.popleft()
-            yield image, self.finish(job).cpu().numpy()
+    @staticmethod
+    def _queue_next(flight: Refinement, feed: PatchFeed, owner: dict[int, Refinement]) -> None:
+        job = flight.advance()
+        if job is not None:
+            owner[id(job)] = flight
+            feed.add(job)
 
     # ------------------------------------------------------------------ torch door
-    def refine_torch(self, image: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    def refine_torch(
+        self, image: torch.Tensor, masks: torch.Tensor, options: RefineOptions | None = None, **overrides: Any
+    ) -> torch.Tensor:
         """image: (3, H, W) uint8 or float 0..255 RGB; masks: (N, H, W) bool. Returns (N, H, W) bool."""
         if image.ndim != 3 or image.shape[0] != 3 or masks.ndim != 3 or masks.shape[1:] != image.shape[1:]:
             raise BprInputError(f"expected image (3, H, W) and masks (N, H, W), got {tuple(image.shape)}, {tuple(masks.shape)}")
-        masks = masks.bool()
-        for _ in range(self.iterations):
-            job = self.prepare(image, masks)
-            feed = deque([(job, 0)]) if job.remaining else deque()
+        flight = Refinement(self, image.to(self.device), masks.to(self.device).bool(), self.resolve(options, **overrides))
+        feed = PatchFeed(self.batch_size)
+        job = flight.advance()
+        while job is not None:
+            feed.add(job)
             while feed:
-                self.run_batch(feed)
-            masks = self.finish(job)
-        return masks
+                self.run_batch(feed.take())
+            job = flight.advance()
+        return flight.output()
 
-    # ------------------------------------------------------------------ stages
-    # prepare -> run_batch (repeatedly, over a feed shared by many jobs) -> finish. Public so
-    # the service's dynamic batcher can pool patches of concurrent requests into one batch.
-    def prepare(self, image: torch.Tensor, masks: torch.Tensor) -> Job:
-        """Extraction: boundary patches of every instance, cropped from image and mask."""
+    # ------------------------------------------------------------------ the stages
+    def resolve(self, options: RefineOptions | None = None, **overrides: Any) -> RefineOptions:
+        """This call's options: ``options`` (default: the Refiner's) with ``overrides`` applied."""
+        return (options or self.options).updated(**overrides)
+
+    def start_numpy(self, image: np.ndarray, masks: np.ndarray, options: RefineOptions | None = None) -> Refinement:
+        """Check numpy inputs and begin their :class:`Refinement` (nothing computed yet)."""
+        image, masks = check_inputs(image, masks)
+        image_t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).to(self.device)
+        masks_t = torch.from_numpy(np.ascontiguousarray(masks)).to(self.device)
+        return Refinement(self, image_t, masks_t, options or self.options)
+
+    def prepare(
+        self, image: torch.Tensor, masks: torch.Tensor, options: RefineOptions, active: np.ndarray | None = None
+    ) -> Job:
+        """Extraction: boundary patches of every (active) instance, cropped from image and mask.
+
+        image (3, H, W) and masks (N, H, W) bool are on the device; the boundary search runs
+        on a CPU view of the masks (a copy only when the device is not the CPU).
+        """
         t0 = time.perf_counter()
         s = self.patch_size
         _, height, width = image.shape
-        pad_h, pad_w = max(0, s - height), max(0, s - width)
-        masks_np = masks.cpu().numpy() if masks.device.type != "cpu" else masks.numpy()
-        if pad_h or pad_w:  # images smaller than a patch: replicate the edge, crop back later
-            masks_np = np.pad(masks_np, ((0, 0), (0, pad_h), (0, pad_w)), mode="edge")
-            image_np = image.permute(1, 2, 0).cpu().numpy()
-            image_np = cv2.copyMakeBorder(image_np, 0, pad_h, 0, pad_w, cv2.BORDER_REPLICATE)
-            image = torch.from_numpy(np.ascontiguousarray(image_np)).permute(2, 0, 1)
-        per_instance = [extract_patch_corners(m, s, self.nms_iou, self.cover_all) for m in masks_np]
+        coarse = pad_to_patch(masks, s)  # images smaller than a patch: the edge repeats
+        coarse_np = coarse.cpu().numpy()
+        per_instance = [
+            extract_patch_corners(m, s, options.nms_iou, options.cover_all)
+            if active is None or active[i]
+            else np.zeros((0, 2), dtype=np.int64)
+            for i, m in enumerate(coarse_np)
+        ]
         corners = np.concatenate(per_instance) if per_instance else np.zeros((0, 2), dtype=np.int64)
         instance_ids = np.repeat(np.arange(len(per_instance)), [len(c) for c in per_instance])
-
-        dev = self.device
-        coarse = torch.from_numpy(np.ascontiguousarray(masks_np)).to(dev)
-        image = image.to(dev)
-        ar = torch.arange(s, device=dev)
-        rows = (torch.as_tensor(corners[:, 0], device=dev)[:, None] + ar)[:, :, None]  # (P, S, 1)
-        cols = (torch.as_tensor(corners[:, 1], device=dev)[:, None] + ar)[:, None, :]  # (P, 1, S)
-        image_patches = image[:, rows, cols].permute(1, 0, 2, 3).float()  # (P, 3, S, S)
-        ids = torch.as_tensor(instance_ids, device=dev)[:, None, None]
-        mask_patches = coarse[ids, rows, cols][:, None].float()  # (P, 1, S, S)
-        n_patches = len(corners)
-        job = Job(
+        image_patches = crop_squares(image, corners, s).float()
+        mask_patches = crop_squares(coarse, corners, s, instance_ids)[:, None].float()
+        elapsed = time.perf_counter() - t0
+        self.stats.add("extract", elapsed, patches=len(corners))
+        return Job(
             coarse=coarse,
             height=height,
             width=width,
@@ -265,50 +438,45 @@ class Refiner:
             instance_ids=instance_ids,
             image_patches=image_patches,
             mask_patches=mask_patches,
-            probs=torch.empty((n_patches, s, s), device=dev),
-            remaining=n_patches,
+            probs=torch.empty((len(corners), s, s), device=self.device),
+            flip_tta=options.flip_tta,
+            resolve_overlaps=options.resolve_overlaps,
+            remaining=len(corners),
+            extract_seconds=elapsed,
         )
-        self.stats.images += 1
-        self.stats.instances += masks.shape[0]
-        self.stats.patches += n_patches
-        self.stats.seconds["extract"] += time.perf_counter() - t0
-        return job
 
     @torch.inference_mode()
-    def run_batch(self, feed: deque[tuple[Job, int]]) -> int:
-        """Network: one forward pass over up to batch_size patches from the front of the feed."""
+    def run_batch(self, batch: PatchBatch) -> None:
+        """Network: one forward pass over a batch of patches; fills in their jobs' probabilities."""
         t0 = time.perf_counter()
-        parts: list[tuple[Job, int, int]] = []
-        taken = 0
-        while feed and taken < self.batch_size:
-            job, start = feed.popleft()
-            end = min(job.image_patches.shape[0], start + self.batch_size - taken)
-            parts.append((job, start, end))
-            taken += end - start
-            if end < job.image_patches.shape[0]:
-                feed.appendleft((job, end))
-        images = torch.cat([j.image_patches[a:b] for j, a, b in parts])
-        masks = torch.cat([j.mask_patches[a:b] for j, a, b in parts])
+        parts = batch.parts
+        images = torch.cat([job.image_patches[a:b] for job, a, b in parts])
+        masks = torch.cat([job.mask_patches[a:b] for job, a, b in parts])
+        flip = torch.cat([torch.full((b - a,), job.flip_tta, dtype=torch.bool) for job, a, b in parts])
         dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.precision)
         with torch.autocast(device_type=self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             probs = self.net.foreground_probability(images, masks)
-            if self.flip_tta:
+            if bool(flip.all()):
                 probs = 0.5 * (probs + self.net.foreground_probability(images.flip(-1), masks.flip(-1)).flip(-1))
+            elif bool(flip.any()):
+                rows = flip.nonzero()[:, 0].to(self.device)
+                mirrored = self.net.foreground_probability(images[rows].flip(-1), masks[rows].flip(-1)).flip(-1)
+                probs[rows] = 0.5 * (probs[rows] + mirrored)
         offset = 0
         for job, a, b in parts:
             job.probs[a:b] = probs[offset : offset + b - a]
             job.remaining -= b - a
             offset += b - a
-        self.stats.batches += 1
-        self.stats.seconds["network"] += time.perf_counter() - t0
-        return taken
+        self.stats.add("network", time.perf_counter() - t0, batches=1)
 
     def finish(self, job: Job) -> torch.Tensor:
         """Reassembly: paste probabilities back and crop any padding away."""
+        if job.remaining:
+            raise RuntimeError(f"finish() called with {job.remaining} patches of the job not yet run")
         t0 = time.perf_counter()
-        refined = reassemble(job.coarse, job.corners, job.instance_ids, job.probs, self.resolve_overlaps)
+        refined = reassemble(job.coarse, job.corners, job.instance_ids, job.probs, job.resolve_overlaps)
         refined = refined[:, : job.height, : job.width]
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-        self.stats.seconds["reassemble"] += time.perf_counter() - t0
+        self.stats.add("reassemble", time.perf_counter() - t0)
         return refined

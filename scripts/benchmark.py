@@ -86,7 +86,7 @@ def main() -> None:
         else:
             torch.manual_seed(0)
             net = RefinerNet(RefinerConfig(input_size=size))
-        refiner = Refiner(net=net, device=args.device, batch_size=args.batch_size)
+        refiner = Refiner(net, device=args.device, batch_size=args.batch_size)
         for name, (image, masks) in workloads.items():
             r = time_workload(refiner, image, masks, args.repeats)
             rows.append({"workload": name, "input": size, **r})

@@ -70,7 +70,7 @@ def main() -> None:
     p.add_argument("--predictors", nargs="+", default=["osvos", "rvos"])
     p.add_argument("--data", type=Path, default=DATA)
     args = p.parse_args()
-    refiner = Refiner(args.checkpoint)
+    refiner = Refiner.from_checkpoint(args.checkpoint)
     print(f"checkpoint: {args.checkpoint}\n")
     print("| predictor | coarse error (px) | share of GT boundary | within tolerance before | after |")
     print("| --- | --- | ---: | ---: | ---: |")

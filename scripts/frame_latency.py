@@ -36,13 +36,13 @@ def main() -> None:
         mask = decode_segmentation(entry["segmentation"], info["height"], info["width"])
         items.append((read_image(args.data / "images" / info["file_name"]), mask[None]))
     for checkpoint in args.checkpoints:
-        refiner = Refiner(checkpoint)
+        refiner = Refiner.from_checkpoint(checkpoint)
         list(refiner.refine_many(items[:2]))  # warm-up
         start = time.perf_counter()
         list(refiner.refine_many(items))
         ms = 1000 * (time.perf_counter() - start) / len(items)
         print(f"{checkpoint}: {ms:.0f} ms per frame ({len(items)} OSVOS frames, {args.threads} threads, "
-              f"flip TTA {refiner.flip_tta}, {refiner.iterations} passes)")
+              f"flip TTA {refiner.options.flip_tta}, {refiner.options.iterations} passes)")
 
 
 if __name__ == "__main__":

@@ -40,18 +40,7 @@ variables, listed in docs/service.md.
 
 def build_refiner(settings: Settings) -> Refiner:
     """The Refiner the settings describe; raises ModelNotAvailableError with a clear message."""
-    return Refiner(
-        checkpoint=settings.checkpoint,
-        device=settings.device,
-        batch_size=settings.max_batch_size,
-        nms_iou=settings.nms_iou,
-        patch_size=settings.patch_size,
-        input_size=settings.input_size,
-        cover_all=settings.cover_all,
-        resolve_overlaps=settings.resolve_overlaps,
-        precision=settings.precision,
-        iterations=settings.iterations,
-    )
+    return settings.refiner_spec().build()
 
 
 def create_app(

@@ -1,8 +1,8 @@
 """Dynamic batching: patches of concurrent requests share network forward passes.
 
-One thread, the network worker, owns the feed (the ``deque`` of ``(job, first unprocessed
-patch)`` that :meth:`bpr.Refiner.run_batch` consumes) and is the only caller of
-``run_batch``. Requests hand in prepared jobs through a locked inbox and get a
+One thread, the network worker, owns the feed (a :class:`bpr.feed.PatchFeed`, whose
+``take`` cuts each batch) and is the only caller of :meth:`bpr.Refiner.run_batch`.
+Requests hand in prepared jobs through a locked inbox and get a
 ``concurrent.futures.Future`` that resolves once the last patch of their job has been run.
 
 Policy: a batch runs as soon as ``batch_size`` patches are waiting; a partly filled batch
@@ -26,6 +26,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 
+from bpr.feed import PatchFeed
 from bpr.refiner import Job, Refiner
 
 log = logging.getLogger("bpr.service")
@@ -130,84 +131,64 @@ class Batcher:
 
     # ------------------------------------------------------------------ worker side
     def _run(self) -> None:
-        feed: deque[tuple[Job, int]] = deque()
+        feed = PatchFeed(self.refiner.batch_size)
         tickets: deque[_Ticket] = deque()  # jobs in the feed, oldest first (they finish in this order)
-        queued = 0  # patches in the feed
-        batch_size = self.refiner.batch_size
         while True:
             with self._cond:
                 while True:
                     for t in self._inbox:
-                        feed.append((t.job, 0))
+                        feed.add(t.job)
                         tickets.append(t)
-                        queued += t.job.remaining
                     self._inbox.clear()
-                    if self._cancelled or self._ripe(tickets, queued, batch_size):
+                    if self._cancelled or self._ripe(tickets, feed):
                         break
-                    if not queued and self._stopping:
+                    if not feed and self._stopping:
                         return
                     # sleep until new work, a cancellation, or the oldest patch's deadline
-                    self._cond.wait(tickets[0].enqueued + self.max_wait_s - time.monotonic() if queued else None)
+                    self._cond.wait(tickets[0].enqueued + self.max_wait_s - time.monotonic() if feed else None)
             if self._cancelled:
                 with self._cond:
                     self._cancelled = False
-                feed, tickets, queued = self._drop_cancelled(feed, tickets, queued)
-                if not self._ripe(tickets, queued, batch_size):
+                tickets = self._drop_cancelled(feed, tickets)
+                if not self._ripe(tickets, feed):
                     continue  # back to waiting: what is left is not due yet
-            jobs_in_batch = self._jobs_at_front(feed, batch_size)
+            batch = feed.take()
             t0 = time.perf_counter()
             try:
-                n = self.refiner.run_batch(feed)
+                self.refiner.run_batch(batch)
             except Exception as exc:  # e.g. CUDA out of memory: fail these requests, keep serving
                 log.exception("network batch failed")
                 self._fail_all(tickets, exc)
                 feed.clear()
                 tickets.clear()
-                queued = 0
                 continue
             seconds = time.perf_counter() - t0
-            queued -= n
-            speed = n / max(seconds, 1e-6)
+            speed = batch.size / max(seconds, 1e-6)
             self._patches_per_s = 0.8 * self._patches_per_s + 0.2 * speed if self._patches_per_s else speed
             done = 0
             while tickets and tickets[0].job.remaining == 0:
                 _resolve(tickets.popleft())
                 done += 1
             with self._cond:
-                self._pending_patches -= n
+                self._pending_patches -= batch.size
                 self._pending_jobs -= done
             if self.on_batch is not None:
-                self.on_batch(n, jobs_in_batch, seconds)
+                self.on_batch(batch.size, batch.num_jobs, seconds)
 
-    def _ripe(self, tickets: deque[_Ticket], queued: int, batch_size: int) -> bool:
+    def _ripe(self, tickets: deque[_Ticket], feed: PatchFeed) -> bool:
         """Is a batch due: full, or its oldest patch waited max_wait, or draining for shutdown?"""
-        if not queued:
+        if not feed:
             return False
-        return queued >= batch_size or self._stopping or time.monotonic() >= tickets[0].enqueued + self.max_wait_s
+        return feed.queued >= feed.batch_size or self._stopping or time.monotonic() >= tickets[0].enqueued + self.max_wait_s
 
-    def _drop_cancelled(
-        self, feed: deque[tuple[Job, int]], tickets: deque[_Ticket], queued: int
-    ) -> tuple[deque[tuple[Job, int]], deque[_Ticket], int]:
+    def _drop_cancelled(self, feed: PatchFeed, tickets: deque[_Ticket]) -> deque[_Ticket]:
         """Remove jobs whose requests gave up (timeout): their patches never reach the network."""
-        gone = {id(t.job) for t in tickets if t.future.cancelled()}
-        dropped = sum(job.image_patches.shape[0] - start for job, start in feed if id(job) in gone)
-        feed = deque((job, start) for job, start in feed if id(job) not in gone)
-        tickets = deque(t for t in tickets if id(t.job) not in gone)
+        gone = {id(t): t for t in tickets if t.future.cancelled()}
+        dropped = feed.discard(t.job for t in gone.values())
         with self._cond:
             self._pending_patches -= dropped
             self._pending_jobs -= len(gone)
-        return feed, tickets, queued - dropped
-
-    @staticmethod
-    def _jobs_at_front(feed: deque[tuple[Job, int]], batch_size: int) -> int:
-        """How many distinct jobs the next run_batch will draw patches from."""
-        jobs, room = 0, batch_size
-        for job, start in feed:
-            if room <= 0:
-                break
-            jobs += 1
-            room -= job.image_patches.shape[0] - start
-        return jobs
+        return deque(t for t in tickets if id(t) not in gone)
 
     def _fail_all(self, tickets: deque[_Ticket], exc: Exception) -> None:
         with self._cond:

@@ -127,6 +127,9 @@ class RefinerInfo(BaseModel):
     resolve_overlaps: bool
     flip_tta: bool
     iterations: int
+    confine_passes: bool = Field(description="later passes change only pixels the first pass's patches covered")
+    fallback_iou: float = Field(description="instances refinement empties or moves below this IoU come back as given")
+    min_area: int = Field(description="instances smaller than this come back as given")
     parameters: int = Field(description="number of network parameters")
 
 

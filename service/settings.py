@@ -14,6 +14,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from bpr.spec import RefinerSpec
+
 DetectorKind = Literal["none", "http", "mmdet", "results"]
 
 
@@ -36,8 +38,19 @@ class Settings(BaseSettings):
     patch_size: int | None = Field(None, ge=4, description="override the checkpoint's patch size (image pixels)")
     input_size: int | None = Field(None, ge=8, description="override the checkpoint's network input size")
     iterations: int | None = Field(None, ge=1, description="refinement passes per request (default: as the checkpoint recommends)")
+    flip_tta: bool | None = Field(
+        None, description="average each patch with its mirror image (2x network time; default: as the checkpoint recommends)"
+    )
     cover_all: bool = Field(True, description="add patches until every boundary pixel is covered")
     resolve_overlaps: bool = Field(True, description="newly gained pixels claimed twice go to the likelier instance")
+    confine_passes: bool | None = Field(
+        None, description="later passes change only pixels the first pass's patches covered (default: the library's, on)"
+    )
+    fallback_iou: float | None = Field(
+        None, ge=0.0, lt=1.0,
+        description="an instance refinement empties, or whose IoU with its input falls below this, is returned as given",
+    )
+    min_area: int | None = Field(None, ge=0, description="instances smaller than this many pixels are returned as given")
 
     # --- dynamic batching and backpressure ----------------------------------------------
     max_batch_size: int = Field(64, ge=1, description="patches per network forward pass, pooled across requests")
@@ -89,6 +102,25 @@ class Settings(BaseSettings):
     mmdet_checkpoint: Path | None = Field(None, description="mmdet: model weights")
     mmdet_device: str | None = Field(None, description="mmdet: device; default the refiner's")
     min_score: float = Field(0.0, ge=0.0, le=1.0, description="/segment: drop detections below this score by default")
+
+    def refiner_spec(self) -> RefinerSpec:
+        """The Refiner these settings describe (the same builder as bpr-refine's flags)."""
+        return RefinerSpec(
+            checkpoint=self.checkpoint,
+            device=self.device,
+            precision=self.precision,
+            batch_size=self.max_batch_size,
+            patch_size=self.patch_size,
+            input_size=self.input_size,
+            nms_iou=self.nms_iou,
+            cover_all=self.cover_all,
+            resolve_overlaps=self.resolve_overlaps,
+            flip_tta=self.flip_tta,
+            iterations=self.iterations,
+            confine_passes=self.confine_passes,
+            fallback_iou=self.fallback_iou,
+            min_area=self.min_area,
+        )
 
     @field_validator("api_key", "detector_api_key", mode="before")
     @classmethod

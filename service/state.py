@@ -8,6 +8,7 @@ from fastapi import Request
 
 from service.detectors.base import Detector
 from service.engine import RefineEngine
+from service.errors import ServiceError
 from service.metrics import ServiceMetrics
 from service.settings import Settings
 
@@ -29,5 +30,6 @@ def get_state(request: Request) -> ServiceState:
 def get_engine(request: Request) -> RefineEngine:
     """FastAPI dependency: the engine; the lifespan guarantees it exists while serving."""
     engine = get_state(request).engine
-    assert engine is not None, "the lifespan sets the engine before the first request"
+    if engine is None:  # only between startup and the model being loaded, or after shutdown
+        raise ServiceError(503, "not_ready", "the refiner is not loaded yet; retry shortly", {"Retry-After": "1"})
     return engine

@@ -9,6 +9,8 @@ import pytest
 
 from bpr.cli.refine import main
 from bpr.io.coco import decode_segmentation, encode_mask
+from bpr.io.images import read_image
+from bpr.refiner import Refiner
 
 
 @pytest.fixture
@@ -49,6 +51,25 @@ def test_refines_a_results_file_keeping_order_scores_categories_and_extra_keys(d
         want = [xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1] if m.any() else [0, 0, 0, 0]
         assert after["bbox"] == want
     assert out[0]["my_field"] == {"keep": [1, 2]}
+
+
+def test_written_masks_are_the_library_s_refinement_of_each_input(data_dir, davis_subset, random_checkpoint):
+    """What bpr-refine writes is exactly Refiner.refine of the decoded inputs, image by image."""
+    path, res = davis_subset
+    assert main(_args(data_dir, path, random_checkpoint)) == 0
+    out = json.loads(path.with_name("res.refined.json").read_text())
+    gt = json.loads((data_dir / "davis-dev-real" / "gt.json").read_text())
+    names = {i["id"]: i["file_name"] for i in gt["images"]}
+    refiner = Refiner.from_checkpoint(random_checkpoint)
+    changed = 0
+    for before, after in zip(res, out):
+        image = read_image(data_dir / "davis-dev-real" / "images" / names[before["image_id"]])
+        coarse = decode_segmentation(before["segmentation"], 480, 854)
+        expected = refiner.refine(image, coarse[None])[0]
+        got = decode_segmentation(after["segmentation"], 480, 854)
+        assert np.array_equal(got, expected)
+        changed += int((got != coarse).sum())
+    assert changed > 1000  # the random network does change the masks, so equality means something
 
 
 def test_image_ids_as_file_stems_without_image_info(data_dir, tmp_path, random_checkpoint):

@@ -19,7 +19,7 @@ from service.metrics import Counter, Histogram, Registry
 
 @pytest.fixture(scope="module")
 def refiner(checkpoint: Path) -> Refiner:
-    return Refiner(checkpoint, batch_size=16)
+    return Refiner.from_checkpoint(checkpoint, batch_size=16)
 
 
 def _disc(seed: int, size: int = 160) -> tuple[np.ndarray, np.ndarray]:
@@ -32,7 +32,7 @@ def _disc(seed: int, size: int = 160) -> tuple[np.ndarray, np.ndarray]:
 
 def _job(refiner: Refiner, seed: int):
     image, masks = _disc(seed)
-    return refiner.prepare(torch.from_numpy(image).permute(2, 0, 1), torch.from_numpy(masks))
+    return refiner.prepare(torch.from_numpy(image).permute(2, 0, 1), torch.from_numpy(masks), refiner.options)
 
 
 class Recorder:

@@ -29,7 +29,7 @@ def test_missing_model_fails_to_start_with_the_message(tmp_path: Path) -> None:
         [bin_path("bpr-serve"), "--port", "0"], capture_output=True, text=True, timeout=120, env={**os.environ, **env}
     )
     assert r.returncode == 2
-    assert "bpr-serve: error: no trained model is bundled yet" in r.stderr and "--checkpoint" in r.stderr
+    assert "bpr-serve: error: no trained model is bundled" in r.stderr and "give a checkpoint" in r.stderr
     assert "Traceback" not in r.stderr
 
 

@@ -15,10 +15,10 @@ from tqdm import tqdm
 from bpr.cli.common import run_cli
 from bpr.errors import BprInputError
 from bpr.io.coco import write_json_atomic
-from bpr.io.datasets import image_paths, load_results
+from bpr.io.datasets import image_paths
 from bpr.io.images import read_image
-from bpr.io.results import entries_to_masks, refined_entry
-from bpr.refiner import Refiner
+from bpr.io.results import entries_to_masks, load_results, refined_entry
+from bpr.spec import RefinerSpec
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,13 +38,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64, help="patches per network pass (default 64)")
     p.add_argument("--patch-size", type=int, default=None, help="square cut around the boundary, in image pixels (default: the checkpoint's, 64)")
     p.add_argument("--input-size", type=int, default=None, help="network input size the patch is resized to (default: the checkpoint's)")
-    p.add_argument("--nms-iou", type=float, default=0.25, help="patch NMS IoU: 0.25 sparse, 0.55 dense (default 0.25)")
+    p.add_argument("--nms-iou", type=float, default=None, help="patch NMS IoU: 0.25 sparse, 0.55 dense (default 0.25)")
     p.add_argument("--flip-tta", action=argparse.BooleanOptionalAction, default=None,
                    help="average each patch with its mirror image (2x network time; default: as the checkpoint recommends)")
     p.add_argument("--iterations", type=int, default=None,
                    help="refinement passes, each on the previous pass's boundary (default: as the checkpoint recommends)")
-    p.add_argument("--no-cover-all", action="store_true", help="plain NMS only, even if a few boundary pixels stay uncovered")
-    p.add_argument("--keep-overlaps", action="store_true", help="do not resolve pixels newly claimed by two instances")
+    p.add_argument("--no-cover-all", dest="cover_all", action="store_false", default=None,
+                   help="plain NMS only, even if a few boundary pixels stay uncovered")
+    p.add_argument("--keep-overlaps", dest="resolve_overlaps", action="store_false", default=None,
+                   help="do not resolve pixels newly claimed by two instances")
+    p.add_argument("--confine-passes", action=argparse.BooleanOptionalAction, default=None,
+                   help="later passes change only pixels the first pass's patches covered (default on)")
+    p.add_argument("--fallback-iou", type=float, default=None,
+                   help="return an instance unrefined if refinement empties it or its IoU with the input "
+                   "falls below this (0 = off; default: the library's)")
+    p.add_argument("--min-area", type=int, default=None,
+                   help="return instances smaller than this many pixels unrefined (0 = refine all; default: the library's)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     return p
 
@@ -69,19 +78,22 @@ def main(argv: list[str] | None = None) -> int:
     for i, entry in enumerate(results):
         groups.setdefault(entry["image_id"], []).append(i)
     paths = image_paths(list(groups), args.images, args.image_info)
-    refiner = Refiner(
+    refiner = RefinerSpec(
         checkpoint=args.checkpoint,
         device=args.device,
+        precision=args.precision,
         batch_size=args.batch_size,
-        nms_iou=args.nms_iou,
         patch_size=args.patch_size,
         input_size=args.input_size,
-        cover_all=not args.no_cover_all,
-        resolve_overlaps=not args.keep_overlaps,
-        precision=args.precision,
+        nms_iou=args.nms_iou,
+        cover_all=args.cover_all,
+        resolve_overlaps=args.resolve_overlaps,
         flip_tta=args.flip_tta,
         iterations=args.iterations,
-    )
+        confine_passes=args.confine_passes,
+        fallback_iou=args.fallback_iou,
+        min_area=args.min_area,
+    ).build()
     refined: list[dict[str, Any] | None] = [None] * len(results)
     start = time.perf_counter()
     bar = tqdm(total=len(groups), unit="img", disable=True if args.quiet else None, file=sys.stderr)
@@ -98,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
         s = refiner.stats
         print(
             f"bpr-refine: {s.images} images, {s.instances} instances, {s.patches} patches in "
-            f"{time.perf_counter() - start:.1f} s -> {out}",
+            f"{time.perf_counter() - start:.1f} s; {s.fallbacks} instances kept as given by the fallback "
+            f"rule, {s.small} under the minimum area -> {out}",
             file=sys.stderr,
         )
     return 0

@@ -15,7 +15,7 @@ from typing import Any
 
 from bpr.errors import BprInputError
 from bpr.io.coco import load_json
-from bpr.io.datasets import load_results as read_results_list
+from bpr.io.results import load_results
 
 
 def _is_number(value: Any) -> bool:
@@ -134,10 +134,10 @@ class ResultsFile:
         return "bbox" in self.entries[0]
 
 
-def load_results(path: str | os.PathLike, gt: GroundTruth, name: str | None = None) -> ResultsFile:
+def load_results_file(path: str | os.PathLike, gt: GroundTruth, name: str | None = None) -> ResultsFile:
     """Load and check a COCO results file against the ground truth's images and categories."""
     path = Path(path)
-    data = read_results_list(path, required=("image_id", "category_id", "segmentation"), purpose="evaluate")
+    data = load_results(path, required=("image_id", "category_id", "segmentation"), purpose="evaluate")
     entries: list[dict[str, Any]] = []
     by_image: dict[Any, list[int]] = defaultdict(list)
     unknown_images: list[Any] = []

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from bpr.evaluate.coco_eval import boundary_ap, build_gt, load_detections, mask_ap
-from bpr.evaluate.data import GroundTruth, ResultsFile, load_ground_truth, load_results
+from bpr.evaluate.data import GroundTruth, ResultsFile, load_ground_truth, load_results_file
 from bpr.evaluate.scoring import PassResult, Settings, score_images
 from bpr.errors import BprInputError
 
@@ -166,7 +166,7 @@ def evaluate(
         raise BprInputError(f"{len(names)} names for {len(results_paths)} results files; give one per file")
     gt = load_ground_truth(gt_path)
     labels = _unique_names(results_paths, names)
-    files = [load_results(p, gt, name) for p, name in zip(results_paths, labels)]
+    files = [load_results_file(p, gt, name) for p, name in zip(results_paths, labels)]
     single = gt.is_single_instance() if single_instance is None else single_instance
     tick = progress(len(gt.images)) if progress is not None else None
     scores = score_images(gt, files, settings, single, tick)

@@ -145,3 +145,18 @@ def mask_to_bbox(mask: np.ndarray) -> list[float]:
         return [0.0, 0.0, 0.0, 0.0]
     cols = np.flatnonzero(mask.any(axis=0))
     return [float(cols[0]), float(rows[0]), float(cols[-1] - cols[0] + 1), float(rows[-1] - rows[0] + 1)]
+
+
+def load_image_records(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The ``images`` list of a COCO json, each entry checked to have ``id`` and ``file_name``.
+
+    Any COCO file works (annotations are not needed): it is how bpr maps an ``image_id`` to
+    an image file, for bpr-refine's --image-info and the service's results detector alike.
+    """
+    info = load_json(path)
+    if not isinstance(info, dict) or not isinstance(info.get("images"), list):
+        raise BprInputError(f"{path}: expected a COCO json with an 'images' list")
+    for img in info["images"]:
+        if not isinstance(img, dict) or "id" not in img or "file_name" not in img:
+            raise BprInputError(f"{path}: every image needs 'id' and 'file_name'")
+    return info["images"]

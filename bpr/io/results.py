@@ -1,14 +1,40 @@
-"""COCO results entries <-> masks, shared by bpr-refine, the service and the evaluator."""
+"""COCO results files and entries <-> masks, shared by bpr-refine, the service and the evaluator."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from bpr.errors import BprInputError
-from bpr.io.coco import decode_segmentation, encode_mask, mask_to_bbox
+from bpr.io.coco import decode_segmentation, encode_mask, load_json, mask_to_bbox
+
+
+def load_results(
+    path: str | os.PathLike, required: tuple[str, ...] = ("image_id", "segmentation"), purpose: str = "refine"
+) -> list[dict[str, Any]]:
+    """A COCO results file: a non-empty list of objects that all have the ``required`` keys.
+
+    A full COCO file (a dict with an ``annotations`` list) is accepted too. The one results
+    loader: bpr-refine, bpr-eval and the service's results detector refuse the same files
+    with the same words.
+    """
+    results = load_json(path)
+    if isinstance(results, dict) and isinstance(results.get("annotations"), list):
+        results = results["annotations"]  # a full COCO file works too
+    if not isinstance(results, list):
+        raise BprInputError(f"{path}: a COCO results file must be a JSON list of entries")
+    if not results:
+        raise BprInputError(f"{path}: the results list is empty, nothing to {purpose}")
+    for i, entry in enumerate(results):
+        if not isinstance(entry, dict):
+            raise BprInputError(f"{path}: results[{i}] is not an object")
+        for key in required:
+            if key not in entry:
+                raise BprInputError(f"{path}: results[{i}] has no '{key}'")
+    return results
 
 
 def entries_to_masks(entries: Sequence[dict[str, Any]], height: int, width: int, what: str = "results") -> np.ndarray:

@@ -84,7 +84,10 @@ def load_refiner(
         config = infer_config(state_dict)
     if overrides:
         config = RefinerConfig.from_dict({**config.to_dict(), **overrides})
-    net = RefinerNet(config)
+    try:
+        net = RefinerNet(config)
+    except (ValueError, TypeError) as exc:  # an arch or option this version does not know
+        raise ModelNotAvailableError(f"{path}: {exc}") from None
     missing, unexpected = net.load_state_dict(state_dict, strict=False)
     if missing or unexpected:
         raise ModelNotAvailableError(

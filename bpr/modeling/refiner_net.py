@@ -30,6 +30,8 @@ class RefinerConfig:
     flip_tta: bool = False  # recommended inference: average each patch with its mirror image
     detail_head: bool = False  # full-resolution correction after the 1/4-resolution FCN head
     iterations: int = 1  # recommended inference passes; each pass patches the previous pass's boundary
+    fallback_iou: float = 0.0  # recommended: instances refined below this IoU with their input come back as given
+    min_area: int = 0  # recommended: instances smaller than this (pixels) come back as given
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -1,8 +1,8 @@
 """Build a training set: coarse instances matched to ground truth -> boundary patch triples.
 
-The patches come from the same extraction code the Refiner runs at inference
-(``bpr.patches.extract_patch_corners``), so the network trains on exactly the kind of
-patch it will see. Coarse masks are real predictions (matched to GT at IoU > 0.5, as in
+The patches are placed and cut by the same code the Refiner runs at inference
+(``bpr.patches.extract_patch_corners`` and ``bpr.patches.crop_squares``), so the network
+trains on exactly the kind of patch it will see. Coarse masks are real predictions (matched to GT at IoU > 0.5, as in
 the reference) and/or synthetic draws from ``bpr.train.synth``.
 """
 
@@ -17,11 +17,12 @@ from typing import Any
 
 import cv2
 import numpy as np
+import torch
 
 from bpr.errors import BprInputError
 from bpr.io.coco import decode_segmentation, load_json
 from bpr.io.images import read_image
-from bpr.patches import extract_patch_corners
+from bpr.patches import crop_squares, extract_patch_corners, pad_to_patch
 from bpr.train.patch_store import META_DTYPE, SPLITS, ShardWriter
 from bpr.train.synth import DEFAULT_MIX, synthesize
 
@@ -39,20 +40,19 @@ class BuildConfig:
     max_images: int | None = None
 
 
-def crop_patches(array: np.ndarray, corners: np.ndarray, size: int) -> np.ndarray:
-    """Crop (P, size, size[, C]) squares at corners (P, 2) [y0, x0] from an HxW[xC] array."""
-    ar = np.arange(size)
-    rows = (corners[:, 0, None] + ar)[:, :, None]
-    cols = (corners[:, 1, None] + ar)[:, None, :]
-    return array[rows, cols]
-
-
-def _pad_to(array: np.ndarray, size: int) -> np.ndarray:
-    pad_h, pad_w = max(0, size - array.shape[0]), max(0, size - array.shape[1])
-    if not (pad_h or pad_w):
-        return array
-    pads = [(0, pad_h), (0, pad_w)] + [(0, 0)] * (array.ndim - 2)
-    return np.pad(array, pads, mode="edge")
+def crop_training_patches(
+    image: np.ndarray, coarse: np.ndarray, gt: np.ndarray, corners: np.ndarray, size: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(image HxWx3 uint8, coarse HxW, gt HxW) -> (P, S, S, 3) uint8 image, (P, S, S) uint8
+    coarse and target patches at ``corners``, cut by the inference crop (``crop_squares``)."""
+    image_t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+    masks_t = torch.from_numpy(np.stack([coarse, gt]).astype(np.uint8))
+    layers = np.zeros(len(corners), dtype=np.int64)
+    return (
+        crop_squares(image_t, corners, size).permute(0, 2, 3, 1).numpy(),
+        crop_squares(masks_t, corners, size, layers).numpy(),
+        crop_squares(masks_t, corners, size, layers + 1).numpy(),
+    )
 
 
 def _mask_iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -63,6 +63,7 @@ def _mask_iou(a: np.ndarray, b: np.ndarray) -> float:
 def _image_task(task: dict[str, Any]) -> dict[str, Any]:
     """All patches of one image (runs in a worker process)."""
     cfg: BuildConfig = task["config"]
+    torch.set_num_threads(1)  # one image per worker process; the crops are small
     image = read_image(task["path"])
     h, w = image.shape[:2]
     rng = np.random.default_rng([cfg.seed, task["image_index"]])
@@ -70,9 +71,12 @@ def _image_task(task: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, list[np.ndarray]] = {"images": [], "coarse": [], "target": [], "meta": []}
     skipped = 0
     s = cfg.patch_size
-    padded_image = _pad_to(image, s)
-    for inst, ann in enumerate(task["gt"]):
-        gt = decode_segmentation(ann["segmentation"], h, w, what=f"gt annotation {ann.get('id', inst)}")
+    gts = [
+        decode_segmentation(ann["segmentation"], h, w, what=f"gt annotation {ann.get('id', inst)}")
+        for inst, ann in enumerate(task["gt"])
+    ]
+    scene = np.logical_or.reduce(gts) if len(gts) > 1 else None  # for the recipes that see neighbours
+    for inst, gt in enumerate(gts):
         if gt.sum() < 16:
             continue
         coarse_list: list[tuple[np.ndarray, str]] = []
@@ -80,16 +84,14 @@ def _image_task(task: dict[str, Any]) -> dict[str, Any]:
             coarse_list.append((decode_segmentation(pred, h, w, what="coarse prediction"), "real"))
         for _ in range(cfg.draws):
             for _attempt in range(3):
-                coarse, name = synthesize(image, gt, rng, cfg.mix)
+                coarse, name = synthesize(image, gt, rng, cfg.mix, others=scene)
                 if _mask_iou(coarse, gt) > cfg.min_iou:
                     coarse_list.append((coarse, name.split("+")[0]))
                     break
             else:
                 skipped += 1
-        padded_gt = _pad_to(gt, s)
         for draw, (coarse, name) in enumerate(coarse_list):
-            padded = _pad_to(coarse, s)
-            corners = extract_patch_corners(padded, s, cfg.nms_iou, cover_all=False)
+            corners = extract_patch_corners(pad_to_patch(torch.from_numpy(coarse), s).numpy(), s, cfg.nms_iou, cover_all=False)
             if len(corners) == 0:
                 continue
             meta = np.zeros(len(corners), META_DTYPE)
@@ -99,9 +101,10 @@ def _image_task(task: dict[str, Any]) -> dict[str, Any]:
             meta["recipe"] = recipes.index(name)
             meta["split"] = task["split"]
             meta["y0"], meta["x0"] = corners[:, 0], corners[:, 1]
-            out["images"].append(crop_patches(padded_image, corners, s))
-            out["coarse"].append(crop_patches(padded, corners, s).astype(np.uint8))
-            out["target"].append(crop_patches(padded_gt, corners, s).astype(np.uint8))
+            image_p, coarse_p, target_p = crop_training_patches(image, coarse, gt, corners, s)
+            out["images"].append(image_p)
+            out["coarse"].append(coarse_p)
+            out["target"].append(target_p)
             out["meta"].append(meta)
     result = {k: (np.concatenate(v) if v else None) for k, v in out.items()}
     result["skipped"] = skipped

@@ -16,9 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from bpr.errors import BprInputError
-from bpr.io.coco import load_json
-from bpr.io.datasets import load_results
+from bpr.io.coco import load_image_records
+from bpr.io.results import load_results
 from service.detectors.base import Detector
 from service.errors import ServiceError
 
@@ -34,14 +33,9 @@ class ResultsDetector(Detector):
     ) -> None:
         self.results_file = Path(results_file)
         results = load_results(results_file)  # BprInputError with a clear message if malformed
-        info = load_json(image_info)
-        if not isinstance(info, dict) or not isinstance(info.get("images"), list):
-            raise BprInputError(f"{image_info}: expected a COCO json with an 'images' list")
         self.images: dict[Any, dict[str, Any]] = {}
         self.by_name: dict[str, Any] = {}
-        for img in info["images"]:
-            if not isinstance(img, dict) or "id" not in img or "file_name" not in img:
-                raise BprInputError(f"{image_info}: every image needs 'id' and 'file_name'")
+        for img in load_image_records(image_info):
             self.images[img["id"]] = img
             self.by_name.setdefault(os.path.basename(str(img["file_name"])), img["id"])
         self.detections: dict[Any, list[dict[str, Any]]] = defaultdict(list)

@@ -7,6 +7,8 @@ from collections.abc import Awaitable
 from typing import TypeVar
 
 import numpy as np
+from fastapi.responses import Response
+from pydantic import BaseModel
 
 from service.batching import QueueFull, ShuttingDown
 from service.engine import RefineEngine
@@ -28,8 +30,18 @@ async def within_deadline(work: Awaitable[T], seconds: float) -> T:
 async def refine_masks(engine: RefineEngine, image: np.ndarray, masks: np.ndarray, nms_iou: float | None) -> np.ndarray:
     """engine.refine with the queue's refusals as HTTP answers."""
     try:
-        return await engine.refine(image, masks, nms_iou)
+        return await engine.refine(image, masks, engine.refiner.resolve(nms_iou=nms_iou))
     except QueueFull as exc:
         raise ServiceError(429, "queue_full", str(exc), {"Retry-After": str(exc.retry_after)}) from None
     except ShuttingDown as exc:
         raise ServiceError(503, "shutting_down", str(exc), {"Retry-After": "5"}) from None
+
+
+def typed_json(model: type[BaseModel], body: dict) -> Response:
+    """``body`` checked against the route's declared response model, then serialised.
+
+    Called in the CPU pool (a large answer is real work), so the declared schema is what
+    clients get, enforced, without blocking the event loop. Fields the body does not have
+    stay absent (no nulls added); the caller's extra instance fields pass through.
+    """
+    return Response(model.model_validate(body).model_dump_json(exclude_unset=True), media_type="application/json")

@@ -19,6 +19,7 @@ async def models(
     state: Annotated[ServiceState, Depends(get_state)], engine: Annotated[RefineEngine, Depends(get_engine)]
 ) -> ModelsResponse:
     r = engine.refiner
+    o = r.options
     refiner = RefinerInfo(
         checkpoint=r.checkpoint,
         arch=r.net.config.arch,
@@ -28,11 +29,14 @@ async def models(
         precision=r.precision,
         max_batch_size=r.batch_size,
         max_wait_ms=state.settings.max_wait_ms,
-        nms_iou=r.nms_iou,
-        cover_all=r.cover_all,
-        resolve_overlaps=r.resolve_overlaps,
-        flip_tta=r.flip_tta,
-        iterations=r.iterations,
+        nms_iou=o.nms_iou,
+        cover_all=o.cover_all,
+        resolve_overlaps=o.resolve_overlaps,
+        flip_tta=o.flip_tta,
+        iterations=o.iterations,
+        confine_passes=o.confine_passes,
+        fallback_iou=o.fallback_iou,
+        min_area=o.min_area,
         parameters=sum(p.numel() for p in r.net.parameters()),
     )
     detector = state.detector.describe() if state.detector is not None else None

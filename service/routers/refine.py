@@ -6,11 +6,11 @@ import time
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 
 from service.engine import RefineEngine
 from service.inputs import decode_image, masks_to_id_png, parse_instances, read_form, refined_entries
-from service.routers.common import refine_masks, within_deadline
+from service.routers.common import refine_masks, typed_json, within_deadline
 from service.schemas import RefineForm, RefineResponse, error_responses, multipart_body
 from service.security import require_api_key
 from service.state import ServiceState, get_engine, get_state
@@ -64,7 +64,8 @@ async def refine(
             png = await engine.cpu(masks_to_id_png, refined)
             response: Response = Response(png, media_type="image/png", headers={"X-BPR-Instances": str(len(refined))})
         else:
-            response = JSONResponse({"instances": await engine.cpu(refined_entries, entries, refined)})
+            body = {"instances": await engine.cpu(refined_entries, entries, refined)}
+            response = await engine.cpu(typed_json, RefineResponse, body)
         state.metrics.stage.observe(time.perf_counter() - t1, "encode")
         return response
 

@@ -6,7 +6,7 @@ import time
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 
 from bpr.errors import BprInputError
 from bpr.io.results import entries_to_masks
@@ -14,7 +14,7 @@ from service.detectors import NO_DETECTOR_HELP
 from service.engine import RefineEngine
 from service.errors import ServiceError
 from service.inputs import decode_image, keep_top_detections, read_form, refined_entries
-from service.routers.common import refine_masks, within_deadline
+from service.routers.common import refine_masks, typed_json, within_deadline
 from service.routers.refine import NMS_HELP
 from service.schemas import SegmentForm, SegmentResponse, error_responses, multipart_body
 from service.security import require_api_key
@@ -39,7 +39,7 @@ async def segment(
         float | None, Query(ge=0.0, le=1.0, description="drop detections below this score (default BPR_MIN_SCORE)")
     ] = None,
     nms_iou: Annotated[float | None, Query(gt=0.0, le=1.0, description=NMS_HELP)] = None,
-) -> JSONResponse:
+) -> Response:
     """Send the image in form field `image`. The configured upstream detector (`http`,
     `mmdet` or `results`) finds the instances, bpr refines them; each instance keeps the
     detector's `category_id` and `score`. Answers 503 if no detector is configured.
@@ -49,7 +49,7 @@ async def segment(
     if detector is None:
         raise ServiceError(503, "no_detector", NO_DETECTOR_HELP)
 
-    async def work() -> JSONResponse:
+    async def work() -> Response:
         parts = await read_form(request, settings, ("image",))
         upload = parts["image"]
         t0 = time.perf_counter()
@@ -75,7 +75,7 @@ async def segment(
             "coarse": await engine.cpu(refined_entries, entries, masks) if include_coarse else None,
             "detector": detector.kind,
         }
-        response = JSONResponse(body)
+        response = await engine.cpu(typed_json, SegmentResponse, body)
         state.metrics.stage.observe(time.perf_counter() - t2, "encode")
         return response
 

@@ -1,0 +1,150 @@
+"""Per-call options and the pass rules of the one pass loop: no compounding across passes,
+no instance emptied, small instances left alone, counts per image, one Refiner shared by
+threads with different options, and the patch feed's batching rule."""
+
+import dataclasses
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bpr import BprInputError
+from bpr.cli.refine import build_parser
+from bpr.feed import PatchFeed
+from bpr.modeling import RefinerConfig
+from bpr.modeling.refiner_net import RefinerNet
+from bpr.refiner import RefineOptions, Refiner
+from bpr.reassemble import patch_reach
+from bpr.spec import RefinerSpec
+from conftest import IdentityNet, disk
+from test_refiner import _davis
+
+
+class GrowNet(RefinerNet):
+    """Predicts the mask dilated by 6 px: every pass grows every instance (a worst case)."""
+
+    def foreground_probability(self, image_patches: torch.Tensor, mask_patches: torch.Tensor) -> torch.Tensor:
+        return (F.max_pool2d(mask_patches, 13, stride=1, padding=6) > 0.5).float()[:, 0]
+
+
+class EraseNet(RefinerNet):
+    """Predicts background everywhere: refinement would erase what it touches."""
+
+    def foreground_probability(self, image_patches: torch.Tensor, mask_patches: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(mask_patches[:, 0])
+
+
+def _scene(h=200, w=260):
+    image = np.random.default_rng(0).integers(0, 255, (h, w, 3), dtype=np.uint8)
+    masks = np.stack([disk(h, w, 100, 80, 40), disk(h, w, 90, 190, 6), disk(h, w, 30, 200, 20)])
+    return image, masks
+
+
+def test_later_passes_change_only_what_the_first_pass_could_reach():
+    image, masks = _scene()
+    net = GrowNet(RefinerConfig(input_size=64))
+    one = Refiner(net, iterations=1).refine(image, masks, resolve_overlaps=False)
+    free = Refiner(net, iterations=3, confine_passes=False).refine(image, masks, resolve_overlaps=False)
+    confined = Refiner(net, iterations=3).refine(image, masks, resolve_overlaps=False)
+    assert free.sum() > one.sum()  # unconfined, each pass grows the masks further
+    # Confined: the first pass's patches bound every change. Outside them nothing moved.
+    refiner = Refiner(net, iterations=1)
+    for i, mask in enumerate(masks):
+        job = refiner.prepare(torch.from_numpy(image).permute(2, 0, 1), torch.from_numpy(mask)[None], refiner.options)
+        reach = patch_reach(job.coarse.shape, job.corners, job.instance_ids, 64)[0, :200, :260].numpy()
+        assert np.array_equal(confined[i][~reach], mask[~reach])
+        assert confined[i][reach].sum() >= one[i][reach].sum()  # later passes still work inside the reach
+    assert (confined != free).any()
+
+
+def test_no_instance_comes_back_empty_when_the_fallback_is_on():
+    image, masks = _scene()
+    net = EraseNet(RefinerConfig(input_size=64))
+    erased = Refiner(net).refine(image, masks)
+    assert not erased[1].any()  # the 6 px disc is erased without the rule
+    refiner = Refiner(net, fallback_iou=0.5)
+    kept = refiner.refine(image, masks)
+    for before, after in zip(masks, kept):
+        assert after.any() and (after & before).sum() / (after | before).sum() >= 0.5
+    assert np.array_equal(kept[1], masks[1])  # returned as given
+    assert refiner.stats.fallbacks == int(sum((e & m).sum() / (e | m).sum() < 0.5 for e, m in zip(erased, masks)))
+
+
+def test_instances_under_the_minimum_area_come_back_as_given():
+    image, masks = _scene()
+    refiner = Refiner(EraseNet(RefinerConfig(input_size=64)), min_area=int(masks[1].sum()) + 1)
+    out = refiner.refine(image, masks)
+    assert np.array_equal(out[1], masks[1])
+    assert not np.array_equal(out[0], masks[0])  # the large ones are refined
+    assert refiner.stats.small == 1
+
+
+def test_images_and_instances_are_counted_once_whatever_the_passes(data_dir, random_checkpoint):
+    items = [_davis(data_dir, k) for k in (0, 1, 2)]
+    refiner = Refiner.from_checkpoint(random_checkpoint, iterations=2)
+    list(refiner.refine_many((img, m[None]) for img, m in items))
+    assert (refiner.stats.images, refiner.stats.instances) == (3, 3)
+    once = Refiner.from_checkpoint(random_checkpoint, iterations=1)
+    list(once.refine_many((img, m[None]) for img, m in items))
+    assert refiner.stats.patches > once.stats.patches  # the second pass did run patches
+
+
+def test_one_refiner_serves_threads_with_different_options(data_dir, random_checkpoint):
+    items = [_davis(data_dir, k) for k in (0, 4, 8, 12)]
+    refiner = Refiner.from_checkpoint(random_checkpoint)
+    options = [refiner.resolve(nms_iou=v) for v in (0.25, 0.55, 0.25, 0.55)]
+    alone = [refiner.refine(img, m[None], o) for (img, m), o in zip(items, options)]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(lambda a: refiner.refine(a[0][0], a[0][1][None], a[1]), zip(items, options)))
+    for a, b in zip(alone, together):
+        assert np.array_equal(a, b)
+    assert not np.array_equal(alone[0], refiner.refine(*items[0][:1], items[0][1][None], nms_iou=0.55))
+    assert refiner.options.nms_iou == 0.25  # per-call options never change the Refiner
+
+
+def test_options_are_checked():
+    for bad in (dict(nms_iou=0.0), dict(iterations=0), dict(fallback_iou=1.0), dict(min_area=-1)):
+        with pytest.raises(BprInputError):
+            RefineOptions(**bad)
+    with pytest.raises(TypeError, match="unknown refine option"):
+        RefineOptions().updated(nms=0.3)
+    assert RefineOptions().updated(nms_iou=None) == RefineOptions()
+
+
+def test_checkpoint_recommendations_become_the_defaults():
+    net = IdentityNet(RefinerConfig(input_size=64, flip_tta=True, iterations=2, fallback_iou=0.4, min_area=50))
+    o = Refiner(net).options
+    assert (o.flip_tta, o.iterations, o.fallback_iou, o.min_area) == (True, 2, 0.4, 50)
+    assert Refiner(net, iterations=1, min_area=0).options.iterations == 1
+
+
+def test_every_spec_field_has_a_cli_flag_and_a_service_setting():
+    from service.settings import Settings
+
+    dests = {a.dest for a in build_parser()._actions}
+    for f in dataclasses.fields(RefinerSpec):
+        assert f.name in dests, f"bpr-refine has no flag for {f.name}"
+    spec = Settings(nms_iou=0.55, flip_tta=False, iterations=3, fallback_iou=0.3, min_area=9, max_batch_size=5).refiner_spec()
+    assert (spec.nms_iou, spec.flip_tta, spec.iterations, spec.fallback_iou, spec.min_area, spec.batch_size) == (
+        0.55, False, 3, 0.3, 9, 5)
+
+
+class _FakeJob:
+    def __init__(self, n):
+        self.num_patches = n
+
+
+def test_the_feed_cuts_full_batches_oldest_first_and_drops_discarded_jobs():
+    feed = PatchFeed(8)
+    a, b, c = _FakeJob(5), _FakeJob(6), _FakeJob(3)
+    for j in (a, b, c):
+        feed.add(j)
+    feed.add(_FakeJob(0))  # nothing to run: not queued
+    first = feed.take()
+    assert [(j, s, e) for j, s, e in first.parts] == [(a, 0, 5), (b, 0, 3)]
+    assert first.size == 8 and first.num_jobs == 2 and feed.queued == 6
+    assert feed.discard([c]) == 3 and feed.queued == 3
+    second = feed.take()
+    assert [(j, s, e) for j, s, e in second.parts] == [(b, 3, 6)] and not feed
