@@ -244,3 +244,15 @@ def test_iterations_setting_matches_the_cli_flag(checkpoint: Path, tmp_path: Pat
             assert r.status_code == 200, r.text
             got += r.json()["instances"]
     assert got == cli
+
+
+def test_answers_are_checked_against_their_declared_model() -> None:
+    from pydantic import ValidationError
+
+    from service.routers.common import typed_json
+    from service.schemas import RefineResponse
+
+    good = {"instances": [{"segmentation": {"size": [2, 2], "counts": "04"}, "bbox": [0.0, 0.0, 0.0, 0.0], "area": 0, "mine": 1}]}
+    assert typed_json(RefineResponse, good).body == b'{"instances":[{"segmentation":{"size":[2,2],"counts":"04"},"bbox":[0.0,0.0,0.0,0.0],"area":0,"mine":1}]}'
+    with pytest.raises(ValidationError):
+        typed_json(RefineResponse, {"instances": [{"segmentation": {"size": [2, 2], "counts": "04"}, "bbox": [0, 0]}]})
