@@ -23,6 +23,7 @@ import dataclasses
 import os
 import threading
 import time
+import warnings
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -41,6 +42,14 @@ from bpr.reassemble import patch_reach, reassemble
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "models" / "bpr_default.pt"
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def cpu_has_native_bf16() -> bool:
+    """Does this CPU run bf16 natively (AVX512-BF16 or AMX)? Without it bf16 is emulated and slow."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def default_checkpoint() -> Path:
@@ -289,6 +298,13 @@ class Refiner:
         if batch_size < 1:
             raise BprInputError(f"batch size must be at least 1, got {batch_size}")
         self.precision = ("fp16" if self.device.type == "cuda" else "fp32") if precision == "auto" else precision
+        if self.precision == "bf16" and self.device.type == "cpu" and not cpu_has_native_bf16():
+            warnings.warn(
+                "bf16 was asked for, but this CPU has no native bf16 (no AVX512-BF16 / AMX): it runs emulated, "
+                "about 10x slower than fp32 (measured on an AVX2 machine); use fp32",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         self.net = net.to(self.device).eval()
         self.checkpoint = checkpoint
         self.batch_size = batch_size

@@ -32,6 +32,24 @@ class ServiceError(Exception):
         self.headers = headers
 
 
+# The one mapping from a library error (bpr.errors.BprInputError: bad input, one line) to an
+# HTTP answer, by which part of the request held the bad input. docs/service.md lists it.
+# The client's own input is a 422; the upstream detector's output is the detector's fault,
+# not the client's, so a 502.
+INPUT_ERRORS: dict[str, tuple[int, str, str]] = {
+    "image": (422, "invalid_image", "{exc}"),
+    "instances": (422, "invalid_instances", "{exc}"),
+    "request": (422, "invalid_input", "{exc}"),
+    "detector": (502, "detector_bad_output", "the upstream detector gave an unusable instance: {exc}"),
+}
+
+
+def input_error(exc: BprInputError, part: str) -> ServiceError:
+    """The HTTP answer for a library input error raised while handling ``part`` of a request."""
+    status, code, template = INPUT_ERRORS[part]
+    return ServiceError(status, code, template.format(exc=exc))
+
+
 def error_response(status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"detail": detail, "code": code}, status_code=status, headers=headers)
 
@@ -62,7 +80,8 @@ def install_error_handlers(app: FastAPI, max_upload_bytes: int) -> None:
 
     @app.exception_handler(BprInputError)
     async def _input_error(_: Request, exc: BprInputError) -> JSONResponse:
-        return error_response(422, "invalid_input", str(exc))
+        err = input_error(exc, "request")
+        return error_response(err.status, err.code, err.detail)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -26,7 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from bpr.errors import BprInputError
 from bpr.io.images import decode_image_bytes
 from bpr.io.results import entries_to_masks, refined_entry
-from service.errors import ServiceError
+from service.errors import ServiceError, input_error
 from service.schemas import InstanceIn
 from service.settings import Settings
 
@@ -78,7 +78,7 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
     try:
         return decode_image_bytes(data, what="image", max_pixels=max_pixels)
     except BprInputError as exc:
-        raise ServiceError(422, "invalid_image", str(exc)) from None
+        raise input_error(exc, "image") from None
 
 
 def parse_instances(
@@ -96,7 +96,7 @@ def parse_instances(
     try:
         masks = entries_to_masks(entries, height, width, what="instances")
     except BprInputError as exc:
-        raise ServiceError(422, "invalid_instances", str(exc)) from None
+        raise input_error(exc, "instances") from None
     return entries, masks
 
 

@@ -202,3 +202,65 @@ def test_fine_tuning_adds_a_detail_head_to_a_checkpoint_without_one(patch_dir, t
         assert torch.allclose(trainer.net.state_dict()[k].float(), v.float()), k
     trainer.run(progress=False)
     assert load_refiner(trainer.export()).config.detail_head
+
+
+def _cityscapes_scene(data_dir, index=3):
+    gt = load_json(data_dir / "cityscapes-train" / "gt.json")
+    info = gt["images"][index]
+    anns = [a for a in gt["annotations"] if a["image_id"] == info["id"]]
+    image = read_image(data_dir / "cityscapes-train" / "images" / info["file_name"])
+    masks = [decode_segmentation(a["segmentation"], info["height"], info["width"]) for a in anns]
+    return image, masks
+
+
+def test_nearly_right_draws_stay_within_a_pixel_or_two_of_the_ground_truth(data_dir):
+    image, masks = _cityscapes_scene(data_dir)
+    rng = np.random.default_rng(0)
+    kernel = np.ones((5, 5), np.uint8)
+    for g in masks:
+        c, name = synthesize(image, g, rng, {"near": 1.0})
+        assert name == "near"  # no second error on top of a nearly right draw
+        grown = cv2.dilate(g.astype(np.uint8), kernel).astype(bool)
+        shrunk = cv2.erode(g.astype(np.uint8), kernel).astype(bool)
+        assert not (c & ~grown).any() and not (shrunk & ~c).any()  # every change within 2 px of the boundary
+
+
+def test_neighbour_draws_run_into_touching_instances(data_dir):
+    image, masks = _cityscapes_scene(data_dir)
+    scene = np.logical_or.reduce(masks)
+    rng = np.random.default_rng(0)
+    into_neighbours, elsewhere = 0, 0
+    for g in masks:
+        others = scene & ~g
+        if not (cv2.dilate(g.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool) & others).any():
+            continue  # no touching neighbour: the recipe falls back to a grid blob
+        for _ in range(3):
+            c, _ = synthesize(image, g, rng, {"neighbour": 1.0}, second_error=0.0, others=scene)
+            added = c & ~g
+            into_neighbours += int((added & others).sum())
+            elsewhere += int((added & ~others).sum())
+    assert into_neighbours > elsewhere  # what the draws add is mostly the neighbours' pixels
+
+
+def test_scene_patches_keep_small_objects_and_show_their_neighbours(data_dir, tmp_path):
+    out = tmp_path / "cs"
+    code = build_main(["--gt", str(data_dir / "cityscapes-train" / "gt.json"), "--images", str(data_dir / "cityscapes-train" / "images"),
+                       "--out", str(out), "--max-images", "2", "--draws", "1", "--mix", "scene", "--workers", "1", "--quiet"])
+    assert code == 0
+    ps = PatchSet.open([out])
+    gt = load_json(data_dir / "cityscapes-train" / "gt.json")
+    first = {i["id"] for i in gt["images"][:2]}
+    anns = [a for a in gt["annotations"] if a["image_id"] in first]
+    small = {k for k, a in enumerate(anns) if a["area"] < 32**2}
+    meta = np.concatenate(ps.meta)
+    images_of = {i["id"]: k for k, i in enumerate(gt["images"][:2])}
+    seen = {(int(m["image"]), int(m["instance"])) for m in meta}
+    per_image = {}
+    for k, a in enumerate(anns):
+        per_image.setdefault(a["image_id"], []).append(k)
+    small_seen = sum((images_of[anns[k]["image_id"]], per_image[anns[k]["image_id"]].index(k)) in seen for k in small)
+    assert len(small) > 5 and small_seen >= 0.8 * len(small)  # small objects get patches (a draw of every one)
+    target = np.concatenate([t for t in ps.target])
+    # a whole small object inside one patch: the target holds all of it with background around
+    whole = [(t.sum() > 0) and not t[0].any() and not t[-1].any() and not t[:, 0].any() and not t[:, -1].any() for t in target]
+    assert sum(whole) > 5

@@ -12,7 +12,7 @@ from bpr.errors import BprInputError
 from bpr.io.results import entries_to_masks
 from service.detectors import NO_DETECTOR_HELP
 from service.engine import RefineEngine
-from service.errors import ServiceError
+from service.errors import ServiceError, input_error
 from service.inputs import decode_image, keep_top_detections, read_form, refined_entries
 from service.routers.common import refine_masks, typed_json, within_deadline
 from service.routers.refine import NMS_HELP
@@ -65,9 +65,7 @@ async def segment(
         try:
             masks = await engine.cpu(entries_to_masks, entries, h, w, "detector output")
         except BprInputError as exc:
-            raise ServiceError(
-                502, "detector_bad_output", f"the {detector.kind} detector gave an unusable instance: {exc}"
-            ) from None
+            raise input_error(exc, "detector") from None
         refined = await refine_masks(engine, image, masks, nms_iou)
         t2 = time.perf_counter()
         body = {
