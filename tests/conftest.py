@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import torch
 from bpr.modeling import RefinerConfig, RefinerNet, save_refiner
 
 REPO = Path(__file__).resolve().parent.parent
-DATA = REPO.parent / "shared" / "data"
+DATA = Path(os.environ.get("BPR_SHARED_DATA", REPO.parent / "shared" / "data"))  # mutmut runs from mutants/
 
 
 @pytest.fixture(scope="session")

@@ -148,3 +148,17 @@ def test_the_feed_cuts_full_batches_oldest_first_and_drops_discarded_jobs():
     assert feed.discard([c]) == 3 and feed.queued == 3
     second = feed.take()
     assert [(j, s, e) for j, s, e in second.parts] == [(b, 3, 6)] and not feed
+
+
+def test_discarding_a_partly_taken_job_drops_only_its_untaken_patches():
+    feed = PatchFeed(8)
+    a, b, c = _FakeJob(5), _FakeJob(6), _FakeJob(4)
+    for j in (a, b, c):
+        feed.add(j)
+    feed.take()  # a whole, b's first 3
+    assert feed.queued == 7
+    assert feed.discard([b]) == 3  # b's last 3 patches, not c's 4 nor b's 6
+    assert feed.queued == 4
+    batch = feed.take()
+    assert [(j, s, e) for j, s, e in batch.parts] == [(c, 0, 4)] and batch.completed() == [c]
+    assert feed.queued == 0 and feed.discard([a, b, c]) == 0

@@ -1,0 +1,54 @@
+"""The bundled model with the fallback rule on a real street scene: nothing is erased,
+nothing is left as a fragment, and the dev-table command runs end to end."""
+
+import json
+
+import numpy as np
+
+from bpr.io.coco import decode_segmentation, load_json
+from bpr.io.images import read_image
+from bpr.refiner import Refiner
+
+
+def _street_scene(data_dir, index=0):
+    root = data_dir / "cityscapes-dev"
+    gt = load_json(root / "gt.json")
+    info = gt["images"][index]
+    coarse = [e for e in load_json(root / "maskrcnn28.json") if e["image_id"] == info["id"]]
+    masks = np.stack([decode_segmentation(e["segmentation"], info["height"], info["width"]) for e in coarse])
+    return read_image(root / "images" / info["file_name"]), masks
+
+
+def test_every_instance_comes_out_non_empty_and_overlapping_its_input(data_dir):
+    refiner = Refiner.from_checkpoint(fallback_iou=0.5)  # the rule on; the bundled model does not recommend it yet
+    for index in (0, 1):
+        image, masks = _street_scene(data_dir, index)
+        refined = refiner.refine(image, masks)
+        assert len(masks) >= 5  # a real multi-instance scene
+        for before, after in zip(masks, refined):
+            if before.any():
+                iou = (before & after).sum() / (before | after).sum()
+                assert after.any() and iou >= refiner.options.fallback_iou, iou
+        assert not np.array_equal(refined, masks)  # ...and it does refine
+
+
+def test_dev_table_runs_on_a_tiny_subset(data_dir, tmp_path, random_checkpoint):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "dev_table.py"
+    spec = importlib.util.spec_from_file_location("dev_table", path)
+    dev_table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(dev_table)
+    out = tmp_path / "table.json"
+    code = dev_table.main(["--checkpoint", str(random_checkpoint), "--max-images", "1", "--data", str(data_dir),
+                           "--cache", str(tmp_path / "cache"), "--json", str(out), "--iterations", "1",
+                           "--inputs", "cs-maskrcnn28", "cs-near", "cs-bottomup", "davis-osvos", "davis-near"])
+    assert code == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert set(rows) == {"cs-maskrcnn28", "cs-near", "cs-bottomup", "davis-osvos", "davis-near"}
+    near = rows["cs-near"]
+    assert near["J"][0] > 0.85 and near["AP"][0] > 0.8  # the near-perfect input is near perfect
+    assert rows["cs-bottomup"]["J"][0] < near["J"][0]  # the stride-4-8 input is worse than that
+    for r in rows.values():
+        assert 0.0 <= r["worse"] <= 1.0 and r["run"]["images"] == 1
