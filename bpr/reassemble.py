@@ -33,26 +33,6 @@ def instance_regions(corners: np.ndarray, instance_ids: np.ndarray, patch_size: 
     return regions
 
 
-def _canvas_index(
-    corners: np.ndarray, instance_ids: np.ndarray, size: int, offsets: np.ndarray, regions: np.ndarray,
-    widths: np.ndarray, device: torch.device,
-) -> torch.Tensor:
-    """Flat slot of every patch pixel in a buffer of per-instance canvases laid end to end:
-    offset[instance] + (y - region_y0) * region_w + (x - region_x0)."""
-    base = (
-        offsets[instance_ids]
-        + (corners[:, 0] - regions[instance_ids, 0]) * widths[instance_ids]
-        + (corners[:, 1] - regions[instance_ids, 1])
-    )
-    ar = torch.arange(size, device=device)
-    w_t = torch.as_tensor(widths[instance_ids], device=device)
-    return (
-        torch.as_tensor(base, device=device)[:, None, None]
-        + ar[None, :, None] * w_t[:, None, None]
-        + ar[None, None, :]
-    ).reshape(-1)
-
-
 def patch_reach(shape: tuple[int, ...] | torch.Size, corners: np.ndarray, instance_ids: np.ndarray, size: int,
                 device: torch.device | str = "cpu") -> torch.Tensor:
     """(N, H, W) bool: the pixels some patch of each instance covers."""
@@ -92,7 +72,20 @@ def reassemble(
     widths = regions[:, 3] - regions[:, 1]
     offsets = np.concatenate([[0], np.cumsum(heights * widths)])
 
-    index = _canvas_index(corners, instance_ids, size, offsets, regions, widths, device)
+    # One flat buffer holds every instance's canvas; a patch pixel's slot is
+    # offset[instance] + (y - region_y0) * region_w + (x - region_x0).
+    base = (
+        offsets[instance_ids]
+        + (corners[:, 0] - regions[instance_ids, 0]) * widths[instance_ids]
+        + (corners[:, 1] - regions[instance_ids, 1])
+    )
+    ar = torch.arange(size, device=device)
+    w_t = torch.as_tensor(widths[instance_ids], device=device)
+    index = (
+        torch.as_tensor(base, device=device)[:, None, None]
+        + ar[None, :, None] * w_t[:, None, None]
+        + ar[None, None, :]
+    ).reshape(-1)
     total = int(offsets[-1])
     sums = torch.zeros(total, device=device, dtype=torch.float32).index_add_(0, index, probs.reshape(-1).float())
     counts = torch.zeros(total, device=device, dtype=torch.float32).index_add_(

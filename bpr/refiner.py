@@ -267,7 +267,10 @@ class Refiner:
     """Boundary Patch Refinement with a trained refiner network.
 
     Arguments:
-        net: the refiner network (``Refiner.from_checkpoint`` loads one).
+        net: the refiner network; or a checkpoint path, or None: then ``checkpoint`` (default:
+            the bundled model) is loaded, so ``Refiner()`` and ``Refiner("my.pt")`` work.
+        checkpoint: bpr or original-BPR checkpoint to load when no network is given.
+        input_size: override the loaded checkpoint's network input size.
         device: "cpu", "cuda", "cuda:1"...; fp16 autocast is used on CUDA.
         precision: "auto" (fp16 autocast on CUDA, fp32 on CPU), "fp32", "bf16" (about 1.7x
             faster on CPUs with AVX512-BF16/AMX; the default model was trained in bf16) or "fp16".
@@ -279,15 +282,29 @@ class Refiner:
 
     def __init__(
         self,
-        net: RefinerNet,
+        net: RefinerNet | str | os.PathLike | None = None,
         *,
+        checkpoint: str | os.PathLike | None = None,
+        input_size: int | None = None,
         device: str | torch.device = "cpu",
         precision: str = "auto",
         batch_size: int = 64,
         patch_size: int | None = None,
-        checkpoint: str | None = None,
         **options: Any,
     ) -> None:
+        if net is None or isinstance(net, (str, os.PathLike)):
+            checkpoint = net if net is not None else checkpoint
+            path = Path(checkpoint) if checkpoint is not None else default_checkpoint()
+            if checkpoint is None and not path.is_file():
+                raise ModelNotAvailableError(
+                    f"no trained model is bundled ({path} is missing); give a checkpoint "
+                    "(a bpr checkpoint from bpr-train, or an original BPR .pth)"
+                )
+            overrides = {"input_size": input_size} if input_size else None
+            net = load_refiner(path, device=torch.device(device), overrides=overrides)
+            checkpoint = str(path)
+        elif input_size:
+            raise BprInputError("input_size applies when loading a checkpoint, not to a given network")
         self.device = torch.device(device)
         if precision not in PRECISIONS:
             raise BprInputError(f"precision must be auto, fp32, bf16 or fp16, got {precision!r}")
@@ -306,7 +323,7 @@ class Refiner:
                 stacklevel=2,
             )
         self.net = net.to(self.device).eval()
-        self.checkpoint = checkpoint
+        self.checkpoint = str(checkpoint) if checkpoint is not None else None
         self.batch_size = batch_size
         self.patch_size = patch_size or net.config.patch_size
         if self.patch_size < 4:
@@ -319,23 +336,11 @@ class Refiner:
         self.stats = RefineStats()
 
     @classmethod
-    def from_checkpoint(
-        cls, checkpoint: str | os.PathLike | None = None, *, input_size: int | None = None, **kwargs: Any
-    ) -> "Refiner":
-        """A Refiner for a bpr or original-BPR checkpoint (None = the bundled default model).
-
-        ``input_size`` overrides the network input size the patch is resized to; every other
-        keyword goes to :class:`Refiner`.
-        """
-        path = Path(checkpoint) if checkpoint is not None else default_checkpoint()
-        if checkpoint is None and not path.is_file():
-            raise ModelNotAvailableError(
-                f"no trained model is bundled ({path} is missing); give a checkpoint "
-                "(a bpr checkpoint from bpr-train, or an original BPR .pth)"
-            )
-        device = torch.device(kwargs.get("device", "cpu"))
-        net = load_refiner(path, device=device, overrides={"input_size": input_size} if input_size else None)
-        return cls(net, checkpoint=str(path), **kwargs)
+    def from_checkpoint(cls, checkpoint: str | os.PathLike | None = None, **kwargs: Any) -> "Refiner":
+        """A Refiner for a bpr or original-BPR checkpoint (None = the bundled default model);
+        the same as ``Refiner(checkpoint=...)``. ``input_size`` overrides the network input
+        size the patch is resized to; every other keyword goes to :class:`Refiner`."""
+        return cls(checkpoint=checkpoint, **kwargs)
 
     @property
     def input_size(self) -> int:
@@ -468,14 +473,19 @@ class Refiner:
         parts = batch.parts
         images = torch.cat([job.image_patches[a:b] for job, a, b in parts])
         masks = torch.cat([job.mask_patches[a:b] for job, a, b in parts])
-        flip = torch.cat([torch.full((b - a,), job.flip_tta, dtype=torch.bool) for job, a, b in parts])
+        flips = [job.flip_tta for job, _, _ in parts]
         dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.precision)
         with torch.autocast(device_type=self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             probs = self.net.foreground_probability(images, masks)
-            if bool(flip.all()):
+            if all(flips):
                 probs = 0.5 * (probs + self.net.foreground_probability(images.flip(-1), masks.flip(-1)).flip(-1))
-            elif bool(flip.any()):
-                rows = flip.nonzero()[:, 0].to(self.device)
+            elif any(flips):  # requests with and without TTA share this batch: mirror only theirs
+                picked, start = [], 0
+                for job, a, b in parts:
+                    if job.flip_tta:
+                        picked.append(torch.arange(start, start + b - a))
+                    start += b - a
+                rows = torch.cat(picked).to(self.device)
                 mirrored = self.net.foreground_probability(images[rows].flip(-1), masks[rows].flip(-1)).flip(-1)
                 probs[rows] = 0.5 * (probs[rows] + mirrored)
         offset = 0

@@ -162,3 +162,29 @@ def test_discarding_a_partly_taken_job_drops_only_its_untaken_patches():
     batch = feed.take()
     assert [(j, s, e) for j, s, e in batch.parts] == [(c, 0, 4)] and batch.completed() == [c]
     assert feed.queued == 0 and feed.discard([a, b, c]) == 0
+
+
+def test_the_refiner_loads_the_bundled_model_or_a_path_with_or_without_from_checkpoint(random_checkpoint):
+    assert Refiner().checkpoint == Refiner.from_checkpoint().checkpoint  # the bundled default model
+    by_path = Refiner(random_checkpoint, batch_size=7)
+    assert by_path.checkpoint == str(random_checkpoint) and by_path.batch_size == 7
+    assert Refiner(checkpoint=random_checkpoint, input_size=32).input_size == 32
+    with pytest.raises(BprInputError, match="input_size"):
+        Refiner(IdentityNet(RefinerConfig(input_size=64)), input_size=32)
+
+
+def test_mixed_tta_requests_in_one_batch_each_get_their_own_answer(data_dir, random_checkpoint):
+    refiner = Refiner.from_checkpoint(random_checkpoint, batch_size=512)
+    items = [_davis(data_dir, k) for k in (0, 6)]
+    alone = [refiner.refine(img, m[None], flip_tta=t) for (img, m), t in zip(items, (True, False))]
+    flights = [refiner.start_numpy(img, m[None], refiner.resolve(flip_tta=t, iterations=1)) for (img, m), t in zip(items, (True, False))]
+    feed = PatchFeed(512)
+    jobs = [f.advance() for f in flights]
+    for job in jobs:
+        feed.add(job)
+    batch = feed.take()
+    assert batch.num_jobs == 2  # both requests in one forward pass
+    refiner.run_batch(batch)
+    for f, expected in zip(flights, alone):
+        assert f.advance() is None
+        assert (f.output().numpy() != expected).mean() < 1e-5  # up to float summation order

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from collections.abc import Iterator
@@ -78,22 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     for i, entry in enumerate(results):
         groups.setdefault(entry["image_id"], []).append(i)
     paths = image_paths(list(groups), args.images, args.image_info)
-    refiner = RefinerSpec(
-        checkpoint=args.checkpoint,
-        device=args.device,
-        precision=args.precision,
-        batch_size=args.batch_size,
-        patch_size=args.patch_size,
-        input_size=args.input_size,
-        nms_iou=args.nms_iou,
-        cover_all=args.cover_all,
-        resolve_overlaps=args.resolve_overlaps,
-        flip_tta=args.flip_tta,
-        iterations=args.iterations,
-        confine_passes=args.confine_passes,
-        fallback_iou=args.fallback_iou,
-        min_area=args.min_area,
-    ).build()
+    # every RefinerSpec field is a flag of the same name (a test holds the two together)
+    refiner = RefinerSpec(**{f.name: getattr(args, f.name) for f in dataclasses.fields(RefinerSpec)}).build()
     refined: list[dict[str, Any] | None] = [None] * len(results)
     start = time.perf_counter()
     bar = tqdm(total=len(groups), unit="img", disable=True if args.quiet else None, file=sys.stderr)
