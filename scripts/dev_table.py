@@ -24,7 +24,6 @@ point, overall and per COCO size (small < 32^2 px, medium < 96^2, large).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
