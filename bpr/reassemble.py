@@ -55,11 +55,15 @@ def reassemble(
     instance_ids: np.ndarray,
     probs: torch.Tensor,
     resolve_overlaps: bool = True,
+    change_margin: float = 0.0,
 ) -> torch.Tensor:
     """Paste patch probabilities back.
 
     coarse: (N, H, W) bool; corners: (P, 2) int [y0, x0]; instance_ids: (P,) int in [0, N);
     probs: (P, S, S) float foreground probability per patch. Returns (N, H, W) bool.
+    change_margin: a covered pixel leaves its coarse value only where the mean probability is
+    beyond 0.5 by more than this (foreground pixels need p < 0.5 - margin to go, background
+    pixels p > 0.5 + margin to join).
     """
     refined = coarse.clone()
     n = coarse.shape[0]
@@ -100,7 +104,9 @@ def reassemble(
         c = counts[offsets[i] : offsets[i + 1]].view(h, w)
         old = coarse[i, y0:y1, x0:x1]
         prob = torch.where(c > 0, s / c.clamp(min=1), old.float())
-        refined[i, y0:y1, x0:x1] = torch.where(c > 0, prob > 0.5, old)
+        keep_fg = prob >= 0.5 - change_margin if change_margin > 0 else prob > 0.5
+        new = torch.where(old, keep_fg, prob > 0.5 + change_margin)
+        refined[i, y0:y1, x0:x1] = torch.where(c > 0, new, old)
         probabilities[int(i)] = prob
     if resolve_overlaps and n > 1:
         _resolve_gained_overlaps(coarse, refined, regions, probabilities)

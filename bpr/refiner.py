@@ -72,6 +72,9 @@ class RefineOptions:
     fallback_iou: an instance whose refined mask is empty, or overlaps its input mask by an
         IoU below this, is returned as it came in (0 = off).
     min_area: instances of fewer pixels than this are returned as they came in (0 = refine all).
+    change_margin: a pixel changes from its input value only where the patches' mean
+        foreground probability is beyond 0.5 by more than this (0 = plain 0.5 threshold):
+        where the network is unsure, the detector's mask stands.
     """
 
     nms_iou: float = 0.25
@@ -82,6 +85,7 @@ class RefineOptions:
     confine_passes: bool = True
     fallback_iou: float = 0.0
     min_area: int = 0
+    change_margin: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0.0 < self.nms_iou <= 1.0:
@@ -92,6 +96,8 @@ class RefineOptions:
             raise BprInputError(f"fallback IoU must be in [0, 1), got {self.fallback_iou}")
         if self.min_area < 0:
             raise BprInputError(f"minimum instance area must be 0 or more pixels, got {self.min_area}")
+        if not 0.0 <= self.change_margin < 0.5:
+            raise BprInputError(f"change margin must be in [0, 0.5), got {self.change_margin}")
 
     def updated(self, **changes: Any) -> "RefineOptions":
         """A copy with the given fields changed; ``None`` values leave a field as it is."""
@@ -143,6 +149,7 @@ class Job:
     probs: torch.Tensor  # (P, S, S)
     flip_tta: bool
     resolve_overlaps: bool
+    change_margin: float
     remaining: int  # patches whose probabilities are not filled in yet
     extract_seconds: float = 0.0
 
@@ -277,7 +284,7 @@ class Refiner:
         batch_size: patches per network forward pass.
         patch_size: image pixels cut around the boundary (None = the checkpoint's).
         **options: defaults of :class:`RefineOptions` for every call (None = keep); flip_tta,
-            iterations, fallback_iou and min_area default to what the checkpoint recommends.
+            iterations, fallback_iou, min_area and change_margin default to what the checkpoint recommends.
     """
 
     def __init__(
@@ -330,7 +337,8 @@ class Refiner:
             raise BprInputError(f"patch size must be at least 4 pixels, got {self.patch_size}")
         cfg = net.config
         recommended = RefineOptions(
-            flip_tta=cfg.flip_tta, iterations=cfg.iterations, fallback_iou=cfg.fallback_iou, min_area=cfg.min_area
+            flip_tta=cfg.flip_tta, iterations=cfg.iterations, fallback_iou=cfg.fallback_iou, min_area=cfg.min_area,
+            change_margin=cfg.change_margin,
         )
         self.options = recommended.updated(**options)
         self.stats = RefineStats()
@@ -462,6 +470,7 @@ class Refiner:
             probs=torch.empty((len(corners), s, s), device=self.device),
             flip_tta=options.flip_tta,
             resolve_overlaps=options.resolve_overlaps,
+            change_margin=options.change_margin,
             remaining=len(corners),
             extract_seconds=elapsed,
         )
@@ -500,7 +509,7 @@ class Refiner:
         if job.remaining:
             raise RuntimeError(f"finish() called with {job.remaining} patches of the job not yet run")
         t0 = time.perf_counter()
-        refined = reassemble(job.coarse, job.corners, job.instance_ids, job.probs, job.resolve_overlaps)
+        refined = reassemble(job.coarse, job.corners, job.instance_ids, job.probs, job.resolve_overlaps, job.change_margin)
         refined = refined[:, : job.height, : job.width]
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)

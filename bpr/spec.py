@@ -34,6 +34,7 @@ class RefinerSpec:
     confine_passes: bool | None = None
     fallback_iou: float | None = None
     min_area: int | None = None
+    change_margin: float | None = None
 
     def build(self) -> Refiner:
         """Load the network and make the Refiner (ModelNotAvailableError / BprInputError on bad input)."""

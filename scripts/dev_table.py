@@ -218,11 +218,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--confine-passes", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--fallback-iou", type=float)
     p.add_argument("--min-area", type=int)
+    p.add_argument("--change-margin", type=float)
     args = p.parse_args(argv)
     args.cache.mkdir(parents=True, exist_ok=True)
     refiner = Refiner.from_checkpoint(
         args.checkpoint, precision=args.precision, nms_iou=args.nms_iou, iterations=args.iterations,
         flip_tta=args.flip_tta, confine_passes=args.confine_passes, fallback_iou=args.fallback_iou, min_area=args.min_area,
+        change_margin=args.change_margin,
     )
     rows: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as tmp_dir:

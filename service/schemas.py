@@ -130,6 +130,7 @@ class RefinerInfo(BaseModel):
     confine_passes: bool = Field(description="later passes change only pixels the first pass's patches covered")
     fallback_iou: float = Field(description="instances refinement empties or moves below this IoU come back as given")
     min_area: int = Field(description="instances smaller than this come back as given")
+    change_margin: float = Field(description="pixels change only where the refined probability is this far beyond 0.5")
     parameters: int = Field(description="number of network parameters")
 
 

@@ -51,6 +51,10 @@ class Settings(BaseSettings):
         description="an instance refinement empties, or whose IoU with its input falls below this, is returned as given",
     )
     min_area: int | None = Field(None, ge=0, description="instances smaller than this many pixels are returned as given")
+    change_margin: float | None = Field(
+        None, ge=0.0, lt=0.5,
+        description="a pixel changes only where the refined probability is beyond 0.5 by more than this (0 = plain threshold)",
+    )
 
     # --- dynamic batching and backpressure ----------------------------------------------
     max_batch_size: int = Field(64, ge=1, description="patches per network forward pass, pooled across requests")
@@ -120,6 +124,7 @@ class Settings(BaseSettings):
             confine_passes=self.confine_passes,
             fallback_iou=self.fallback_iou,
             min_area=self.min_area,
+            change_margin=self.change_margin,
         )
 
     @field_validator("api_key", "detector_api_key", mode="before")

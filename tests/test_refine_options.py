@@ -72,6 +72,32 @@ def test_no_instance_comes_back_empty_when_the_fallback_is_on():
     assert refiner.stats.fallbacks == int(sum((e & m).sum() / (e | m).sum() < 0.5 for e, m in zip(erased, masks)))
 
 
+class RampNet(RefinerNet):
+    """Foreground probability 0.5 + 0.4 * (input mask - 0.5) blurred: sure deep inside and far
+    outside the mask, unsure (near 0.5) across a band around its boundary."""
+
+    def foreground_probability(self, image_patches: torch.Tensor, mask_patches: torch.Tensor) -> torch.Tensor:
+        soft = F.avg_pool2d(mask_patches, 15, stride=1, padding=7, count_include_pad=False)
+        shifted = torch.roll(soft, shifts=4, dims=-1)  # the network "moves" the boundary 4 px right
+        return (0.5 + 0.8 * (shifted - 0.5))[:, 0]
+
+
+def test_change_margin_keeps_the_input_where_the_network_is_unsure():
+    image, masks = _scene()
+    net = RampNet(RefinerConfig(input_size=64))
+    plain = Refiner(net).refine(image, masks, resolve_overlaps=False)
+    guarded = Refiner(net, change_margin=0.2).refine(image, masks, resolve_overlaps=False)
+    changed_plain = (plain != masks).sum()
+    changed_guarded = (guarded != masks).sum()
+    assert changed_plain > 500  # the shift moves many boundary pixels
+    assert 0 < changed_guarded < changed_plain  # only the confident part of the move is taken
+    # every pixel the margin lets change, the plain threshold changes the same way
+    moved = guarded != masks
+    assert np.array_equal(guarded[moved], plain[moved])
+    # a margin beyond what the network ever reaches (p in [0.1, 0.9]) changes nothing
+    assert np.array_equal(Refiner(net, change_margin=0.45).refine(image, masks, resolve_overlaps=False), masks)
+
+
 def test_instances_under_the_minimum_area_come_back_as_given():
     image, masks = _scene()
     refiner = Refiner(EraseNet(RefinerConfig(input_size=64)), min_area=int(masks[1].sum()) + 1)
@@ -105,7 +131,7 @@ def test_one_refiner_serves_threads_with_different_options(data_dir, random_chec
 
 
 def test_options_are_checked():
-    for bad in (dict(nms_iou=0.0), dict(iterations=0), dict(fallback_iou=1.0), dict(min_area=-1)):
+    for bad in (dict(nms_iou=0.0), dict(iterations=0), dict(fallback_iou=1.0), dict(min_area=-1), dict(change_margin=0.5)):
         with pytest.raises(BprInputError):
             RefineOptions(**bad)
     with pytest.raises(TypeError, match="unknown refine option"):
@@ -114,9 +140,10 @@ def test_options_are_checked():
 
 
 def test_checkpoint_recommendations_become_the_defaults():
-    net = IdentityNet(RefinerConfig(input_size=64, flip_tta=True, iterations=2, fallback_iou=0.4, min_area=50))
+    net = IdentityNet(RefinerConfig(input_size=64, flip_tta=True, iterations=2, fallback_iou=0.4, min_area=50,
+                                      change_margin=0.1))
     o = Refiner(net).options
-    assert (o.flip_tta, o.iterations, o.fallback_iou, o.min_area) == (True, 2, 0.4, 50)
+    assert (o.flip_tta, o.iterations, o.fallback_iou, o.min_area, o.change_margin) == (True, 2, 0.4, 50, 0.1)
     assert Refiner(net, iterations=1, min_area=0).options.iterations == 1
 
 
@@ -126,9 +153,10 @@ def test_every_spec_field_has_a_cli_flag_and_a_service_setting():
     dests = {a.dest for a in build_parser()._actions}
     for f in dataclasses.fields(RefinerSpec):
         assert f.name in dests, f"bpr-refine has no flag for {f.name}"
-    spec = Settings(nms_iou=0.55, flip_tta=False, iterations=3, fallback_iou=0.3, min_area=9, max_batch_size=5).refiner_spec()
-    assert (spec.nms_iou, spec.flip_tta, spec.iterations, spec.fallback_iou, spec.min_area, spec.batch_size) == (
-        0.55, False, 3, 0.3, 9, 5)
+    spec = Settings(nms_iou=0.55, flip_tta=False, iterations=3, fallback_iou=0.3, min_area=9, change_margin=0.15,
+                    max_batch_size=5).refiner_spec()
+    assert (spec.nms_iou, spec.flip_tta, spec.iterations, spec.fallback_iou, spec.min_area, spec.change_margin,
+            spec.batch_size) == (0.55, False, 3, 0.3, 9, 0.15, 5)
 
 
 class _FakeJob:

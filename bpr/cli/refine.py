@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "falls below this (0 = off; default: the library's)")
     p.add_argument("--min-area", type=int, default=None,
                    help="return instances smaller than this many pixels unrefined (0 = refine all; default: the library's)")
+    p.add_argument("--change-margin", type=float, default=None,
+                   help="a pixel changes only where the refined probability is beyond 0.5 by more than this "
+                   "(0 = plain threshold; default: as the checkpoint recommends)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     return p
 

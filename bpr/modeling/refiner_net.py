@@ -32,6 +32,7 @@ class RefinerConfig:
     iterations: int = 1  # recommended inference passes; each pass patches the previous pass's boundary
     fallback_iou: float = 0.0  # recommended: instances refined below this IoU with their input come back as given
     min_area: int = 0  # recommended: instances smaller than this (pixels) come back as given
+    change_margin: float = 0.0  # recommended: pixels change only where the probability is this far beyond 0.5
 
     def to_dict(self) -> dict:
         return asdict(self)

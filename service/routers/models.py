@@ -37,6 +37,7 @@ async def models(
         confine_passes=o.confine_passes,
         fallback_iou=o.fallback_iou,
         min_area=o.min_area,
+        change_margin=o.change_margin,
         parameters=sum(p.numel() for p in r.net.parameters()),
     )
     detector = state.detector.describe() if state.detector is not None else None
