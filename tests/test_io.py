@@ -53,12 +53,27 @@ def test_bbox_matches_pycocotools():
         ([[1, 2, 3]], "even number"),
         ([["a", 1, 2, 3, 4, 5]], "lists of numbers"),
         ("nope", "RLE object or a list"),
+        ([[0, 0, 1e300, 0, 1e300, 1e300]], "out of range"),  # crashed pycocotools (25 GB)
+        ([[0, 0, -1e12, 0, 5, 5]], "out of range"),  # 11.6 GB and 48 s in the server
+        ([[0, 0, 10**400, 0, 5, 5]], "finite numbers"),  # an int no float holds
+        ([[0, 0, True, 0, 5, 5]], "lists of numbers"),
+        ([[0, 0, 20, 0, 20, 20] * 40], "outline of"),  # in range, but 120 edges of 20 px each
+        ([[0, 0, 5, 0, 5, 5] * 90_000], "vertices, more than"),
     ],
 )
 def test_malformed_segmentations_raise_one_line_errors(seg, message):
     with pytest.raises(BprInputError, match=message) as info:
         decode_segmentation(seg, 10, 10, what="results[3]")
     assert "results[3]" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_polygons_may_cross_the_border_by_up_to_one_image_size():
+    crossing = [[-10.0, -10.0, 15.0, -10.0, 15.0, 8.0, -10.0, 8.0]]
+    got = decode_segmentation(crossing, 10, 10)
+    want = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(crossing, 10, 10))).astype(bool)
+    assert np.array_equal(got, want) and got.sum() > 50
+    with pytest.raises(BprInputError, match=r"x must lie in \[-10, 20\]"):
+        decode_segmentation([[-10.5, 0, 5, 0, 5, 5]], 10, 10)
 
 
 def test_load_json_errors(tmp_path):

@@ -78,6 +78,8 @@ BAD_INPUTS: list[tuple[str, Callable[[Any], tuple[bytes, Any]], str, str]] = [
     ("uncompressed rle wrong sum", lambda g: (g[0], [_entry(g, segmentation={"size": [480, 854], "counts": [1, 2, 3]})]), "invalid_instances", "sum to 6"),
     ("odd polygon", lambda g: (g[0], [_entry(g, segmentation=[[1, 2, 3, 4, 5, 6, 7]])]), "invalid_instances", "even number"),
     ("polygon of strings", lambda g: (g[0], [_entry(g, segmentation=[["a", "b", "c", "d", "e", "f"]])]), "invalid_instances", "lists of numbers"),
+    ("polygon at 1e300", lambda g: (g[0], [_entry(g, segmentation=[[0, 0, 1e300, 0, 1e300, 1e300]])]), "invalid_instances", "polygon vertex out of range"),
+    ("polygon at -1e12", lambda g: (g[0], [_entry(g, segmentation=[[0, 0, -1e12, 0, 5, 5]])]), "invalid_instances", "polygon vertex out of range"),
     ("segmentation a string", lambda g: (g[0], [_entry(g, segmentation="everything")]), "invalid_instances", "RLE object or a list of polygons"),
     ("no segmentation", lambda g: (g[0], [{"score": 0.5}]), "invalid_instances", "instances[0].segmentation: Field required"),
     ("score of wrong type", lambda g: (g[0], [_entry(g, score="high")]), "invalid_instances", "instances[0].score"),

@@ -83,20 +83,68 @@ def decode_segmentation(seg: Any, height: int, width: int, what: str = "segmenta
     if isinstance(seg, list):
         if len(seg) == 0:
             return np.zeros((height, width), dtype=bool)
-        polys = []
-        for poly in seg:
-            if not isinstance(poly, list) or not all(
-                isinstance(v, (int, float)) and np.isfinite(v) for v in poly
-            ):
-                raise BprInputError(f"{what}: polygons must be lists of numbers")
-            if len(poly) < 6 or len(poly) % 2:
-                raise BprInputError(
-                    f"{what}: a polygon needs an even number (>= 6) of coordinates, got {len(poly)}"
-                )
-            polys.append([float(v) for v in poly])
-        rles = mask_utils.frPyObjects(polys, height, width)
+        polys = [_checked_polygon(poly, height, width, what) for poly in seg]
+        _check_polygon_cost(polys, height, width, what)
+        rles = mask_utils.frPyObjects([p.tolist() for p in polys], height, width)
         return mask_utils.decode(mask_utils.merge(rles)).astype(bool)
     raise BprInputError(f"{what}: segmentation must be an RLE object or a list of polygons")
+
+
+MAX_POLYGON_VERTICES = 250_000  # per instance, all its polygons together: far beyond any detector's output
+
+
+def polygon_edge_budget(height: int, width: int) -> int:
+    """Longest total polygon outline (sum of max(|dx|, |dy|) over edges, in pixels) we rasterise.
+
+    pycocotools walks every edge at 5 points per pixel, so its memory grows with this length,
+    not with the image: a vertex at 1e12 asks it for terabytes. An outline as long as the
+    image has pixels (every pixel a corner) is more than any real mask needs; with it the
+    rasteriser's work is bounded by about 40 bytes per image pixel.
+    """
+    return height * width + 4 * (height + width)
+
+
+def _checked_polygon(poly: Any, height: int, width: int, what: str) -> np.ndarray:
+    """One flat [x0, y0, ...] polygon as float64, or a BprInputError that says what is wrong.
+
+    Vertices may lie outside the image (a detector's box can cross the border), but no more
+    than one image size beyond it on any side.
+    """
+    if not isinstance(poly, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in poly):
+        raise BprInputError(f"{what}: polygons must be lists of numbers")
+    if len(poly) < 6 or len(poly) % 2:
+        raise BprInputError(f"{what}: a polygon needs an even number (>= 6) of coordinates, got {len(poly)}")
+    try:
+        xy = np.asarray(poly, dtype=np.float64).reshape(-1, 2)
+    except OverflowError:  # an int beyond float64
+        raise BprInputError(f"{what}: polygon coordinates must be finite numbers") from None
+    if not np.isfinite(xy).all():
+        raise BprInputError(f"{what}: polygon coordinates must be finite numbers")
+    x, y = xy[:, 0], xy[:, 1]
+    if x.min() < -width or x.max() > 2 * width or y.min() < -height or y.max() > 2 * height:
+        raise BprInputError(
+            f"{what}: polygon vertex out of range: x must lie in [{-width}, {2 * width}] and y in "
+            f"[{-height}, {2 * height}] for a {height}x{width} (HxW) image"
+        )
+    return xy.reshape(-1)
+
+
+def _check_polygon_cost(polys: list[np.ndarray], height: int, width: int, what: str) -> None:
+    """Refuse outlines whose rasterisation would cost more than the image itself (see polygon_edge_budget)."""
+    vertices = sum(len(p) // 2 for p in polys)
+    if vertices > MAX_POLYGON_VERTICES:
+        raise BprInputError(f"{what}: {vertices} polygon vertices, more than the {MAX_POLYGON_VERTICES} allowed")
+    length = 0.0
+    for p in polys:
+        xy = p.reshape(-1, 2)
+        d = np.abs(np.roll(xy, -1, axis=0) - xy)  # edges, the closing one included
+        length += float(np.maximum(d[:, 0], d[:, 1]).sum())
+    budget = polygon_edge_budget(height, width)
+    if length > budget:
+        raise BprInputError(
+            f"{what}: polygon outline of {length:.0f} px is longer than the {budget} px allowed for a "
+            f"{height}x{width} image"
+        )
 
 
 def _compressed_rle_is_valid(counts: bytes, n_pixels: int) -> bool:
