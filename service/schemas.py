@@ -48,7 +48,7 @@ class InstanceIn(BaseModel):
         json_schema_extra={"anyOf": [_RLE_SCHEMA, _POLYGONS_SCHEMA]},
     )
     category_id: StrictInt | None = Field(None, description="class of the instance; returned unchanged")
-    score: float | None = Field(None, strict=True, description="detector confidence; returned unchanged")
+    score: float = Field(None, strict=True, allow_inf_nan=False, description="detector confidence; returned unchanged")
     id: StrictInt | StrictStr | None = Field(None, description="your id for the instance; returned unchanged")
 
 

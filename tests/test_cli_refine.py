@@ -100,6 +100,10 @@ def _write(tmp_path, obj, name="r.json"):
         ("size-mismatch", "does not match the image size"),
         ("missing-image-file", "image file not found"),
         ("not-a-list", "JSON list"),
+        ("score-a-word", "'score' must be a finite number, got 'high'"),
+        ("score-null", "'score' must be a finite number, got None"),
+        ("category-float", "'category_id' must be an int"),
+        ("huge-polygon", "polygon vertex out of range"),
     ],
 )
 def test_bad_input_gives_one_line_and_no_output(case, message, data_dir, tmp_path, random_checkpoint, capsys):
@@ -118,6 +122,14 @@ def test_bad_input_gives_one_line_and_no_output(case, message, data_dir, tmp_pat
     elif case == "missing-image-file":
         info = _write(tmp_path, {"images": [{"id": good[0]["image_id"], "file_name": "gone.jpg"}]}, "info.json")
         path = _write(tmp_path, good[:1])
+    elif case == "score-a-word":
+        path = _write(tmp_path, [good[0], {**good[1], "score": "high"}])
+    elif case == "score-null":
+        path = _write(tmp_path, [{**good[0], "score": None}])
+    elif case == "category-float":
+        path = _write(tmp_path, [{**good[0], "category_id": 1.5}])
+    elif case == "huge-polygon":
+        path = _write(tmp_path, [{**good[0], "segmentation": [[0, 0, 1e300, 0, 1e300, 1e300]]}])
     else:
         path = _write(tmp_path, {"image_id": 1})
     out = tmp_path / "out.json"
@@ -143,3 +155,52 @@ def test_python_dash_m_bpr_is_the_same_command(data_dir, davis_subset, random_ch
     assert proc.returncode == 0, proc.stderr
     main(_args(data_dir, path, random_checkpoint, "--out", str(tmp_path / "direct.json")))
     assert json.loads(out.read_text()) == json.loads((tmp_path / "direct.json").read_text())
+
+
+@pytest.mark.parametrize("case", ["read-only folder", "parent is a file", "under /proc", "a directory"])
+def test_an_unwritable_output_is_refused_before_any_work(case, data_dir, davis_subset, random_checkpoint, tmp_path,
+                                                          capsys, monkeypatch):
+    path, _ = davis_subset
+    if case == "read-only folder":
+        if hasattr(__import__("os"), "geteuid") and __import__("os").geteuid() == 0:
+            pytest.skip("root writes into read-only folders")
+        ro = tmp_path / "ro"
+        ro.mkdir(mode=0o500)
+        out = ro / "out.json"
+    elif case == "parent is a file":
+        out = path / "out.json"
+    elif case == "under /proc":
+        out = __import__("pathlib").Path("/proc/bpr-test/out.json")
+    else:
+        out = tmp_path
+    work = []
+    monkeypatch.setattr("bpr.spec.RefinerSpec.build", lambda self: work.append(1))  # no refiner may be built
+    assert main(_args(data_dir, path, random_checkpoint, "--out", str(out))) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("bpr-refine: error:") and "\n" not in err and str(out) in err
+    assert not work
+
+
+def test_every_command_has_a_version(capsys):
+    from bpr import __version__
+    from bpr.cli import build_patches, evaluate, refine, serve, train
+
+    for module in (build_patches, evaluate, refine, serve, train):
+        with pytest.raises(SystemExit) as info:
+            module.build_parser().parse_args(["--version"])
+        assert info.value.code == 0
+        assert capsys.readouterr().out.strip().endswith(__version__)
+
+
+def test_threads_sets_the_network_threads(data_dir, davis_subset, random_checkpoint, tmp_path, capsys):
+    import torch
+
+    path, _ = davis_subset
+    before = torch.get_num_threads()
+    try:
+        assert main(_args(data_dir, path, random_checkpoint, "--threads", "1", "--out", str(tmp_path / "t.json"))) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    assert main(_args(data_dir, path, random_checkpoint, "--threads", "0")) == 2
+    assert "--threads must be at least 1" in capsys.readouterr().err

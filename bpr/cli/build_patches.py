@@ -6,14 +6,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from bpr.cli.common import run_cli
+from bpr.cli.common import command_parser, run_cli
 from bpr.errors import BprInputError
 from bpr.train.build_patches import BuildConfig, build_patches
 from bpr.train.synth import DEFAULT_MIX, NAMED_MIXES, parse_mix
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="bpr-build-patches", description="Build BPR training patches from a COCO dataset.")
+    p = command_parser(prog="bpr-build-patches", description="Build BPR training patches from a COCO dataset.")
     p.add_argument("--gt", type=Path, required=True, help="COCO instances json with ground-truth masks")
     p.add_argument("--images", type=Path, required=True, help="image directory")
     p.add_argument("--coarse", type=Path, help="COCO results json of a real model: matched to GT at IoU > 0.5")

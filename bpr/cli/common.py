@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import argparse
 import functools
 import sys
 from collections.abc import Callable
+from typing import Any
 
+from bpr import __version__
 from bpr.errors import BprInputError, ModelNotAvailableError
+
+
+def command_parser(prog: str, description: str, **kwargs: Any) -> argparse.ArgumentParser:
+    """The argument parser every bpr command starts from: its name, and ``--version``."""
+    p = argparse.ArgumentParser(prog=prog, description=description, **kwargs)
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return p
 
 
 def run_cli(prog: str) -> Callable[[Callable[..., int | None]], Callable[..., int]]:
@@ -19,6 +29,10 @@ def run_cli(prog: str) -> Callable[[Callable[..., int | None]], Callable[..., in
                 code = main(argv)
             except (BprInputError, ModelNotAvailableError) as exc:
                 print(f"{prog}: error: {exc}", file=sys.stderr)
+                return 2
+            except OSError as exc:  # a disk that fills up or a folder that vanishes mid-run
+                where = f"{exc.filename}: " if exc.filename else ""
+                print(f"{prog}: error: {where}{exc.strerror or exc}", file=sys.stderr)
                 return 2
             except KeyboardInterrupt:
                 print(f"{prog}: interrupted", file=sys.stderr)

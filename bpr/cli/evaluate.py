@@ -10,11 +10,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from bpr.cli.common import run_cli
+from bpr.cli.common import command_parser, run_cli
 from bpr.errors import BprInputError
 from bpr.evaluate.evaluator import evaluate
 from bpr.evaluate.report import format_report, report_json
 from bpr.evaluate.scoring import DEFAULT_AF_RATIO, DEFAULT_BOUNDARY_RATIO, DEFAULT_F_RATIO, Settings
+from bpr.io.atomic import check_writable
 from bpr.io.coco import write_json_atomic
 
 
@@ -29,7 +30,7 @@ def _positive_float(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = command_parser(
         prog="bpr-eval",
         description="Evaluate COCO results files against a ground truth, side by side: mask AP, "
         "Boundary AP, AF, and J / F on single-instance data. The first results file is the "
@@ -72,6 +73,8 @@ def _check_args(args: argparse.Namespace) -> None:
         raise BprInputError(f"image directory not found: {args.images}")
     if args.plots is not None and args.plots.exists() and not args.plots.is_dir():
         raise BprInputError(f"--plots {args.plots} exists and is not a directory")
+    if args.json is not None:
+        check_writable(args.json, "--json report")
 
 
 def _progress(quiet: bool) -> Callable[[int], Callable[[], None]]:

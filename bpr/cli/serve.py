@@ -15,12 +15,12 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from bpr.cli.common import run_cli
+from bpr.cli.common import command_parser, run_cli
 from bpr.errors import BprInputError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = command_parser(
         prog="bpr-serve",
         description="Serve bpr over HTTP: POST /refine, POST /segment, /healthz, /readyz, /metrics, /docs. "
         "All settings are BPR_* environment variables (docs/service.md); these flags override them.",
@@ -59,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--mmdet-config", type=Path, help="mmdet detector: config file (BPR_MMDET_CONFIG)")
     p.add_argument("--mmdet-checkpoint", type=Path, help="mmdet detector: weights (BPR_MMDET_CHECKPOINT)")
-    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
+                   help="server and access log verbosity (default info)")
     return p
 
 

@@ -8,13 +8,13 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from bpr.cli.common import run_cli
+from bpr.cli.common import command_parser, run_cli
 from bpr.errors import BprInputError
 from bpr.train.loop import TrainConfig, Trainer
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="bpr-train", description="Train a BPR refiner on prebuilt patches.")
+    p = command_parser(prog="bpr-train", description="Train a BPR refiner on prebuilt patches.")
     p.add_argument("config", nargs="?", type=Path, help="optional JSON file of TrainConfig fields; flags override it")
     p.add_argument("--patches", nargs="+", help="patch directories (bpr-build-patches --out)")
     p.add_argument("--out", type=Path, required=True, help="run directory (log.csv, last.pt, model.pt, curves.png)")

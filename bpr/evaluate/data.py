@@ -6,7 +6,6 @@ and validated image by image in :mod:`bpr.evaluate.scoring`, where the image siz
 
 from __future__ import annotations
 
-import math
 import os
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -15,11 +14,7 @@ from typing import Any
 
 from bpr.errors import BprInputError
 from bpr.io.coco import load_json
-from bpr.io.results import load_results
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+from bpr.io.results import is_number, load_results
 
 
 def _examples(values: list[Any], limit: int = 3) -> str:
@@ -101,7 +96,7 @@ def load_ground_truth(path: str | os.PathLike) -> GroundTruth:
             raise BprInputError(f"{path}: annotations[{i}] refers to image_id {ann['image_id']!r}, not in 'images'")
         if ann["category_id"] not in category_ids:
             raise BprInputError(f"{path}: annotations[{i}] has category_id {ann['category_id']!r}, not in 'categories'")
-        if "area" in ann and not _is_number(ann["area"]):
+        if "area" in ann and not is_number(ann["area"]):
             raise BprInputError(f"{path}: annotations[{i}] has a non-numeric 'area'")
         ann["iscrowd"] = int(bool(ann.get("iscrowd", 0)))
         if "id" in ann:
@@ -146,13 +141,11 @@ def load_results_file(path: str | os.PathLike, gt: GroundTruth, name: str | None
         entry = {k: v for k, v in raw.items() if k not in ("id", "area", "iscrowd")}  # loadRes sets these
         if "score" not in entry:
             entry["score"] = 1.0  # segmenters without confidences: all detections rank equal
-        elif not _is_number(entry["score"]):
-            raise BprInputError(f"{path}: results[{i}] has a non-numeric 'score'")
         if "bbox" in entry:
             box = entry["bbox"]
             if isinstance(box, list) and not box:
                 del entry["bbox"]  # an empty box means "none", as pycocotools reads it
-            elif not (isinstance(box, list) and len(box) == 4 and all(_is_number(v) for v in box)):
+            elif not (isinstance(box, list) and len(box) == 4 and all(is_number(v) for v in box)):
                 raise BprInputError(f"{path}: results[{i}] 'bbox' must be [x, y, w, h]")
         if entry["image_id"] not in gt.images:
             unknown_images.append(entry["image_id"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -34,7 +35,34 @@ def load_results(
         for key in required:
             if key not in entry:
                 raise BprInputError(f"{path}: results[{i}] has no '{key}'")
+        problem = entry_field_problem(entry)
+        if problem:
+            raise BprInputError(f"{path}: results[{i}] {problem}")
     return results
+
+
+def is_number(value: Any) -> bool:
+    """A finite int or float (bools are not numbers here)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def entry_field_problem(entry: dict[str, Any]) -> str | None:
+    """What is wrong with a results entry's ids and score, or None: the rule every door applies.
+
+    ``image_id`` an int or a string; ``category_id`` an int; ``id`` an int or a string; ``score``
+    a finite number. Each may be absent (except where a door requires it), none may be null:
+    bpr-eval ranks by the score, so a refined file must keep it a number.
+    """
+    for key, kinds, words in (
+        ("image_id", (int, str), "an int or a string"),
+        ("category_id", (int,), "an int"),
+        ("id", (int, str), "an int or a string"),
+    ):
+        if key in entry and (not isinstance(entry[key], kinds) or isinstance(entry[key], bool)):
+            return f"'{key}' must be {words}, got {entry[key]!r:.40}"
+    if "score" in entry and not is_number(entry["score"]):
+        return f"'score' must be a finite number, got {entry['score']!r:.40}"
+    return None
 
 
 def entries_to_masks(entries: Sequence[dict[str, Any]], height: int, width: int, what: str = "results") -> np.ndarray:
