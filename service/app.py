@@ -18,6 +18,7 @@ from fastapi import FastAPI
 import bpr
 from bpr.refiner import Refiner
 from service.detectors import Detector, build_detector
+from service.docs_ui import install_docs
 from service.engine import RefineEngine
 from service.errors import install_error_handlers
 from service.metrics import ServiceMetrics
@@ -74,16 +75,18 @@ def create_app(
             if state.detector is not None:
                 await state.detector.close()
 
-    app = FastAPI(title="bpr", version=bpr.__version__, description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(
+        title="bpr", version=bpr.__version__, description=DESCRIPTION, lifespan=lifespan, docs_url=None, redoc_url=None
+    )
     app.state.bpr = state
     install_error_handlers(app, settings.max_upload_bytes)
 
     routers = [module.router for module in (refine, segment, health, models, metrics)]
     for router in routers:
         app.include_router(router)
+    docs_paths = install_docs(app)
     route_paths = frozenset(
-        {getattr(r, "path", "") for router in routers for r in router.routes}
-        | {app.openapi_url or "", app.docs_url or "", app.redoc_url or ""}
+        {getattr(r, "path", "") for router in routers for r in router.routes} | {app.openapi_url or ""} | docs_paths
     )
     app.add_middleware(GuardMiddleware, state=state)
     app.add_middleware(MetricsMiddleware, metrics=state.metrics, routes=lambda: route_paths)  # outermost

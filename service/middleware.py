@@ -60,18 +60,21 @@ class GuardMiddleware:
             return await self.app(scope, receive, send)
         settings = self.state.settings
         headers = Headers(scope=scope)
+        heavy = scope["path"] in HEAVY_ROUTES and scope["method"] == "POST"
+        # who is asking is decided before anything about the request: a stranger learns
+        # nothing about the limits, and costs us no body read
+        if heavy and not api_key_ok(settings, headers.get("x-api-key")):
+            self.state.metrics.rejected.inc("unauthorized")
+            response = error_response(401, "unauthorized", UNAUTHORIZED, {"WWW-Authenticate": "ApiKey"})
+            return await response(scope, receive, send)
         limit = settings.max_upload_bytes
         length = headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > limit:
             self.state.metrics.rejected.inc("upload_too_large")
             return await error_response(413, "upload_too_large", upload_too_large(limit))(scope, receive, send)
         receive = _limited(receive, limit)
-        if scope["path"] not in HEAVY_ROUTES or scope["method"] != "POST":
+        if not heavy:
             return await self.app(scope, receive, send)
-        if not api_key_ok(settings, headers.get("x-api-key")):
-            self.state.metrics.rejected.inc("unauthorized")
-            response = error_response(401, "unauthorized", UNAUTHORIZED, {"WWW-Authenticate": "ApiKey"})
-            return await response(scope, receive, send)
         if self.state.in_flight >= settings.max_queue:
             self.state.metrics.rejected.inc("queue_full")
             engine = self.state.engine

@@ -73,7 +73,24 @@ def test_healthz_readyz_models_docs(server) -> None:
     schema = httpx.get(f"{server.url}/openapi.json").json()
     assert {"/refine", "/segment", "/healthz", "/readyz", "/metrics", "/v1/models"} <= set(schema["paths"])
     assert "multipart/form-data" in schema["paths"]["/refine"]["post"]["requestBody"]["content"]
-    assert httpx.get(f"{server.url}/docs").status_code == 200
+    docs = httpx.get(f"{server.url}/docs")
+    assert docs.status_code == 200
+
+
+def test_docs_load_nothing_from_outside_the_server(server) -> None:
+    """Swagger UI's script and style come from the package: /docs works on a machine without internet."""
+    import re
+
+    html = httpx.get(f"{server.url}/docs").text
+    sources = re.findall(r'(?:src|href)="([^"]+)"', html)
+    assert sources and all(s.startswith("/") for s in sources), sources  # no CDN, no scheme
+    for src in sources:
+        asset = httpx.get(f"{server.url}{src}")
+        assert asset.status_code == 200 and len(asset.content) > 500, src
+    js = httpx.get(f"{server.url}/docs/assets/swagger-ui-bundle.js").text
+    assert "SwaggerUIBundle" in js
+    assert "/openapi.json" in html
+    assert httpx.get(f"{server.url}/redoc").status_code == 404  # no offline ReDoc: off, not blank
 
 
 @pytest.mark.parametrize("dataset", ["davis", "coco"])

@@ -205,6 +205,9 @@ def test_api_key(checkpoint: Path, good) -> None:
             == 401
         )
         assert httpx.get(f"{live.url}/v1/models").status_code == 401
+        # a stranger's oversized upload is refused for the key, not for its size (auth first)
+        r = refine_request(live.url, good[0] + b"\0" * (25 * 1024 * 1024), good[1], headers={"X-API-Key": "wrong"})
+        assert r.status_code == 401, r.text
         assert httpx.get(f"{live.url}/v1/models", headers={"X-API-Key": "s3cret"}).status_code == 200
         assert refine_request(live.url, good[0], good[1], headers={"X-API-Key": "s3cret"}).status_code == 200
         assert httpx.get(f"{live.url}/healthz").status_code == 200  # probes stay open
