@@ -190,6 +190,9 @@ class ServiceMetrics:
         self.patches = Counter(r, "bpr_patches_total", "patches run through the network")
         self.instances = Counter(r, "bpr_instances_total", "instances refined")
         self.rejected = Counter(r, "bpr_rejected_total", "requests turned away before work, by reason", ("reason",))
+        self.cancelled = Counter(
+            r, "bpr_cancelled_total", "admitted requests stopped before their answer (timeout, disconnect)", ("reason",)
+        )
         self.rate = RateWindow()
         Gauge(r, "bpr_patches_per_second", "patches through the network per second, last 10 s", callback=self.rate.rate)
         self.admitted = Gauge(r, "bpr_requests_in_flight", "requests admitted to /refine and /segment now")

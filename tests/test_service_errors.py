@@ -263,3 +263,20 @@ def test_request_timeout_is_503_and_frees_the_queue(checkpoint: Path, good) -> N
             assert time.monotonic() < deadline, "the timed-out request's patches stayed queued"
             time.sleep(0.02)
         assert httpx.get(f"{live.url}/healthz").status_code == 200
+        assert metric_value(httpx.get(f"{live.url}/metrics").text, "bpr_cancelled_total", 'reason="timeout"') == 1
+
+
+def test_a_client_that_hangs_up_stops_its_work(checkpoint: Path, good) -> None:
+    """The 5 s batch wait keeps the request's patches queued; the client gives up after 0.8 s."""
+    with serve(checkpoint, request_timeout_s=60, max_wait_ms=5000) as live:
+        with pytest.raises(httpx.ReadTimeout):
+            refine_request(live.url, good[0], good[1], timeout=0.8)
+        t0 = time.monotonic()
+        _wait_for_metric(live.url, 'bpr_cancelled_total{reason="disconnect"}', 1, timeout=3)
+        while metric_value(httpx.get(f"{live.url}/metrics").text, "bpr_queue_patches") > 0:
+            assert time.monotonic() - t0 < 3, "the departed client's patches stayed queued"
+            time.sleep(0.02)
+        assert time.monotonic() - t0 < 3  # well before the 5 s batch would have run
+        text = httpx.get(f"{live.url}/metrics").text
+        assert metric_value(text, "bpr_patches_total") == 0  # the network never ran its patches
+        assert refine_request(live.url, good[0], good[1], timeout=30).status_code == 200  # and the server serves on

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import time
 from typing import Annotated, Literal
 
@@ -50,8 +52,9 @@ async def refine(
     """
     settings = state.settings
 
-    async def work() -> Response:
+    async def work(body_read: asyncio.Event) -> Response:
         parts = await read_form(request, settings, ("image", "instances"))
+        body_read.set()
         t0 = time.perf_counter()
         image = await engine.cpu(decode_image, parts["image"].data, settings.max_pixels)
         entries, masks = await engine.cpu(
@@ -69,4 +72,4 @@ async def refine(
         state.metrics.stage.observe(time.perf_counter() - t1, "encode")
         return response
 
-    return await within_deadline(work(), settings.request_timeout_s)
+    return await within_deadline(work, settings.request_timeout_s, request, state.metrics)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import time
 from typing import Annotated
 
@@ -49,8 +51,9 @@ async def segment(
     if detector is None:
         raise ServiceError(503, "no_detector", NO_DETECTOR_HELP)
 
-    async def work() -> Response:
+    async def work(body_read: asyncio.Event) -> Response:
         parts = await read_form(request, settings, ("image",))
+        body_read.set()
         upload = parts["image"]
         t0 = time.perf_counter()
         image = await engine.cpu(decode_image, upload.data, settings.max_pixels)
@@ -77,4 +80,4 @@ async def segment(
         state.metrics.stage.observe(time.perf_counter() - t2, "encode")
         return response
 
-    return await within_deadline(work(), settings.request_timeout_s)
+    return await within_deadline(work, settings.request_timeout_s, request, state.metrics)
