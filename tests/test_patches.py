@@ -111,3 +111,42 @@ def test_coverage_counts_matches_painting():
     for y, x in corners:
         want[y : y + 64, x : x + 64] += 1
     assert np.array_equal(got, want)
+
+
+def _edge_padded_crop(source: np.ndarray, y: int, x: int, size: int) -> np.ndarray:
+    """Oracle: np.pad's edge mode, then a plain slice."""
+    h, w = source.shape[-2:]
+    pad = [(0, 0)] * (source.ndim - 2) + [(0, max(0, y + size - h)), (0, max(0, x + size - w))]
+    return np.pad(source, pad, mode="edge")[..., y : y + size, x : x + size]
+
+
+def test_crop_squares_cuts_image_and_mask_squares_repeating_the_edge():
+    import torch
+
+    from bpr.patches import crop_squares
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (3, 37, 53), dtype=np.uint8)
+    masks = rng.random((4, 37, 53)) > 0.5
+    corners = np.array([[0, 0], [5, 9], [30, 50], [36, 2], [0, 52]])  # the last three cross the bottom / right edge
+    layers = np.array([0, 3, 1, 2, 3])
+    crops = crop_squares(torch.from_numpy(image), corners, 8).numpy()
+    assert crops.shape == (5, 3, 8, 8)
+    mask_crops = crop_squares(torch.from_numpy(masks), corners, 8, layers).numpy()
+    assert mask_crops.shape == (5, 8, 8)
+    for k, ((y, x), layer) in enumerate(zip(corners, layers)):
+        assert np.array_equal(crops[k], _edge_padded_crop(image, y, x, 8))
+        assert np.array_equal(mask_crops[k], _edge_padded_crop(masks[layer], y, x, 8))
+
+
+@pytest.mark.parametrize("shape", [(20, 30), (70, 30), (20, 90), (64, 64), (80, 100)])
+def test_pad_to_patch_repeats_the_last_row_and_column(shape):
+    import torch
+
+    from bpr.patches import pad_to_patch
+
+    source = np.random.default_rng(1).random((2, *shape))
+    got = pad_to_patch(torch.from_numpy(source), 64).numpy()
+    h, w = shape
+    want = np.pad(source, [(0, 0), (0, max(0, 64 - h)), (0, max(0, 64 - w))], mode="edge")
+    assert np.array_equal(got, want)

@@ -98,6 +98,21 @@ def test_change_margin_keeps_the_input_where_the_network_is_unsure():
     assert np.array_equal(Refiner(net, change_margin=0.45).refine(image, masks, resolve_overlaps=False), masks)
 
 
+@pytest.mark.parametrize("threshold", [0.3, 0.6, 0.8, 0.95])
+def test_the_fallback_returns_exactly_the_instances_moved_below_the_iou(threshold):
+    """GrowNet dilates each disc by 6 px: the small disc keeps the least IoU, the large the most."""
+    image, masks = _scene()
+    net = GrowNet(RefinerConfig(input_size=64))
+    grown = Refiner(net).refine(image, masks, resolve_overlaps=False)
+    ious = [(g & m).sum() / (g | m).sum() for g, m in zip(grown, masks)]
+    assert min(ious) < 0.3 and 0.6 < max(ious) < 0.95  # the thresholds split the instances differently
+    refiner = Refiner(net, fallback_iou=threshold)
+    out = refiner.refine(image, masks, resolve_overlaps=False)
+    for g, m, o, iou in zip(grown, masks, out, ious):
+        assert np.array_equal(o, m if iou < threshold else g)
+    assert refiner.stats.fallbacks == sum(iou < threshold for iou in ious)
+
+
 def test_instances_under_the_minimum_area_come_back_as_given():
     image, masks = _scene()
     refiner = Refiner(EraseNet(RefinerConfig(input_size=64)), min_area=int(masks[1].sum()) + 1)
@@ -128,6 +143,21 @@ def test_one_refiner_serves_threads_with_different_options(data_dir, random_chec
         assert np.array_equal(a, b)
     assert not np.array_equal(alone[0], refiner.refine(*items[0][:1], items[0][1][None], nms_iou=0.55))
     assert refiner.options.nms_iou == 0.25  # per-call options never change the Refiner
+    image, mask = items[0]
+    as_object = refiner.refine(image, mask[None], RefineOptions(nms_iou=0.55))
+    assert np.array_equal(as_object, refiner.refine(image, mask[None], nms_iou=0.55))  # options object == keywords
+    assert np.array_equal(as_object, refiner.refine_torch(torch.from_numpy(image).permute(2, 0, 1), torch.from_numpy(mask)[None],
+                                                          RefineOptions(nms_iou=0.55)).numpy())
+
+
+def test_the_torch_door_refuses_mismatched_shapes(random_checkpoint):
+    refiner = Refiner.from_checkpoint(random_checkpoint)
+    image = torch.zeros(3, 40, 50, dtype=torch.uint8)
+    for bad_image, bad_masks in ((image, torch.zeros(1, 40, 51, dtype=torch.bool)),
+                                 (image[:2], torch.zeros(1, 40, 50, dtype=torch.bool)),
+                                 (image, torch.zeros(40, 50, dtype=torch.bool))):
+        with pytest.raises(BprInputError, match=r"expected image \(3, H, W\) and masks \(N, H, W\)"):
+            refiner.refine_torch(bad_image, bad_masks)
 
 
 def test_options_are_checked():
