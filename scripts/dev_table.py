@@ -93,11 +93,13 @@ def input_files(name: str, data: Path, cache: Path) -> tuple[Path, Path, Path]:
 
 
 def subset(gt_path: Path, coarse_path: Path, max_images: int | None, tmp: Path) -> tuple[Path, Path]:
-    """The first ``max_images`` images of a dev input (gt and coarse both cut), for quick checks."""
+    """``max_images`` images spread evenly over a dev input (gt and coarse both cut), for quick
+    checks: every k-th image, so a subset of DAVIS frames spans all its sequences."""
     if not max_images:
         return gt_path, coarse_path
     gt = load_json(gt_path)
-    keep = {i["id"] for i in gt["images"][:max_images]}
+    step = max(1, len(gt["images"]) // max_images)
+    keep = {i["id"] for i in gt["images"][::step][:max_images]}
     small_gt = {**gt, "images": [i for i in gt["images"] if i["id"] in keep],
                 "annotations": [a for a in gt["annotations"] if a["image_id"] in keep]}
     coarse = [e for e in load_json(coarse_path) if e["image_id"] in keep]
@@ -209,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--inputs", nargs="+", default=list(INPUTS), choices=INPUTS)
     p.add_argument("--data", type=Path, default=DATA)
     p.add_argument("--cache", type=Path, default=Path("work/dev_inputs"), help="where derived inputs are kept")
-    p.add_argument("--max-images", type=int, help="only the first N images of each input (quick checks)")
+    p.add_argument("--max-images", type=int, help="only N images of each input, spread evenly (quick checks)")
     p.add_argument("--json", type=Path, help="write every number here")
     p.add_argument("--precision", default="auto")
     p.add_argument("--nms-iou", type=float)
