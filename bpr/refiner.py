@@ -75,6 +75,8 @@ class RefineOptions:
     change_margin: a pixel changes from its input value only where the patches' mean
         foreground probability is beyond 0.5 by more than this (0 = plain 0.5 threshold):
         where the network is unsure, the detector's mask stands.
+    quality_gate: with a checkpoint that has a patch-quality gate, patches the gate expects
+        to break more pixels than they fix keep the coarse mask (no effect without a gate).
     """
 
     nms_iou: float = 0.25
@@ -86,6 +88,7 @@ class RefineOptions:
     fallback_iou: float = 0.0
     min_area: int = 0
     change_margin: float = 0.0
+    quality_gate: bool = True
 
     def __post_init__(self) -> None:
         if not 0.0 < self.nms_iou <= 1.0:
@@ -115,7 +118,8 @@ class RefineStats:
 
     images / instances count each image once, whatever the number of passes; patches and
     batches count the network's work; fallbacks are instances returned as they came in by
-    the ``fallback_iou`` rule, small ones those left alone by ``min_area``.
+    the ``fallback_iou`` rule, small ones those left alone by ``min_area``; gated counts
+    patches the quality gate kept coarse.
     """
 
     images: int = 0
@@ -124,6 +128,7 @@ class RefineStats:
     batches: int = 0
     fallbacks: int = 0
     small: int = 0
+    gated: int = 0
     seconds: dict[str, float] = field(default_factory=lambda: {"extract": 0.0, "network": 0.0, "reassemble": 0.0})
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
@@ -150,6 +155,7 @@ class Job:
     flip_tta: bool
     resolve_overlaps: bool
     change_margin: float
+    quality_gate: bool
     remaining: int  # patches whose probabilities are not filled in yet
     extract_seconds: float = 0.0
 
@@ -471,6 +477,7 @@ class Refiner:
             flip_tta=options.flip_tta,
             resolve_overlaps=options.resolve_overlaps,
             change_margin=options.change_margin,
+            quality_gate=options.quality_gate and self.net.gate is not None,
             remaining=len(corners),
             extract_seconds=elapsed,
         )
@@ -497,12 +504,24 @@ class Refiner:
                 rows = torch.cat(picked).to(self.device)
                 mirrored = self.net.foreground_probability(images[rows].flip(-1), masks[rows].flip(-1)).flip(-1)
                 probs[rows] = 0.5 * (probs[rows] + mirrored)
+            gated = self._gate(parts, images, masks, probs)
         offset = 0
         for job, a, b in parts:
             job.probs[a:b] = probs[offset : offset + b - a]
             job.remaining -= b - a
             offset += b - a
-        self.stats.add("network", time.perf_counter() - t0, batches=1)
+        self.stats.add("network", time.perf_counter() - t0, batches=1, gated=gated)
+
+    def _gate(self, parts: tuple, images: torch.Tensor, masks: torch.Tensor, probs: torch.Tensor) -> int:
+        """Patches whose job asks for the gate and that it rejects get their coarse mask back as
+        their probability (in place); returns how many."""
+        wanted = [job.quality_gate for job, _, _ in parts]
+        if not any(wanted):
+            return 0
+        asks = torch.cat([torch.full((b - a,), job.quality_gate, dtype=torch.bool) for job, a, b in parts]).to(self.device)
+        reject = asks & (self.net.change_helps(images, masks, probs) <= 0)
+        probs[reject] = masks[reject, 0].to(probs.dtype)
+        return int(reject.sum())
 
     def finish(self, job: Job) -> torch.Tensor:
         """Reassembly: paste probabilities back and crop any padding away."""

@@ -35,6 +35,7 @@ class RefinerSpec:
     fallback_iou: float | None = None
     min_area: int | None = None
     change_margin: float | None = None
+    quality_gate: bool | None = None
 
     def build(self) -> Refiner:
         """Load the network and make the Refiner (ModelNotAvailableError / BprInputError on bad input)."""

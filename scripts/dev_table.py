@@ -35,7 +35,7 @@ import cv2
 import numpy as np
 
 from bpr.evaluate import evaluate
-from bpr.io.coco import decode_segmentation, encode_mask, load_json, write_json_atomic
+from bpr.io.coco import decode_segmentation, encode_mask, load_json, mask_to_bbox, write_json_atomic
 from bpr.io.images import read_image
 from bpr.io.results import entries_to_masks, refined_entry
 from bpr.refiner import Refiner
@@ -61,7 +61,8 @@ def bottom_up(mask: np.ndarray, stride: float) -> np.ndarray:
 
 
 def derived_input(gt_path: Path, kind: str, seed: int = 0) -> list[dict[str, Any]]:
-    """A results list made from the ground truth: ``near`` or ``bottomup`` masks, score 1 - tiny noise."""
+    """A results list made from the ground truth: ``near`` or ``bottomup`` masks with their boxes,
+    score 1 - tiny noise."""
     gt = load_json(gt_path)
     sizes = {i["id"]: (i["height"], i["width"]) for i in gt["images"]}
     rng = np.random.default_rng(seed)
@@ -75,7 +76,10 @@ def derived_input(gt_path: Path, kind: str, seed: int = 0) -> list[dict[str, Any
         if not coarse.any():
             continue  # a bottom-up model would not report a vanished object
         score = float(1.0 - 0.01 * rng.random())
-        out.append({"image_id": ann["image_id"], "category_id": ann["category_id"], "segmentation": encode_mask(coarse), "score": score})
+        # with a box, as detectors write them: pycocotools then takes every detection's area
+        # from its box, before refinement as after (bpr-refine writes boxes), so AP_S/M/L compare like with like
+        out.append({"image_id": ann["image_id"], "category_id": ann["category_id"], "segmentation": encode_mask(coarse),
+                    "bbox": mask_to_bbox(coarse), "score": score})
     return out
 
 
@@ -86,7 +90,7 @@ def input_files(name: str, data: Path, cache: Path) -> tuple[Path, Path, Path]:
     kind = name.split("-", 1)[1]
     if kind in ("maskrcnn28", "osvos", "rvos"):
         return gt_path, root / "images", root / f"{kind}.json"
-    path = cache / f"{name}.json"
+    path = cache / f"{name}.v2.json"  # v2: with boxes
     if not path.is_file():
         write_json_atomic(path, derived_input(gt_path, kind))
     return gt_path, root / "images", path
@@ -123,7 +127,7 @@ def refine_file(refiner: Refiner, gt_path: Path, images: Path, coarse_path: Path
             img = info[image_id]
             yield read_image(images / img["file_name"]), entries_to_masks([entries[k] for k in idx], img["height"], img["width"])
 
-    before = (refiner.stats.fallbacks, refiner.stats.small, refiner.stats.patches)
+    before = (refiner.stats.fallbacks, refiner.stats.small, refiner.stats.patches, refiner.stats.gated)
     t0 = time.perf_counter()
     refined: list[dict[str, Any] | None] = [None] * len(entries)
     for idx, masks in zip(groups.values(), refiner.refine_many(items())):
@@ -133,7 +137,7 @@ def refine_file(refiner: Refiner, gt_path: Path, images: Path, coarse_path: Path
     write_json_atomic(out, refined)
     s = refiner.stats
     return {"seconds": seconds, "images": len(groups), "instances": len(entries), "fallbacks": s.fallbacks - before[0],
-            "small": s.small - before[1], "patches": s.patches - before[2]}
+            "small": s.small - before[1], "patches": s.patches - before[2], "gated": s.gated - before[3]}
 
 
 def score(gt_path: Path, coarse: Path, refined: Path) -> dict[str, Any]:
@@ -188,8 +192,8 @@ def _pct(v: float | None) -> str:
 
 
 def print_table(rows: dict[str, dict[str, Any]], file=sys.stdout) -> None:
-    print("| input | mask AP | boundary AP | AP_S | AP_M | AP_L | boundary AP_L | J | F | worse >1pt | S / M / L worse | emptied | fallbacks | s/image |", file=file)
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | ---: | --- | ---: | ---: | ---: |", file=file)
+    print("| input | mask AP | boundary AP | AP_S | AP_M | AP_L | boundary AP_L | J | F | worse >1pt | S / M / L worse | emptied | fallbacks | patches gated | s/image |", file=file)
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | ---: | --- | ---: | ---: | ---: | ---: |", file=file)
     for name, r in rows.items():
         def pair(key: str) -> str:
             before, after = r[key]
@@ -201,7 +205,7 @@ def print_table(rows: dict[str, dict[str, Any]], file=sys.stdout) -> None:
         cells = [pair("AP") if multi else "-", pair("bAP") if multi else "-", pair("AP_S") if multi else "-",
                  pair("AP_M") if multi else "-", pair("AP_L") if multi else "-", pair("bAP_L") if multi else "-",
                  pair("J"), pair("F"), f"{100 * r['worse']:.1f}%", size_worse, str(r["emptied"]),
-                 str(r["run"]["fallbacks"]), f"{r['run']['seconds'] / max(1, r['run']['images']):.2f}"]
+                 str(r["run"]["fallbacks"]), f"{r['run'].get('gated', 0)} / {r['run']['patches']}", f"{r['run']['seconds'] / max(1, r['run']['images']):.2f}"]
         print(f"| {name} | " + " | ".join(cells) + " |", file=file)
 
 
@@ -221,12 +225,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fallback-iou", type=float)
     p.add_argument("--min-area", type=int)
     p.add_argument("--change-margin", type=float)
+    p.add_argument("--quality-gate", action=argparse.BooleanOptionalAction, default=None)
     args = p.parse_args(argv)
     args.cache.mkdir(parents=True, exist_ok=True)
     refiner = Refiner.from_checkpoint(
         args.checkpoint, precision=args.precision, nms_iou=args.nms_iou, iterations=args.iterations,
         flip_tta=args.flip_tta, confine_passes=args.confine_passes, fallback_iou=args.fallback_iou, min_area=args.min_area,
-        change_margin=args.change_margin,
+        change_margin=args.change_margin, quality_gate=args.quality_gate,
     )
     rows: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as tmp_dir:

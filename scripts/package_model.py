@@ -2,7 +2,8 @@
 """Turn a training run's model.pt into a shippable checkpoint: fp16 weights, inference
 recommendations (flip TTA) in its config, and the evaluation numbers in its meta.
 
-    python scripts/package_model.py work/runs/default/model.pt models/bpr_default.pt --flip-tta [--eval models/bpr_default.eval.json]
+    python scripts/package_model.py work/runs/default/model.pt models/bpr_default.pt --flip-tta \
+        [--iterations 1] [--fallback-iou 0.5] [--min-area 1024] [--change-margin 0.2] [--eval models/bpr_default.eval.json]
 """
 
 from __future__ import annotations
@@ -23,10 +24,16 @@ def main() -> None:
     p.add_argument("dst", type=Path)
     p.add_argument("--flip-tta", action="store_true", help="recommend flip test-time augmentation")
     p.add_argument("--iterations", type=int, default=1, help="recommended refinement passes")
+    p.add_argument("--fallback-iou", type=float, default=0.0, help="recommended per-instance fallback IoU")
+    p.add_argument("--min-area", type=int, default=0, help="recommended minimum instance area (pixels) to refine")
+    p.add_argument("--change-margin", type=float, default=0.0, help="recommended change margin around p = 0.5")
     p.add_argument("--eval", type=Path, help="evaluation json (scripts/evaluate_refiner.py --json) to embed")
     args = p.parse_args()
     net = load_refiner(args.src)
-    net.config = dataclasses.replace(net.config, flip_tta=args.flip_tta, iterations=args.iterations)
+    net.config = dataclasses.replace(
+        net.config, flip_tta=args.flip_tta, iterations=args.iterations, fallback_iou=args.fallback_iou,
+        min_area=args.min_area, change_margin=args.change_margin,
+    )
     meta = torch.load(args.src, map_location="cpu", weights_only=True).get("meta", {})
     if args.eval:
         meta["evaluation"] = json.loads(args.eval.read_text())

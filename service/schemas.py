@@ -131,6 +131,7 @@ class RefinerInfo(BaseModel):
     fallback_iou: float = Field(description="instances refinement empties or moves below this IoU come back as given")
     min_area: int = Field(description="instances smaller than this come back as given")
     change_margin: float = Field(description="pixels change only where the refined probability is this far beyond 0.5")
+    quality_gate: bool = Field(description="patches the checkpoint's quality gate rejects keep the coarse mask")
     parameters: int = Field(description="number of network parameters")
 
 

@@ -51,6 +51,9 @@ class Settings(BaseSettings):
         description="an instance refinement empties, or whose IoU with its input falls below this, is returned as given",
     )
     min_area: int | None = Field(None, ge=0, description="instances smaller than this many pixels are returned as given")
+    quality_gate: bool | None = Field(
+        None, description="keep the coarse mask in patches the checkpoint's quality gate rejects (default on; needs a gate)"
+    )
     change_margin: float | None = Field(
         None, ge=0.0, lt=0.5,
         description="a pixel changes only where the refined probability is beyond 0.5 by more than this (0 = plain threshold)",
@@ -125,6 +128,7 @@ class Settings(BaseSettings):
             fallback_iou=self.fallback_iou,
             min_area=self.min_area,
             change_margin=self.change_margin,
+            quality_gate=self.quality_gate,
         )
 
     @field_validator("api_key", "detector_api_key", mode="before")

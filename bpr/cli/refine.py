@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--change-margin", type=float, default=None,
                    help="a pixel changes only where the refined probability is beyond 0.5 by more than this "
                    "(0 = plain threshold; default: as the checkpoint recommends)")
+    p.add_argument("--quality-gate", action=argparse.BooleanOptionalAction, default=None,
+                   help="with a checkpoint that has a patch-quality gate, keep the coarse mask in patches the gate "
+                   "expects refinement to make worse (default on)")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for the network (torch.set_num_threads; default one per core). Two torch "
                    "jobs sharing the cores each run >10x slower: give each a share")
@@ -112,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"bpr-refine: {s.images} images, {s.instances} instances, {s.patches} patches in "
             f"{time.perf_counter() - start:.1f} s; {s.fallbacks} instances kept as given by the fallback "
-            f"rule, {s.small} under the minimum area -> {out}",
+            f"rule, {s.small} under the minimum area, {s.gated} patches kept coarse by the quality gate -> {out}",
             file=sys.stderr,
         )
     return 0

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bpr.modeling.gate import PatchGate
 from bpr.modeling.head import DetailHead, FCNHead
 from bpr.modeling.hrnet import ARCHS, HRNetWithMask
 
@@ -33,6 +34,7 @@ class RefinerConfig:
     fallback_iou: float = 0.0  # recommended: instances refined below this IoU with their input come back as given
     min_area: int = 0  # recommended: instances smaller than this (pixels) come back as given
     change_margin: float = 0.0  # recommended: pixels change only where the probability is this far beyond 0.5
+    gate: bool = False  # a patch-quality gate (bpr/modeling/gate.py) that keeps the coarse patch where it predicts no gain
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -55,6 +57,7 @@ class RefinerNet(nn.Module):
         self.backbone = HRNetWithMask(spec, upsample_mode=config.upsample_mode)
         self.decode_head = FCNHead(spec.widths, num_classes=2)
         self.detail_head = DetailHead(num_classes=2) if config.detail_head else None
+        self.gate = PatchGate() if config.gate else None
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
@@ -88,3 +91,18 @@ class RefinerNet(nn.Module):
         if prob.shape[-1] != patch:
             prob = F.interpolate(prob, size=(patch, patch), mode="bilinear", align_corners=False)
         return prob[:, 0]
+
+    def change_helps(self, image_patches: torch.Tensor, mask_patches: torch.Tensor, prob: torch.Tensor) -> torch.Tensor:
+        """(B,) gate logits for raw patches (see ``preprocess``) and their refined probability
+        (B, P, P): above 0 the gate expects the change to fix more pixels than it breaks.
+        Needs a gate (``config.gate``)."""
+        if self.gate is None:
+            raise RuntimeError("this refiner has no patch-quality gate")
+        size = self.config.input_size
+        image, _ = self.preprocess(image_patches, mask_patches)
+        mask = mask_patches.float()
+        p = prob[:, None].float()
+        if p.shape[-1] != size:
+            mask = F.interpolate(mask, size=(size, size), mode="nearest")
+            p = F.interpolate(p, size=(size, size), mode="bilinear", align_corners=False)
+        return self.gate(image.float(), mask, p)
