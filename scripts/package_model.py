@@ -27,6 +27,9 @@ def main() -> None:
     p.add_argument("--fallback-iou", type=float, default=0.0, help="recommended per-instance fallback IoU")
     p.add_argument("--min-area", type=int, default=0, help="recommended minimum instance area (pixels) to refine")
     p.add_argument("--change-margin", type=float, default=0.0, help="recommended change margin around p = 0.5")
+    p.add_argument("--gate-threshold", type=float, default=0.0,
+                   help="accept a patch only where the quality gate's logit is above this: folded into the gate's "
+                   "bias (the threshold is chosen on every dev input at once, scripts/dev_table.py)")
     p.add_argument("--eval", type=Path, help="evaluation json (scripts/evaluate_refiner.py --json) to embed")
     args = p.parse_args()
     net = load_refiner(args.src)
@@ -35,6 +38,12 @@ def main() -> None:
         min_area=args.min_area, change_margin=args.change_margin,
     )
     meta = torch.load(args.src, map_location="cpu", weights_only=True).get("meta", {})
+    if args.gate_threshold:
+        if net.gate is None:
+            raise SystemExit(f"{args.src} has no quality gate; --gate-threshold needs one")
+        with torch.no_grad():
+            net.gate.classifier.bias -= args.gate_threshold
+        meta["gate_threshold"] = args.gate_threshold
     if args.eval:
         meta["evaluation"] = json.loads(args.eval.read_text())
     save_refiner(net, args.dst, meta=meta)
