@@ -122,10 +122,10 @@ def test_detail_head_starts_as_the_refiner_without_it_and_round_trips(tmp_path):
         assert torch.allclose(back(image, mask), changed, atol=1e-5)
 
 
-@pytest.mark.parametrize("name,input_size", [("bpr_default.pt", 64), ("bpr_hq128.pt", 128)])
-def test_bundled_models_load_with_the_settings_their_card_states(name, input_size):
-    net = load_refiner(REPO / "models" / name)
+def test_the_bundled_model_loads_with_the_settings_its_card_states():
+    net = load_refiner(REPO / "models" / "bpr_default.pt")
     c = net.config
-    assert (c.arch, c.patch_size, c.input_size) == ("hr18s", 64, input_size)
-    assert c.detail_head and c.flip_tta and c.iterations == 2
-    assert (REPO / "models" / name).stat().st_size < 20e6
+    assert (c.arch, c.patch_size, c.input_size) == ("hr18s", 64, 64)
+    assert c.detail_head and c.gate and net.gate is not None
+    assert (c.flip_tta, c.iterations, c.fallback_iou, c.min_area, c.change_margin) == (True, 1, 0.5, 1024, 0.2)
+    assert (REPO / "models" / "bpr_default.pt").stat().st_size < 20e6
