@@ -23,7 +23,7 @@ def _street_scene(data_dir, index=0):
 def test_every_instance_comes_out_non_empty_and_overlapping_its_input(data_dir):
     refiner = Refiner.from_checkpoint()
     assert refiner.options.fallback_iou >= 0.5 and refiner.options.min_area > 0  # the default's safety rules
-    for index in (0, 1):
+    for index in (1, 3):  # scenes where the default does change pixels (on 0 and 2 the gate keeps all)
         image, masks = _street_scene(data_dir, index)
         refined = refiner.refine(image, masks)
         assert len(masks) >= 5  # a real multi-instance scene

@@ -57,7 +57,7 @@ def test_bbox_matches_pycocotools():
         ([[0, 0, -1e12, 0, 5, 5]], "out of range"),  # 11.6 GB and 48 s in the server
         ([[0, 0, 10**400, 0, 5, 5]], "finite numbers"),  # an int no float holds
         ([[0, 0, True, 0, 5, 5]], "lists of numbers"),
-        ([[0, 0, 20, 0, 20, 20] * 40], "outline of"),  # in range, but 120 edges of 20 px each
+        ([[0, 0, 1000, 0, 1000, 1000] * 40], "outline of"),  # in range, but 120 edges of 1000 px each
         ([[0, 0, 5, 0, 5, 5] * 90_000], "vertices, more than"),
     ],
 )
@@ -67,13 +67,17 @@ def test_malformed_segmentations_raise_one_line_errors(seg, message):
     assert "results[3]" in str(info.value) and "\n" not in str(info.value)
 
 
-def test_polygons_may_cross_the_border_by_up_to_one_image_size():
-    crossing = [[-10.0, -10.0, 15.0, -10.0, 15.0, 8.0, -10.0, 8.0]]
+def test_polygons_may_cross_the_border_by_one_image_size_and_at_least_1024_px():
+    crossing = [[-1000.0, -10.0, 15.0, -10.0, 15.0, 8.0, -10.0, 8.0]]
     got = decode_segmentation(crossing, 10, 10)
     want = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(crossing, 10, 10))).astype(bool)
     assert np.array_equal(got, want) and got.sum() > 50
-    with pytest.raises(BprInputError, match=r"x must lie in \[-10, 20\]"):
-        decode_segmentation([[-10.5, 0, 5, 0, 5, 5]], 10, 10)
+    with pytest.raises(BprInputError, match=r"x must lie in \[-1024, 1034\] and y in \[-1024, 1034\]"):
+        decode_segmentation([[-1024.5, 0, 5, 0, 5, 5]], 10, 10)
+    big = [[-3000.0, 0, 5, 0, 5, 5]]  # one image size beyond a 3000 px wide image
+    assert decode_segmentation(big, 20, 3000).shape == (20, 3000)
+    with pytest.raises(BprInputError, match=r"x must lie in \[-3000, 6000\]"):
+        decode_segmentation([[6000.5, 0, 5, 0, 5, 5]], 20, 3000)
 
 
 def test_load_json_errors(tmp_path):

@@ -60,8 +60,8 @@ def test_any_segmentation_decodes_or_is_refused(seg):
 
 
 @FUZZ
-@given(st.lists(st.lists(st.tuples(st.floats(-W, 2 * W), st.floats(-H, 2 * H)), min_size=3, max_size=5),
-                min_size=1, max_size=2))  # at most 10 edges of <= 96 px: inside the 992 px outline budget
+@given(st.lists(st.lists(st.tuples(st.floats(-1024, W + 1024), st.floats(-1024, H + 1024)), min_size=3, max_size=6),
+                min_size=1, max_size=3))  # at most 18 edges of <= 2080 px: inside the outline budget
 def test_valid_polygons_decode_like_pycocotools(vertex_lists):
     """Anything within one image size of the image is accepted, and rasterised as pycocotools does."""
     from pycocotools import mask as mask_utils

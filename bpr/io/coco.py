@@ -101,14 +101,20 @@ def polygon_edge_budget(height: int, width: int) -> int:
     image has pixels (every pixel a corner) is more than any real mask needs; with it the
     rasteriser's work is bounded by about 40 bytes per image pixel.
     """
-    return height * width + 4 * (height + width)
+    return height * width + 4 * (height + width) + 100_000
+
+
+def polygon_margin(size: int) -> int:
+    """How far outside the image (pixels, per side) a polygon vertex may lie: one image size,
+    at least 1,024 px."""
+    return max(size, 1024)
 
 
 def _checked_polygon(poly: Any, height: int, width: int, what: str) -> np.ndarray:
     """One flat [x0, y0, ...] polygon as float64, or a BprInputError that says what is wrong.
 
     Vertices may lie outside the image (a detector's box can cross the border), but no more
-    than one image size beyond it on any side.
+    than ``polygon_margin`` beyond it on any side.
     """
     if not isinstance(poly, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in poly):
         raise BprInputError(f"{what}: polygons must be lists of numbers")
@@ -121,10 +127,11 @@ def _checked_polygon(poly: Any, height: int, width: int, what: str) -> np.ndarra
     if not np.isfinite(xy).all():
         raise BprInputError(f"{what}: polygon coordinates must be finite numbers")
     x, y = xy[:, 0], xy[:, 1]
-    if x.min() < -width or x.max() > 2 * width or y.min() < -height or y.max() > 2 * height:
+    mx, my = polygon_margin(width), polygon_margin(height)
+    if x.min() < -mx or x.max() > width + mx or y.min() < -my or y.max() > height + my:
         raise BprInputError(
-            f"{what}: polygon vertex out of range: x must lie in [{-width}, {2 * width}] and y in "
-            f"[{-height}, {2 * height}] for a {height}x{width} (HxW) image"
+            f"{what}: polygon vertex out of range: x must lie in [{-mx}, {width + mx}] and y in "
+            f"[{-my}, {height + my}] for a {height}x{width} (HxW) image"
         )
     return xy.reshape(-1)
 
