@@ -280,3 +280,33 @@ def test_a_client_that_hangs_up_stops_its_work(checkpoint: Path, good) -> None:
         text = httpx.get(f"{live.url}/metrics").text
         assert metric_value(text, "bpr_patches_total") == 0  # the network never ran its patches
         assert refine_request(live.url, good[0], good[1], timeout=30).status_code == 200  # and the server serves on
+
+
+def test_probes_answer_within_a_second_while_the_worst_allowed_request_runs(checkpoint: Path, good) -> None:
+    """The largest request the limits allow here (64 instances, each a polygon at the vertex and
+    outline limits' scale of this image) keeps the CPU pool and the network busy for seconds;
+    /healthz and /readyz must still answer within 1 s throughout: no heavy work on the event loop."""
+    h, w = good[2]
+    rng = np.random.default_rng(0)
+    instances = []
+    for _ in range(64):
+        cx, cy, r = rng.uniform(100, w - 100), rng.uniform(100, h - 100), rng.uniform(30, 90)
+        angles = np.linspace(0, 2 * np.pi, 2000, endpoint=False)
+        radius = r * (1 + 0.2 * np.sin(7 * angles))
+        poly = np.stack([cx + radius * np.cos(angles), cy + radius * np.sin(angles)], 1).ravel().tolist()
+        instances.append({"segmentation": [poly], "score": 0.5})
+    with serve(checkpoint, max_instances=64, max_wait_ms=0) as live:
+        thread, answer = _in_background(lambda: refine_request(live.url, good[0], instances, timeout=300))
+        _wait_for_metric(live.url, "bpr_requests_in_flight", 1)
+        slowest, probes = 0.0, 0
+        while thread.is_alive():
+            for path in ("/healthz", "/readyz"):
+                t0 = time.perf_counter()
+                assert httpx.get(f"{live.url}{path}", timeout=5).status_code == 200
+                slowest = max(slowest, time.perf_counter() - t0)
+                probes += 1
+            time.sleep(0.05)
+        thread.join()
+        assert answer[0].status_code == 200 and len(answer[0].json()["instances"]) == 64
+        assert probes >= 6, "the request finished too fast to probe it"
+        assert slowest < 1.0, slowest
