@@ -45,7 +45,15 @@ def _dense_reference(coarse, corners, ids, probs, resolve, margin):
 def _scene(seed):
     rng = np.random.default_rng(seed)
     h, w, s = 90, 120, 24
-    coarse = np.stack([disk(h, w, 30, 35, 14), disk(h, w, 40, 55, 12), disk(h, w, 60, 85, 16), disk(h, w, 20, 100, 6)])
+    if seed < 10:
+        coarse = np.stack([disk(h, w, 30, 35, 14), disk(h, w, 40, 55, 12), disk(h, w, 60, 85, 16), disk(h, w, 20, 100, 6)])
+    elif seed >= 20:  # a tall instance near the left edge, crossed low down by a wide one
+        yy, xx = np.mgrid[:h, :w]
+        coarse = np.stack([((yy - 50) / 38) ** 2 + ((xx - 12) / 6) ** 2 <= 1, ((yy - 70) / 7) ** 2 + ((xx - 40) / 35) ** 2 <= 1])
+    else:  # wide and tall neighbours: boxes whose height and width differ, crossing each other
+        yy, xx = np.mgrid[:h, :w]
+        coarse = np.stack([((yy - 45) / 8) ** 2 + ((xx - 60) / 45) ** 2 <= 1, ((yy - 45) / 35) ** 2 + ((xx - 62) / 7) ** 2 <= 1,
+                           ((yy - 20) / 6) ** 2 + ((xx - 30) / 25) ** 2 <= 1])
     corners, ids = [], []
     for i, m in enumerate(coarse):
         ys, xs = np.nonzero(m)
@@ -62,7 +70,7 @@ def _scene(seed):
     return coarse, corners, ids, probs
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("seed", [0, 1, 2, 10, 11, 20, 21])
 @pytest.mark.parametrize("resolve, margin", [(False, 0.0), (True, 0.0), (True, 0.15)])
 def test_reassemble_equals_the_dense_reference(seed, resolve, margin):
     coarse, corners, ids, probs = _scene(seed)
