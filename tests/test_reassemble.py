@@ -98,3 +98,10 @@ def test_patch_reach_is_the_union_of_each_instance_s_squares():
         want[i, y : y + 24, x : x + 24] = True
     assert np.array_equal(reach, want)
     assert not patch_reach((2, 5, 5), np.zeros((0, 2), int), np.zeros(0, int), 3).any()
+
+
+def test_a_single_patch_is_pasted_too():
+    coarse, corners, ids, probs = _scene(0)
+    one = reassemble(torch.from_numpy(coarse), corners[:1], ids[:1], torch.from_numpy(probs[:1])).numpy()
+    assert np.array_equal(one, _dense_reference(coarse, corners[:1], ids[:1], probs[:1], True, 0.0))
+    assert (one != coarse).any()

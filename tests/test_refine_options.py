@@ -208,6 +208,20 @@ def test_the_feed_cuts_full_batches_oldest_first_and_drops_discarded_jobs():
     assert [(j, s, e) for j, s, e in second.parts] == [(b, 3, 6)] and not feed
 
 
+def test_the_feed_fills_the_last_free_slot_and_takes_batches_of_one():
+    feed = PatchFeed(8)
+    a, b = _FakeJob(7), _FakeJob(5)
+    feed.add(a)
+    feed.add(b)
+    batch = feed.take()  # 7 of a leave one slot: b's first patch takes it
+    assert [(j, s, e) for j, s, e in batch.parts] == [(a, 0, 7), (b, 0, 1)] and batch.size == 8
+    single = PatchFeed(1)
+    single.add(_FakeJob(2))
+    assert single.take().size == 1 and single.take().size == 1 and not single
+    with pytest.raises(ValueError, match="batch size must be at least 1, got 0"):
+        PatchFeed(0)
+
+
 def test_discarding_a_partly_taken_job_drops_only_its_untaken_patches():
     feed = PatchFeed(8)
     a, b, c = _FakeJob(5), _FakeJob(6), _FakeJob(4)
