@@ -164,6 +164,14 @@ class Job:
         return len(self.corners)
 
 
+class TooManyPatches(BprInputError):
+    """A pass needs more boundary patches than the caller allows (checked before any crop)."""
+
+    def __init__(self, needed: int, limit: int) -> None:
+        super().__init__(f"the masks need {needed} boundary patches, over the limit of {limit}")
+        self.needed, self.limit = needed, limit
+
+
 def check_inputs(image: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Validate and normalise numpy inputs: RGB uint8 image, (N, H, W) bool masks."""
     image = np.asarray(image)
@@ -215,9 +223,13 @@ class Refinement:
     network thread serves other requests.
     """
 
-    def __init__(self, refiner: "Refiner", image: torch.Tensor, masks: torch.Tensor, options: RefineOptions) -> None:
+    def __init__(
+        self, refiner: "Refiner", image: torch.Tensor, masks: torch.Tensor, options: RefineOptions,
+        max_patches: int | None = None,
+    ) -> None:
         self.refiner = refiner
         self.options = options
+        self.max_patches = max_patches  # a pass needing more patches raises TooManyPatches before any crop
         self.image = image  # (3, H, W) on the device
         self.input = masks  # (N, H, W) bool on the device
         self.masks = masks
@@ -253,7 +265,7 @@ class Refinement:
             self.reassemble_seconds = time.perf_counter() - t0
             self.job = None
         if self.passes < self.options.iterations:
-            job = self.refiner.prepare(self.image, self.masks, self.options, self.active)
+            job = self.refiner.prepare(self.image, self.masks, self.options, self.active, self.max_patches)
             self.extract_seconds = job.extract_seconds
             if job.num_patches:
                 self.job = job
@@ -444,15 +456,20 @@ class Refiner:
         """This call's options: ``options`` (default: the Refiner's) with ``overrides`` applied."""
         return (options or self.options).updated(**overrides)
 
-    def start_numpy(self, image: np.ndarray, masks: np.ndarray, options: RefineOptions | None = None) -> Refinement:
-        """Check numpy inputs and begin their :class:`Refinement` (nothing computed yet)."""
+    def start_numpy(
+        self, image: np.ndarray, masks: np.ndarray, options: RefineOptions | None = None, max_patches: int | None = None
+    ) -> Refinement:
+        """Check numpy inputs and begin their :class:`Refinement` (nothing computed yet).
+        ``max_patches``: a pass that needs more patches raises :class:`TooManyPatches` (the
+        service bounds the memory of a request with it)."""
         image, masks = check_inputs(image, masks)
         image_t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).to(self.device)
         masks_t = torch.from_numpy(np.ascontiguousarray(masks)).to(self.device)
-        return Refinement(self, image_t, masks_t, options or self.options)
+        return Refinement(self, image_t, masks_t, options or self.options, max_patches)
 
     def prepare(
-        self, image: torch.Tensor, masks: torch.Tensor, options: RefineOptions, active: np.ndarray | None = None
+        self, image: torch.Tensor, masks: torch.Tensor, options: RefineOptions, active: np.ndarray | None = None,
+        max_patches: int | None = None,
     ) -> Job:
         """Extraction: boundary patches of every (active) instance, cropped from image and mask.
 
@@ -472,6 +489,8 @@ class Refiner:
         ]
         corners = np.concatenate(per_instance) if per_instance else np.zeros((0, 2), dtype=np.int64)
         instance_ids = np.repeat(np.arange(len(per_instance)), [len(c) for c in per_instance])
+        if max_patches is not None and len(corners) > max_patches:
+            raise TooManyPatches(len(corners), max_patches)
         image_patches = crop_squares(image, corners, s).float()
         mask_patches = crop_squares(coarse, corners, s, instance_ids)[:, None].float()
         elapsed = time.perf_counter() - t0

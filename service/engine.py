@@ -66,10 +66,12 @@ class RefineEngine:
     async def refine(self, image: np.ndarray, masks: np.ndarray, options: RefineOptions | None = None) -> np.ndarray:
         """image HxWx3 uint8 RGB, masks NxHxW bool -> refined NxHxW bool, same order.
 
-        Raises QueueFull (-> 429) when the patch queue is full, ShuttingDown (-> 503).
+        Raises QueueFull (-> 429) when the patch queue is full, ShuttingDown (-> 503), TooManyPatches
+        (-> 422) when one pass alone needs more patches than the queue holds: memory per request
+        stays bounded by the limits.
         """
         stage = self.metrics.stage
-        flight = await self.cpu(self.refiner.start_numpy, image, masks, options)
+        flight = await self.cpu(self.refiner.start_numpy, image, masks, options, self.batcher.max_queued_patches)
         job = await self.cpu(flight.advance)
         stage.observe(flight.extract_seconds, "extract")
         while job is not None:

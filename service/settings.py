@@ -64,7 +64,9 @@ class Settings(BaseSettings):
     max_wait_ms: float = Field(5.0, ge=0.0, description="how long a partly filled batch waits for more patches")
     max_queue: int = Field(32, ge=0, description="requests admitted to /refine and /segment at once; more get 429")
     max_queued_patches: int = Field(
-        8192, ge=1, description="patches waiting for the network; a request that would exceed it gets 429"
+        8192, ge=1,
+        description="patches waiting for the network: a request that would exceed it gets 429, one whose pass alone "
+        "needs more gets 422 before any patch is cut (bounds memory per request)",
     )
     request_timeout_s: float = Field(60.0, gt=0.0, description="per-request deadline; past it the answer is 503")
     cpu_workers: int = Field(

@@ -113,6 +113,20 @@ def test_the_fallback_returns_exactly_the_instances_moved_below_the_iou(threshol
     assert refiner.stats.fallbacks == sum(iou < threshold for iou in ious)
 
 
+def test_a_pass_needing_more_patches_than_allowed_is_refused_before_any_crop():
+    from bpr.refiner import TooManyPatches
+
+    image, masks = _scene()
+    refiner = Refiner(IdentityNet(RefinerConfig(input_size=64)))
+    needed = refiner.prepare(torch.from_numpy(image).permute(2, 0, 1), torch.from_numpy(masks), refiner.options).num_patches
+    before = refiner.stats.patches
+    with pytest.raises(TooManyPatches, match=f"need {needed} boundary patches, over the limit of {needed - 1}"):
+        refiner.start_numpy(image, masks, max_patches=needed - 1).advance()
+    assert refiner.stats.patches == before  # nothing was cut
+    flight = refiner.start_numpy(image, masks, max_patches=needed)
+    assert flight.advance().num_patches == needed
+
+
 def test_instances_under_the_minimum_area_come_back_as_given():
     image, masks = _scene()
     refiner = Refiner(EraseNet(RefinerConfig(input_size=64)), min_area=int(masks[1].sum()) + 1)

@@ -242,14 +242,38 @@ def test_429_when_too_many_requests_are_in_flight(checkpoint: Path, good) -> Non
         assert refine_request(live.url, good[0], good[1]).status_code == 200  # slot free again
 
 
+def _patches_of(checkpoint: Path, good) -> int:
+    """How many boundary patches the good request needs (placement does not depend on weights)."""
+    import torch
+
+    from bpr.io.results import entries_to_masks
+    from bpr.refiner import Refiner
+
+    (h, w), refiner = good[2], Refiner.from_checkpoint(checkpoint)
+    masks = torch.from_numpy(entries_to_masks(good[1], h, w))
+    return refiner.prepare(torch.zeros(3, h, w, dtype=torch.uint8), masks, refiner.options).num_patches
+
+
 def test_429_when_the_patch_queue_is_full(checkpoint: Path, good) -> None:
-    with serve(checkpoint, max_queued_patches=10, max_wait_ms=1500) as live:
+    with serve(checkpoint, max_queued_patches=_patches_of(checkpoint, good), max_wait_ms=1500) as live:
         thread, first = _in_background(lambda: refine_request(live.url, good[0], good[1]))
         _wait_for_metric(live.url, "bpr_queue_patches", 1)
         r = refine_request(live.url, good[0], good[1])
         assert r.status_code == 429 and "queue is full" in r.json()["detail"] and int(r.headers["retry-after"]) >= 1
         thread.join(60)
         assert first[0].status_code == 200
+
+
+def test_a_request_needing_more_patches_than_the_queue_holds_is_refused_before_cropping(checkpoint: Path, good) -> None:
+    needed = _patches_of(checkpoint, good)
+    with serve(checkpoint, max_queued_patches=needed - 1) as live:
+        r = refine_request(live.url, good[0], good[1])
+        assert r.status_code == 422 and r.json()["code"] == "too_many_patches", r.text
+        assert f"need {needed} boundary patches, over the limit of {needed - 1}" in r.json()["detail"]
+        assert "BPR_MAX_QUEUED_PATCHES" in r.json()["detail"]
+        assert metric_value(httpx.get(f"{live.url}/metrics").text, "bpr_patches_total") == 0
+    with serve(checkpoint, max_queued_patches=needed) as live:
+        assert refine_request(live.url, good[0], good[1]).status_code == 200
 
 
 def test_request_timeout_is_503_and_frees_the_queue(checkpoint: Path, good) -> None:

@@ -12,6 +12,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
+from bpr.refiner import TooManyPatches
 from service.batching import QueueFull, ShuttingDown
 from service.engine import RefineEngine
 from service.errors import ServiceError
@@ -68,6 +69,10 @@ async def refine_masks(engine: RefineEngine, image: np.ndarray, masks: np.ndarra
     """engine.refine with the queue's refusals as HTTP answers."""
     try:
         return await engine.refine(image, masks, engine.refiner.resolve(nms_iou=nms_iou))
+    except TooManyPatches as exc:
+        raise ServiceError(
+            422, "too_many_patches", f"{exc} (BPR_MAX_QUEUED_PATCHES): send fewer or smaller instances"
+        ) from None
     except QueueFull as exc:
         raise ServiceError(429, "queue_full", str(exc), {"Retry-After": str(exc.retry_after)}) from None
     except ShuttingDown as exc:
