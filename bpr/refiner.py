@@ -25,7 +25,7 @@ import threading
 import time
 import warnings
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -152,10 +152,7 @@ class Job:
     image_patches: torch.Tensor  # (P, 3, S, S) float 0..255
     mask_patches: torch.Tensor  # (P, 1, S, S) float {0, 1}
     probs: torch.Tensor  # (P, S, S)
-    flip_tta: bool
-    resolve_overlaps: bool
-    change_margin: float
-    quality_gate: bool
+    options: RefineOptions  # this pass's rules (flip TTA, the gate, reassembly's overlap and margin rules)
     remaining: int  # patches whose probabilities are not filled in yet
     extract_seconds: float = 0.0
 
@@ -206,10 +203,11 @@ def pixel_counts(masks: torch.Tensor) -> torch.Tensor:
     return masks.flatten(1).sum(1)
 
 
-def _mask_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """(N,) IoU of two (N, H, W) bool stacks; 1 where both are empty."""
+def _mask_iou(a: torch.Tensor, b: torch.Tensor, b_counts: torch.Tensor | None = None) -> torch.Tensor:
+    """(N,) IoU of two (N, H, W) bool stacks; 1 where both are empty. ``b_counts``: b's
+    pixel counts, when the caller has them already."""
     inter = pixel_counts(a & b)
-    union = pixel_counts(a) + pixel_counts(b) - inter
+    union = pixel_counts(a) + (pixel_counts(b) if b_counts is None else b_counts) - inter
     return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(inter, dtype=torch.float32))
 
 
@@ -241,8 +239,11 @@ class Refinement:
         self.extract_seconds = 0.0  # of the last advance, for the service's stage metrics
         self.reassemble_seconds = 0.0
         small = 0
-        if options.min_area > 0 and masks.shape[0]:
-            areas = pixel_counts(masks).cpu().numpy()
+        # the input's pixel counts, once, for the rules that need them (minimum area, fallback)
+        needed = (options.min_area > 0 or options.fallback_iou > 0) and masks.shape[0]
+        self.input_areas = pixel_counts(masks) if needed else None
+        if options.min_area > 0 and self.input_areas is not None:
+            areas = self.input_areas.cpu().numpy()
             self.active = areas >= options.min_area
             small = int((~self.active & (areas > 0)).sum())
         refiner.stats.add(images=1, instances=int(masks.shape[0]), small=small)
@@ -290,8 +291,8 @@ class Refinement:
         """Instances the refinement emptied or changed beyond ``fallback_iou`` come back as input."""
         if self.options.fallback_iou <= 0 or refined is self.input or refined.shape[0] == 0:
             return refined
-        had = pixel_counts(self.input) > 0
-        lost = had & (_mask_iou(refined, self.input) < self.options.fallback_iou)  # an emptied mask has IoU 0
+        had = self.input_areas > 0
+        lost = had & (_mask_iou(refined, self.input, self.input_areas) < self.options.fallback_iou)  # emptied: IoU 0
         n = int(lost.sum())
         if n:
             refined = torch.where(lost[:, None, None], self.input, refined)
@@ -504,10 +505,7 @@ class Refiner:
             image_patches=image_patches,
             mask_patches=mask_patches,
             probs=torch.empty((len(corners), s, s), device=self.device),
-            flip_tta=options.flip_tta,
-            resolve_overlaps=options.resolve_overlaps,
-            change_margin=options.change_margin,
-            quality_gate=options.quality_gate and self.net.gate is not None,
+            options=options,
             remaining=len(corners),
             extract_seconds=elapsed,
         )
@@ -519,19 +517,13 @@ class Refiner:
         parts = batch.parts
         images = torch.cat([job.image_patches[a:b] for job, a, b in parts])
         masks = torch.cat([job.mask_patches[a:b] for job, a, b in parts])
-        flips = [job.flip_tta for job, _, _ in parts]
         dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.precision)
         with torch.autocast(device_type=self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             probs = self.net.foreground_probability(images, masks)
-            if all(flips):
+            rows = self._rows(parts, lambda options: options.flip_tta)
+            if rows is None:
                 probs = 0.5 * (probs + self.net.foreground_probability(images.flip(-1), masks.flip(-1)).flip(-1))
-            elif any(flips):  # requests with and without TTA share this batch: mirror only theirs
-                picked, start = [], 0
-                for job, a, b in parts:
-                    if job.flip_tta:
-                        picked.append(torch.arange(start, start + b - a))
-                    start += b - a
-                rows = torch.cat(picked).to(self.device)
+            elif len(rows):  # requests with and without TTA share this batch: mirror only theirs
                 mirrored = self.net.foreground_probability(images[rows].flip(-1), masks[rows].flip(-1)).flip(-1)
                 probs[rows] = 0.5 * (probs[rows] + mirrored)
             gated = self._gate(parts, images, masks, probs)
@@ -542,23 +534,43 @@ class Refiner:
             offset += b - a
         self.stats.add("network", time.perf_counter() - t0, batches=1, gated=gated)
 
+    def gate_applies(self, options: RefineOptions) -> bool:
+        """Whether ``options`` get the quality gate: asked for, and this network has one."""
+        return options.quality_gate and self.net.gate is not None
+
+    def _rows(self, parts: tuple, wants: Callable[[RefineOptions], bool]) -> torch.Tensor | None:
+        """Batch rows whose job's options ``wants``: None when all do (no index needed), else
+        their indices (empty when none do)."""
+        picks = [wants(job.options) for job, _, _ in parts]
+        if all(picks):
+            return None
+        picked, start = [], 0
+        for (job, a, b), pick in zip(parts, picks):
+            if pick:
+                picked.append(torch.arange(start, start + b - a))
+            start += b - a
+        return torch.cat(picked).to(self.device) if picked else torch.zeros(0, dtype=torch.long, device=self.device)
+
     def _gate(self, parts: tuple, images: torch.Tensor, masks: torch.Tensor, probs: torch.Tensor) -> int:
-        """Patches whose job asks for the gate and that it rejects get their coarse mask back as
+        """Patches whose job gets the gate and that it rejects get their coarse mask back as
         their probability (in place); returns how many."""
-        wanted = [job.quality_gate for job, _, _ in parts]
-        if not any(wanted):
+        rows = self._rows(parts, self.gate_applies)
+        if rows is None:
+            reject = torch.nonzero(self.net.change_helps(images, masks, probs) <= 0)[:, 0]
+        elif len(rows):
+            reject = rows[self.net.change_helps(images[rows], masks[rows], probs[rows]) <= 0]
+        else:
             return 0
-        asks = torch.cat([torch.full((b - a,), job.quality_gate, dtype=torch.bool) for job, a, b in parts]).to(self.device)
-        reject = asks & (self.net.change_helps(images, masks, probs) <= 0)
         probs[reject] = masks[reject, 0].to(probs.dtype)
-        return int(reject.sum())
+        return len(reject)
 
     def finish(self, job: Job) -> torch.Tensor:
         """Reassembly: paste probabilities back and crop any padding away."""
         if job.remaining:
             raise RuntimeError(f"finish() called with {job.remaining} patches of the job not yet run")
         t0 = time.perf_counter()
-        refined = reassemble(job.coarse, job.corners, job.instance_ids, job.probs, job.resolve_overlaps, job.change_margin)
+        o = job.options
+        refined = reassemble(job.coarse, job.corners, job.instance_ids, job.probs, o.resolve_overlaps, o.change_margin)
         refined = refined[:, : job.height, : job.width]
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)

@@ -38,7 +38,7 @@ async def models(
         fallback_iou=o.fallback_iou,
         min_area=o.min_area,
         change_margin=o.change_margin,
-        quality_gate=o.quality_gate and r.net.gate is not None,
+        quality_gate=r.gate_applies(o),
         parameters=sum(p.numel() for p in r.net.parameters()),
     )
     detector = state.detector.describe() if state.detector is not None else None
