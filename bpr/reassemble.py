@@ -49,6 +49,14 @@ def patch_reach(shape: tuple[int, ...] | torch.Size, corners: np.ndarray, instan
     return reach.view(n, height, width)
 
 
+def decide(old: torch.Tensor, prob: torch.Tensor, margin: float) -> torch.Tensor:
+    """Refined value of pixels whose input is ``old`` (bool) and foreground probability ``prob``:
+    a pixel leaves its input value only where ``prob`` is beyond 0.5 by more than ``margin``
+    (at margin 0: plain ``prob > 0.5``). The one rule, used by reassembly and the gate's training."""
+    keep_fg = prob >= 0.5 - margin if margin > 0 else prob > 0.5
+    return torch.where(old, keep_fg, prob > 0.5 + margin)
+
+
 def reassemble(
     coarse: torch.Tensor,
     corners: np.ndarray,
@@ -104,9 +112,7 @@ def reassemble(
         c = counts[offsets[i] : offsets[i + 1]].view(h, w)
         old = coarse[i, y0:y1, x0:x1]
         prob = torch.where(c > 0, s / c.clamp(min=1), old.float())
-        keep_fg = prob >= 0.5 - change_margin if change_margin > 0 else prob > 0.5
-        new = torch.where(old, keep_fg, prob > 0.5 + change_margin)
-        refined[i, y0:y1, x0:x1] = torch.where(c > 0, new, old)
+        refined[i, y0:y1, x0:x1] = torch.where(c > 0, decide(old, prob, change_margin), old)
         probabilities[int(i)] = prob
     if resolve_overlaps and n > 1:
         _resolve_gained_overlaps(coarse, refined, regions, probabilities)

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 
 from bpr.modeling.checkpoint import load_refiner, save_refiner
 from bpr.modeling.refiner_net import RefinerNet
+from bpr.reassemble import decide
 from bpr.train.augment import random_flip
 from bpr.train.patch_store import PatchSet
 
@@ -50,8 +51,7 @@ def refined_probability(net: RefinerNet, images: torch.Tensor, coarse: torch.Ten
 def change_stakes(prob: torch.Tensor, coarse: torch.Tensor, target: torch.Tensor, margin: float) -> torch.Tensor:
     """(B,) pixels the refined patch fixes minus pixels it breaks (the margin rule applied)."""
     c = coarse[:, 0] > 0.5
-    keep = prob >= 0.5 - margin if margin > 0 else prob > 0.5
-    new = torch.where(c, keep, prob > 0.5 + margin)
+    new = decide(c, prob, margin)
     t = target > 0
     return ((c != t).flatten(1).sum(1) - (new != t).flatten(1).sum(1)).float()
 
