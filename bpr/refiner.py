@@ -232,6 +232,7 @@ class Refinement:
         self.input = masks  # (N, H, W) bool on the device
         self.masks = masks
         self.passes = 0
+        self.patches = 0  # boundary patches over all passes (the service reports them per request)
         self.job: Job | None = None
         self.result: torch.Tensor | None = None
         self.reach: torch.Tensor | None = None  # pixels the first pass's patches covered
@@ -270,6 +271,7 @@ class Refinement:
             self.extract_seconds = job.extract_seconds
             if job.num_patches:
                 self.job = job
+                self.patches += job.num_patches
                 return job
             # no boundary left to patch: no later pass can change anything either
         self.result = self._fall_back(self.masks)

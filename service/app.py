@@ -26,6 +26,7 @@ from service.middleware import GuardMiddleware, MetricsMiddleware
 from service.routers import health, metrics, models, refine, segment
 from service.settings import Settings
 from service.state import ServiceState
+from service.viewer_ui import install_viewer
 
 log = logging.getLogger("bpr.service")
 
@@ -84,9 +85,9 @@ def create_app(
     routers = [module.router for module in (refine, segment, health, models, metrics)]
     for router in routers:
         app.include_router(router)
-    docs_paths = install_docs(app)
+    page_paths = install_docs(app) | install_viewer(app)
     route_paths = frozenset(
-        {getattr(r, "path", "") for router in routers for r in router.routes} | {app.openapi_url or ""} | docs_paths
+        {getattr(r, "path", "") for router in routers for r in router.routes} | {app.openapi_url or ""} | page_paths
     )
     app.add_middleware(GuardMiddleware, state=state)
     app.add_middleware(MetricsMiddleware, metrics=state.metrics, routes=lambda: route_paths)  # outermost

@@ -17,6 +17,7 @@ import functools
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
@@ -26,6 +27,16 @@ from service.batching import Batcher
 from service.metrics import ServiceMetrics
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Refined:
+    """One request's refinement: the masks and what it cost (sent back as response headers)."""
+
+    masks: np.ndarray  # (N, H, W) bool, in the order given
+    patches: int  # boundary patches over all passes
+    passes: int
+    seconds: float  # from the first extraction to the last reassembly, network waits included
 
 
 class RefineEngine:
@@ -63,14 +74,15 @@ class RefineEngine:
         """Run ``fn(*args)`` in the CPU pool (decode, extraction, reassembly, encoding)."""
         return await asyncio.get_running_loop().run_in_executor(self._pool, functools.partial(fn, *args))
 
-    async def refine(self, image: np.ndarray, masks: np.ndarray, options: RefineOptions | None = None) -> np.ndarray:
-        """image HxWx3 uint8 RGB, masks NxHxW bool -> refined NxHxW bool, same order.
+    async def refine(self, image: np.ndarray, masks: np.ndarray, options: RefineOptions | None = None) -> Refined:
+        """image HxWx3 uint8 RGB, masks NxHxW bool -> refined NxHxW bool (same order) and its cost.
 
         Raises QueueFull (-> 429) when the patch queue is full, ShuttingDown (-> 503), TooManyPatches
         (-> 422) when one pass alone needs more patches than the queue holds: memory per request
         stays bounded by the limits.
         """
         stage = self.metrics.stage
+        started = time.perf_counter()
         flight = await self.cpu(self.refiner.start_numpy, image, masks, options, self.batcher.max_queued_patches)
         job = await self.cpu(flight.advance)
         stage.observe(flight.extract_seconds, "extract")
@@ -84,7 +96,7 @@ class RefineEngine:
                 stage.observe(flight.extract_seconds, "extract")
         refined = flight.output().cpu().numpy()
         self.metrics.instances.inc(amount=len(refined))
-        return refined
+        return Refined(refined, flight.patches, flight.passes, time.perf_counter() - started)
 
     # ------------------------------------------------------------------ network side
     def _on_batch(self, patches: int, jobs: int, seconds: float) -> None:

@@ -83,6 +83,9 @@ class InstanceOut(BaseModel):
 
 class RefineResponse(BaseModel):
     instances: list[InstanceOut] = Field(description="refined instances, in the order they were given")
+    coarse: list[InstanceOut] | None = Field(
+        None, description="the input masks as the server decoded them (only with ?include_coarse=true)"
+    )
 
 
 class SegmentResponse(BaseModel):

@@ -1,4 +1,5 @@
-"""What the two heavy routes share: the per-request deadline and the refine step."""
+"""What the two heavy routes share: the per-request deadline, the refine query parameters,
+the refine step and the cost headers of its answer."""
 
 from __future__ import annotations
 
@@ -10,11 +11,11 @@ from typing import TypeVar
 import numpy as np
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 
 from bpr.refiner import TooManyPatches
 from service.batching import QueueFull, ShuttingDown
-from service.engine import RefineEngine
+from service.engine import RefineEngine, Refined
 from service.errors import ServiceError
 from service.metrics import ServiceMetrics
 
@@ -65,10 +66,31 @@ async def _client_gone(request: Request, body_read: asyncio.Event, every_s: floa
     return True
 
 
-async def refine_masks(engine: RefineEngine, image: np.ndarray, masks: np.ndarray, nms_iou: float | None) -> np.ndarray:
-    """engine.refine with the queue's refusals as HTTP answers."""
+MAX_PASSES = 3  # more passes than this only cost time: later passes are confined to the first one's reach
+
+
+class RefineQuery(BaseModel):
+    """Per-request refinement settings (query parameters of /refine and /segment); None = the server's."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    nms_iou: float | None = Field(
+        None, gt=0.0, le=1.0,
+        description="patch NMS IoU for this request: 0.25 sparse (default, BPR_NMS_IOU), 0.55 dense (better, slower)",
+    )
+    iterations: int | None = Field(
+        None, ge=1, le=MAX_PASSES, description="refinement passes (default BPR_ITERATIONS or the checkpoint's)"
+    )
+    flip_tta: bool | None = Field(
+        None, description="also run every patch mirrored and average (2x network time; default BPR_FLIP_TTA)"
+    )
+
+
+async def refine_masks(engine: RefineEngine, image: np.ndarray, masks: np.ndarray, query: RefineQuery) -> Refined:
+    """engine.refine with this request's settings, and the queue's refusals as HTTP answers."""
+    options = engine.refiner.resolve(nms_iou=query.nms_iou, iterations=query.iterations, flip_tta=query.flip_tta)
     try:
-        return await engine.refine(image, masks, engine.refiner.resolve(nms_iou=nms_iou))
+        return await engine.refine(image, masks, options)
     except TooManyPatches as exc:
         raise ServiceError(
             422, "too_many_patches", f"{exc} (BPR_MAX_QUEUED_PATCHES): send fewer or smaller instances"
@@ -79,7 +101,14 @@ async def refine_masks(engine: RefineEngine, image: np.ndarray, masks: np.ndarra
         raise ServiceError(503, "shutting_down", str(exc), {"Retry-After": "5"}) from None
 
 
-def typed_json(model: type[BaseModel], body: dict) -> Response:
+def cost_headers(refined: Refined, stages: dict[str, float]) -> dict[str, str]:
+    """What the answer cost, for clients and the viewer: patches, passes and a Server-Timing
+    header (milliseconds per stage, the standard browsers show in their network panel)."""
+    timing = ", ".join(f"{name};dur={seconds * 1000:.1f}" for name, seconds in stages.items())
+    return {"X-BPR-Patches": str(refined.patches), "X-BPR-Passes": str(refined.passes), "Server-Timing": timing}
+
+
+def typed_json(model: type[BaseModel], body: dict, headers: dict[str, str] | None = None) -> Response:
     """``body`` checked against the route's declared response model, then sent as JSON.
 
     Called in the CPU pool (a large answer is real work), so the declared schema is
@@ -88,4 +117,4 @@ def typed_json(model: type[BaseModel], body: dict) -> Response:
     order (the caller's fields first, as bpr-refine writes them), not re-ordered by the model.
     """
     model.model_validate(body)
-    return JSONResponse(body)
+    return JSONResponse(body, headers=headers)

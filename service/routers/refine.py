@@ -11,14 +11,12 @@ from fastapi.responses import Response
 
 from service.engine import RefineEngine
 from service.inputs import decode_image, masks_to_id_png, parse_instances, read_form, refined_entries
-from service.routers.common import refine_masks, typed_json, within_deadline
+from service.routers.common import RefineQuery, cost_headers, refine_masks, typed_json, within_deadline
 from service.schemas import RefineForm, RefineResponse, error_responses, multipart_body
 from service.security import require_api_key
 from service.state import ServiceState, get_engine, get_state
 
 router = APIRouter(tags=["refine"], dependencies=[Depends(require_api_key)])
-
-NMS_HELP = "patch NMS IoU for this request: 0.25 sparse (default, BPR_NMS_IOU), 0.55 dense (better, slower)"
 
 
 @router.post(
@@ -29,7 +27,8 @@ NMS_HELP = "patch NMS IoU for this request: 0.25 sparse (default, BPR_NMS_IOU), 
     responses={
         200: {
             "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
-            "description": "JSON by default; with ?output=png an instance-id PNG (pixel k = k-th instance, 1-based)",
+            "description": "JSON by default; with ?output=png an instance-id PNG (pixel k = k-th instance, 1-based). "
+            "Headers X-BPR-Patches, X-BPR-Passes and Server-Timing (ms per stage) say what it cost",
         },
         **error_responses(400, 401, 413, 422, 429, 503),
     },
@@ -38,16 +37,20 @@ async def refine(
     request: Request,
     state: Annotated[ServiceState, Depends(get_state)],
     engine: Annotated[RefineEngine, Depends(get_engine)],
-    nms_iou: Annotated[float | None, Query(gt=0.0, le=1.0, description=NMS_HELP)] = None,
+    query: Annotated[RefineQuery, Query()],
     output: Annotated[
         Literal["json", "png"], Query(description="json: RLE per instance; png: one instance-id PNG")
     ] = "json",
+    include_coarse: Annotated[
+        bool, Query(description="json only: also return the input masks as the server read them (RLE)")
+    ] = False,
 ) -> Response:
     """Send the image in form field `image` and the instances in `instances`: JSON in the
     shape of COCO results entries (RLE or polygons, plus any fields of yours, returned
     unchanged), or an instance-id PNG. The answer lists the refined instances in the same
     order, each with a new RLE, `bbox` and `area`; it equals what `bpr-refine` writes for
-    the same image, instances and settings.
+    the same image, instances and settings. `include_coarse=true` adds the input masks as
+    decoded here (polygons rasterised, PNG ids split), for clients that compare before and after.
     """
     settings = state.settings
 
@@ -59,15 +62,24 @@ async def refine(
         entries, masks = await engine.cpu(
             parse_instances, parts["instances"].data, image.shape[0], image.shape[1], settings
         )
-        state.metrics.stage.observe(time.perf_counter() - t0, "decode")
-        refined = await refine_masks(engine, image, masks, nms_iou)
+        decoded = time.perf_counter()
+        state.metrics.stage.observe(decoded - t0, "decode")
+        refined = await refine_masks(engine, image, masks, query)
         t1 = time.perf_counter()
         if output == "png":
-            png = await engine.cpu(masks_to_id_png, refined)
-            response: Response = Response(png, media_type="image/png", headers={"X-BPR-Instances": str(len(refined))})
+            png = await engine.cpu(masks_to_id_png, refined.masks)
+            encoded = time.perf_counter()
+            headers = cost_headers(refined, {"decode": decoded - t0, "refine": refined.seconds, "encode": encoded - t1})
+            headers["X-BPR-Instances"] = str(len(refined.masks))
+            response: Response = Response(png, media_type="image/png", headers=headers)
         else:
-            body = {"instances": await engine.cpu(refined_entries, entries, refined)}
-            response = await engine.cpu(typed_json, RefineResponse, body)
+            body = {
+                "instances": await engine.cpu(refined_entries, entries, refined.masks),
+                "coarse": await engine.cpu(refined_entries, entries, masks) if include_coarse else None,
+            }
+            encoded = time.perf_counter()
+            headers = cost_headers(refined, {"decode": decoded - t0, "refine": refined.seconds, "encode": encoded - t1})
+            response = await engine.cpu(typed_json, RefineResponse, body, headers)
         state.metrics.stage.observe(time.perf_counter() - t1, "encode")
         return response
 

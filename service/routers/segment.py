@@ -15,8 +15,7 @@ from service.detectors import NO_DETECTOR_HELP
 from service.engine import RefineEngine
 from service.errors import ServiceError, input_error
 from service.inputs import decode_image, keep_top_detections, read_form, refined_entries
-from service.routers.common import refine_masks, typed_json, within_deadline
-from service.routers.refine import NMS_HELP
+from service.routers.common import RefineQuery, cost_headers, refine_masks, typed_json, within_deadline
 from service.schemas import SegmentForm, SegmentResponse, error_responses, multipart_body
 from service.security import require_api_key
 from service.state import ServiceState, get_engine, get_state
@@ -35,11 +34,11 @@ async def segment(
     request: Request,
     state: Annotated[ServiceState, Depends(get_state)],
     engine: Annotated[RefineEngine, Depends(get_engine)],
+    query: Annotated[RefineQuery, Query()],
     include_coarse: Annotated[bool, Query(description="also return the detector's masks before refinement")] = False,
     min_score: Annotated[
         float | None, Query(ge=0.0, le=1.0, description="drop detections below this score (default BPR_MIN_SCORE)")
     ] = None,
-    nms_iou: Annotated[float | None, Query(gt=0.0, le=1.0, description=NMS_HELP)] = None,
 ) -> Response:
     """Send the image in form field `image`. The configured upstream detector (`http`,
     `mmdet` or `results`) finds the instances, bpr refines them; each instance keeps the
@@ -56,10 +55,11 @@ async def segment(
         upload = parts["image"]
         t0 = time.perf_counter()
         image = await engine.cpu(decode_image, upload.data, settings.max_pixels)
-        state.metrics.stage.observe(time.perf_counter() - t0, "decode")
         t1 = time.perf_counter()
+        state.metrics.stage.observe(t1 - t0, "decode")
         detections = await detector.detect(upload.data, image, upload.filename)
-        state.metrics.stage.observe(time.perf_counter() - t1, "detect")
+        detected = time.perf_counter()
+        state.metrics.stage.observe(detected - t1, "detect")
         h, w = image.shape[:2]
         limit = max(1, min(settings.max_instances, settings.max_mask_pixels // (h * w)))
         threshold = settings.min_score if min_score is None else min_score
@@ -68,14 +68,15 @@ async def segment(
             masks = await engine.cpu(entries_to_masks, entries, h, w, "detector output")
         except BprInputError as exc:
             raise input_error(exc, "detector") from None
-        refined = await refine_masks(engine, image, masks, nms_iou)
+        refined = await refine_masks(engine, image, masks, query)
         t2 = time.perf_counter()
         body = {
-            "instances": await engine.cpu(refined_entries, entries, refined),
+            "instances": await engine.cpu(refined_entries, entries, refined.masks),
             "coarse": await engine.cpu(refined_entries, entries, masks) if include_coarse else None,
             "detector": detector.kind,
         }
-        response = await engine.cpu(typed_json, SegmentResponse, body)
+        stages = {"decode": t1 - t0, "detect": detected - t1, "refine": refined.seconds, "encode": time.perf_counter() - t2}
+        response = await engine.cpu(typed_json, SegmentResponse, body, cost_headers(refined, stages))
         state.metrics.stage.observe(time.perf_counter() - t2, "encode")
         return response
 
