@@ -14,12 +14,13 @@ import numpy as np
 from tqdm import tqdm
 
 from bpr.cli.common import command_parser, run_cli
+from bpr.cli.refine_ray import add_ray_arguments, check_engine_flags, run_ray
+from bpr.distributed.shards import group_by_image, load_image_masks
 from bpr.errors import BprInputError
 from bpr.io.atomic import check_writable
 from bpr.io.coco import write_json_atomic
 from bpr.io.datasets import image_paths
-from bpr.io.images import read_image
-from bpr.io.results import entries_to_masks, load_results, refined_entry
+from bpr.io.results import load_results, refined_entry
 from bpr.spec import RefinerSpec
 
 
@@ -29,7 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Refine the instance masks of a COCO results file (any detector) with BPR.",
     )
     p.add_argument("results", type=Path, help="COCO results json: [{image_id, category_id, segmentation, score}]")
-    p.add_argument("--images", type=Path, required=True, help="directory holding the images")
+    p.add_argument("--images", required=True,
+                   help="directory holding the images (with --engine ray also a URI prefix such as s3://bucket/images)")
     p.add_argument("--image-info", type=Path, help="COCO json whose 'images' map image_id to file_name "
                    "(annotations not needed); without it image_id must be a file stem in --images")
     p.add_argument("--out", type=Path, help="output json (default: <input stem>.refined.json beside the input)")
@@ -66,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CPU threads for the network (torch.set_num_threads; default one per core). Two torch "
                    "jobs sharing the cores each run >10x slower: give each a share")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    p.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help="local: this process (default); ray: Ray Data actors on this machine or a cluster "
+                   "(same output file, resumable; see docs/ray.md)")
+    add_ray_arguments(p)
     return p
 
 
@@ -73,14 +79,13 @@ def _images_with_masks(
     results: list[dict[str, Any]], groups: dict[Any, list[int]], paths: dict[Any, Any]
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     for image_id, indices in groups.items():
-        image = read_image(paths[image_id])
-        entries = [{**results[i], "_index": i} for i in indices]
-        yield image, entries_to_masks(entries, image.shape[0], image.shape[1], what="results")
+        yield load_image_masks(str(paths[image_id]), [results[i] for i in indices], indices)
 
 
 @run_cli("bpr-refine")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    check_engine_flags(args)
     out = args.out or args.results.with_name(f"{args.results.stem}.refined.json")
     if out.resolve() == args.results.resolve():
         raise BprInputError("--out would overwrite the input results file; choose another path")
@@ -92,12 +97,13 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     check_writable(out)
     results = load_results(args.results)
-    groups: dict[Any, list[int]] = {}
-    for i, entry in enumerate(results):
-        groups.setdefault(entry["image_id"], []).append(i)
-    paths = image_paths(list(groups), args.images, args.image_info)
+    groups = group_by_image(results)
     # every RefinerSpec field is a flag of the same name (a test holds the two together)
-    refiner = RefinerSpec(**{f.name: getattr(args, f.name) for f in dataclasses.fields(RefinerSpec)}).build()
+    spec = RefinerSpec(**{f.name: getattr(args, f.name) for f in dataclasses.fields(RefinerSpec)})
+    if args.engine == "ray":
+        return run_ray(args, results, groups, spec, out)
+    paths = image_paths(list(groups), args.images, args.image_info)
+    refiner = spec.build()
     refined: list[dict[str, Any] | None] = [None] * len(results)
     start = time.perf_counter()
     bar = tqdm(total=len(groups), unit="img", disable=True if args.quiet else None, file=sys.stderr)
