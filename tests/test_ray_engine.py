@@ -92,6 +92,21 @@ def test_ray_output_equals_the_local_engines_byte_for_byte(
     assert [e["id"] for e in refined] == [f"obj-{k}" for k in range(8)] and refined[3]["track"] == {"k": 3}
 
 
+def test_images_from_a_uri_prefix(
+    cluster: str, dataset: dict[str, Path], checkpoint: Path, local_output: bytes, tmp_path: Path, capsys: Any
+) -> None:
+    """--images as a URI (here fsspec's local:// scheme, read by the workers as s3:// would be)."""
+    pytest.importorskip("fsspec", reason="fsspec is not installed")
+    out = tmp_path / "refined.json"
+    argv = args_for(dataset, out, checkpoint, "--engine", "ray", "--quiet")
+    argv[argv.index("--images") + 1] = f"local://{dataset['images']}"
+    assert refine_cli(argv) == 0
+    assert out.read_bytes() == local_output
+    without_info = [a for a in argv if a not in ("--image-info", str(dataset["info"]))]
+    assert refine_cli(without_info) == 2
+    assert "--images is a URI: pass --image-info" in capsys.readouterr().err
+
+
 def _ray_driver(cluster: str, argv: list[str]) -> subprocess.Popen:
     """bpr-refine --engine ray as a separate driver process, joined to the test's Ray instance."""
     return subprocess.Popen([sys.executable, "-m", "bpr.cli.refine", *argv, "--engine", "ray", "--address", cluster],

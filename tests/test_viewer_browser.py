@@ -254,6 +254,35 @@ def test_detector_mode_calls_segment(page: Any, server: Any) -> None:
     assert shown["detector"] == "results" and len(shown["instances"]) == len(entries)
 
 
+def test_an_instance_id_png_dropped_on_the_page(page: Any, server: Any, tmp_path: Path) -> None:
+    """Files can be dropped as well as picked; an id PNG goes to the API as it is."""
+    image, _ = busiest_image()
+    gt = load_json(CS / "gt.json")
+    anns = [a for a in gt["annotations"] if a["image_id"] == image["id"]][:30]
+    ids = np.zeros((image["height"], image["width"]), np.uint8)
+    for k, a in enumerate(anns, start=1):
+        ids[mask_utils.decode(a["segmentation"]).astype(bool)] = 3 * k  # ids need not be consecutive
+    png = tmp_path / "ids.png"
+    Image.fromarray(ids).save(png)
+    for zone, path, kind in (("image-file", CS / "images" / image["file_name"], "image/jpeg"),
+                             ("instances-file", png, "image/png")):
+        transfer = page.evaluate_handle(
+            """([b64, name, kind]) => { const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+                const dt = new DataTransfer(); dt.items.add(new File([bytes], name, {type: kind})); return dt; }""",
+            [base64.b64encode(path.read_bytes()).decode(), path.name, kind],
+        )
+        page.dispatch_event(f"label.drop[data-for={zone}]", "drop", {"dataTransfer": transfer})
+    assert image["file_name"] in page.inner_text("#image-name") and "ids.png" in page.inner_text("#instances-name")
+    page.click("#run")
+    page.wait_for_function("['done', 'error'].includes(document.body.dataset.state)", timeout=120_000)
+    assert page.evaluate("document.body.dataset.state") == "done", page.inner_text("#error")
+    shown = page.evaluate("bprViewer.shown.answer")
+    present = sorted(set(np.unique(ids).tolist()) - {0})
+    assert [e["id"] for e in shown["instances"]] == present == [e["id"] for e in shown["coarse"]]
+    for entry in shown["coarse"]:
+        assert np.array_equal(mask_utils.decode(entry["segmentation"]).astype(bool), ids == entry["id"])
+
+
 def test_the_services_errors_are_shown_verbatim(page: Any, server: Any, tmp_path: Path) -> None:
     image, entries = busiest_image()
     not_an_image = tmp_path / "notes.jpg"
