@@ -82,7 +82,7 @@ def serve(checkpoint: Path, detector_instance: Any = None, **settings: Any) -> I
 class ServerProcess:
     """A command that starts a uvicorn server (bpr-serve, the example upstream) as a subprocess."""
 
-    def __init__(self, cmd: list[str], env: dict[str, str] | None = None) -> None:
+    def __init__(self, cmd: list[str], env: dict[str, str] | None = None, preexec_fn: Any = None) -> None:
         self.proc = subprocess.Popen(
             cmd,
             stdout=subprocess.PIPE,
@@ -90,6 +90,7 @@ class ServerProcess:
             text=True,
             env={**os.environ, **(env or {})},
             cwd=REPO,
+            preexec_fn=preexec_fn,  # e.g. an address-space limit, so a regression fails the test, not the machine
         )
         self.lines: list[str] = []
         self.url = ""

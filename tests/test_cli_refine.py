@@ -204,3 +204,25 @@ def test_threads_sets_the_network_threads(data_dir, davis_subset, random_checkpo
         torch.set_num_threads(before)
     assert main(_args(data_dir, path, random_checkpoint, "--threads", "0")) == 2
     assert "--threads must be at least 1" in capsys.readouterr().err
+
+
+def test_threads_default_to_the_services_setting(data_dir, davis_subset, random_checkpoint, tmp_path, capsys,
+                                                 monkeypatch):
+    """BPR_TORCH_THREADS serves bpr-refine as it serves bpr-serve; --threads wins over it."""
+    import torch
+
+    path, _ = davis_subset
+    before = torch.get_num_threads()
+    monkeypatch.setenv("BPR_TORCH_THREADS", "1")
+    try:
+        torch.set_num_threads(2)
+        assert main(_args(data_dir, path, random_checkpoint, "--out", str(tmp_path / "t.json"), "--quiet")) == 0
+        assert torch.get_num_threads() == 1
+        assert main(_args(data_dir, path, random_checkpoint, "--threads", "2", "--out", str(tmp_path / "t.json"),
+                          "--quiet")) == 0
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    monkeypatch.setenv("BPR_TORCH_THREADS", "many")
+    assert main(_args(data_dir, path, random_checkpoint)) == 2
+    assert capsys.readouterr().err.strip() == "bpr-refine: error: BPR_TORCH_THREADS must be a whole number of threads, got 'many'"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -17,6 +18,27 @@ def command_parser(prog: str, description: str, **kwargs: Any) -> argparse.Argum
     p = argparse.ArgumentParser(prog=prog, description=description, **kwargs)
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return p
+
+
+THREADS_ENV = "BPR_TORCH_THREADS"
+
+
+def torch_threads(flag: int | None) -> int | None:
+    """The network's CPU threads: ``--threads``, else ``BPR_TORCH_THREADS`` (the service's
+    setting, so one environment serves both), else None (torch's default, one per core)."""
+    value: int | str | None = flag
+    source = "--threads"
+    if value is None and os.environ.get(THREADS_ENV, "").strip():
+        value, source = os.environ[THREADS_ENV].strip(), THREADS_ENV
+    if value is None:
+        return None
+    try:
+        threads = int(value)
+    except ValueError:
+        raise BprInputError(f"{source} must be a whole number of threads, got {value!r}") from None
+    if threads < 1:
+        raise BprInputError(f"{source} must be at least 1, got {threads}")
+    return threads
 
 
 def run_cli(prog: str) -> Callable[[Callable[..., int | None]], Callable[..., int]]:

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from bpr.cli.common import command_parser, run_cli
+from bpr.cli.common import command_parser, run_cli, torch_threads
 from bpr.cli.refine_ray import add_ray_arguments, check_engine_flags, run_ray
 from bpr.distributed.shards import group_by_image, load_image_masks
 from bpr.errors import BprInputError
@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with a checkpoint that has a patch-quality gate, keep the coarse mask in patches the gate "
                    "expects refinement to make worse (default on)")
     p.add_argument("--threads", type=int, default=None,
-                   help="CPU threads for the network (torch.set_num_threads; default one per core). Two torch "
+                   help="CPU threads for the network (torch.set_num_threads; default BPR_TORCH_THREADS, else one per core). Two torch "
                    "jobs sharing the cores each run >10x slower: give each a share")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     p.add_argument("--engine", choices=["local", "ray"], default="local",
@@ -89,12 +89,11 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or args.results.with_name(f"{args.results.stem}.refined.json")
     if out.resolve() == args.results.resolve():
         raise BprInputError("--out would overwrite the input results file; choose another path")
-    if args.threads is not None:
-        if args.threads < 1:
-            raise BprInputError(f"--threads must be at least 1, got {args.threads}")
+    threads = torch_threads(args.threads)
+    if threads is not None:
         import torch
 
-        torch.set_num_threads(args.threads)
+        torch.set_num_threads(threads)
     check_writable(out)
     results = load_results(args.results)
     groups = group_by_image(results)
