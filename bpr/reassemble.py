@@ -129,7 +129,7 @@ def coarse_extents(coarse: np.ndarray) -> np.ndarray:
     return ext
 
 
-def _claim_boxes(extents: np.ndarray, regions: np.ndarray) -> np.ndarray:
+def claim_boxes(extents: np.ndarray, regions: np.ndarray) -> np.ndarray:
     """Box that holds every pixel an instance can claim: its coarse box joined with its patch region."""
     has_region = regions[:, 2] > regions[:, 0]
     empty = extents[:, 2] == extents[:, 0]
@@ -162,7 +162,7 @@ def _resolve_gained_overlaps(
         if not bool(gained.any()):
             continue
         if ext is None:
-            ext = _claim_boxes(coarse_extents(coarse.cpu().numpy()), regions)
+            ext = claim_boxes(coarse_extents(coarse.cpu().numpy()), regions)
         best_other = torch.full(gained.shape, -1.0, device=prob.device)
         rivals: list[tuple[int, int, int, int, int]] = []
         for j in range(coarse.shape[0]):

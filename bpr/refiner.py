@@ -38,7 +38,7 @@ from bpr.feed import PatchBatch, PatchFeed
 from bpr.modeling.checkpoint import load_refiner
 from bpr.modeling.refiner_net import RefinerNet
 from bpr.patches import crop_squares, extract_patch_corners, pad_to_patch
-from bpr.reassemble import patch_reach, reassemble
+from bpr.reassemble import claim_boxes, coarse_extents, instance_regions, patch_reach, reassemble
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "models" / "bpr_default.pt"
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -203,14 +203,6 @@ def pixel_counts(masks: torch.Tensor) -> torch.Tensor:
     return masks.flatten(1).sum(1)
 
 
-def _mask_iou(a: torch.Tensor, b: torch.Tensor, b_counts: torch.Tensor | None = None) -> torch.Tensor:
-    """(N,) IoU of two (N, H, W) bool stacks; 1 where both are empty. ``b_counts``: b's
-    pixel counts, when the caller has them already."""
-    inter = pixel_counts(a & b)
-    union = pixel_counts(a) + (pixel_counts(b) if b_counts is None else b_counts) - inter
-    return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(inter, dtype=torch.float32))
-
-
 class Refinement:
     """One image through every refinement pass: the one pass loop that every door drives.
 
@@ -233,6 +225,7 @@ class Refinement:
         self.masks = masks
         self.passes = 0
         self.patches = 0  # boundary patches over all passes (the service reports them per request)
+        self.reach_boxes = np.zeros((masks.shape[0], 4), dtype=np.int64)  # box of every instance's patches, all passes
         self.job: Job | None = None
         self.result: torch.Tensor | None = None
         self.reach: torch.Tensor | None = None  # pixels the first pass's patches covered
@@ -272,6 +265,10 @@ class Refinement:
             if job.num_patches:
                 self.job = job
                 self.patches += job.num_patches
+                self.reach_boxes = _union_boxes(
+                    self.reach_boxes,
+                    instance_regions(job.corners, job.instance_ids, self.refiner.patch_size, len(self.reach_boxes)),
+                )
                 return job
             # no boundary left to patch: no later pass can change anything either
         self.result = self._fall_back(self.masks)
@@ -290,16 +287,43 @@ class Refinement:
         self.passes += 1
 
     def _fall_back(self, refined: torch.Tensor) -> torch.Tensor:
-        """Instances the refinement emptied or changed beyond ``fallback_iou`` come back as input."""
+        """Instances the refinement emptied or changed beyond ``fallback_iou`` come back as input.
+
+        Refinement adds pixels only inside an instance's own patches and otherwise only takes
+        pixels away, so each IoU is counted inside the box of its input mask and its patches,
+        not over the whole image (20 full-size 1024x2048 masks: 2 ms instead of 70).
+        """
         if self.options.fallback_iou <= 0 or refined is self.input or refined.shape[0] == 0:
             return refined
-        had = self.input_areas > 0
-        lost = had & (_mask_iou(refined, self.input, self.input_areas) < self.options.fallback_iou)  # emptied: IoU 0
-        n = int(lost.sum())
-        if n:
-            refined = torch.where(lost[:, None, None], self.input, refined)
-            self.refiner.stats.add(fallbacks=n)
+        n, height, width = self.input.shape
+        boxes = claim_boxes(coarse_extents(self.input.cpu().numpy()), self.reach_boxes)
+        areas = self.input_areas.tolist()
+        lost = []
+        for i, (y0, x0, y1, x1) in enumerate(boxes.tolist()):
+            if areas[i] == 0:
+                continue
+            y1, x1 = min(y1, height), min(x1, width)
+            r, m = refined[i, y0:y1, x0:x1], self.input[i, y0:y1, x0:x1]
+            inter = int(torch.count_nonzero(r & m))
+            union = areas[i] + int(torch.count_nonzero(r)) - inter
+            if inter < self.options.fallback_iou * union:  # emptied: IoU 0
+                lost.append(i)
+        if lost:
+            back = torch.zeros(n, dtype=torch.bool, device=refined.device)
+            back[lost] = True
+            refined = torch.where(back[:, None, None], self.input, refined)
+            self.refiner.stats.add(fallbacks=len(lost))
         return refined
+
+
+def _union_boxes(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise union of two (N, 4) [y0, x0, y1, x1) box arrays; all-zero rows are empty."""
+    a_empty, b_empty = a[:, 2] <= a[:, 0], b[:, 2] <= b[:, 0]
+    out = np.where(a_empty[:, None], b, a)
+    both = ~a_empty & ~b_empty
+    out[both, :2] = np.minimum(a[both, :2], b[both, :2])
+    out[both, 2:] = np.maximum(a[both, 2:], b[both, 2:])
+    return out
 
 
 class Refiner:
@@ -315,6 +339,10 @@ class Refiner:
             faster on CPUs with AVX512-BF16/AMX; the default model was trained in bf16) or "fp16".
         batch_size: patches per network forward pass.
         patch_size: image pixels cut around the boundary (None = the checkpoint's).
+        fuse: run a BatchNorm-folded, channels-last copy of the network
+            (:meth:`RefinerNet.fused_for_inference`, about 1.5x faster on a CPU, logits equal
+            to ~1e-6). None: when the Refiner loads the checkpoint itself; a network handed in
+            runs as it is (your module, and later changes to its weights, are what run).
         **options: defaults of :class:`RefineOptions` for every call (None = keep); flip_tta,
             iterations, fallback_iou, min_area and change_margin default to what the checkpoint recommends.
     """
@@ -329,9 +357,11 @@ class Refiner:
         precision: str = "auto",
         batch_size: int = 64,
         patch_size: int | None = None,
+        fuse: bool | None = None,
         **options: Any,
     ) -> None:
-        if net is None or isinstance(net, (str, os.PathLike)):
+        loaded_here = net is None or isinstance(net, (str, os.PathLike))
+        if loaded_here:
             checkpoint = net if net is not None else checkpoint
             path = Path(checkpoint) if checkpoint is not None else default_checkpoint()
             if checkpoint is None and not path.is_file():
@@ -362,6 +392,15 @@ class Refiner:
                 stacklevel=2,
             )
         self.net = net.to(self.device).eval()
+        # the network that computes probabilities; self.net stays the checkpoint's module
+        self.infer_net = self.net
+        if fuse or (fuse is None and loaded_here and type(net) is RefinerNet):
+            try:
+                self.infer_net = self.net.fused_for_inference()
+            except Exception as exc:  # noqa: BLE001 - a module torch.fx cannot trace still runs, only slower
+                if fuse:
+                    raise
+                warnings.warn(f"running the unfused network ({type(exc).__name__}: {exc})", RuntimeWarning, stacklevel=2)
         self.checkpoint = str(checkpoint) if checkpoint is not None else None
         self.batch_size = batch_size
         self.patch_size = patch_size or net.config.patch_size
@@ -521,12 +560,12 @@ class Refiner:
         masks = torch.cat([job.mask_patches[a:b] for job, a, b in parts])
         dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.precision)
         with torch.autocast(device_type=self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            probs = self.net.foreground_probability(images, masks)
+            probs = self.infer_net.foreground_probability(images, masks)
             rows = self._rows(parts, lambda options: options.flip_tta)
             if rows is None:
-                probs = 0.5 * (probs + self.net.foreground_probability(images.flip(-1), masks.flip(-1)).flip(-1))
+                probs = 0.5 * (probs + self.infer_net.foreground_probability(images.flip(-1), masks.flip(-1)).flip(-1))
             elif len(rows):  # requests with and without TTA share this batch: mirror only theirs
-                mirrored = self.net.foreground_probability(images[rows].flip(-1), masks[rows].flip(-1)).flip(-1)
+                mirrored = self.infer_net.foreground_probability(images[rows].flip(-1), masks[rows].flip(-1)).flip(-1)
                 probs[rows] = 0.5 * (probs[rows] + mirrored)
             gated = self._gate(parts, images, masks, probs)
         offset = 0

@@ -77,21 +77,25 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--checkpoint", type=Path)
     p.add_argument("--json", type=Path, help="also write the rows as json")
+    p.add_argument("--no-fuse", dest="fuse", action="store_false",
+                   help="run the network as trained (BatchNorm not folded, no channels-last): the before of the fusion")
+    p.add_argument("--input-sizes", type=int, nargs="+", default=[64, 128])
     args = p.parse_args()
     workloads = {"(a) DAVIS 854x480, 1 OSVOS mask": davis_frame(), "(b) 1024x2048, 20 instances": cityscapes_like()}
     rows = []
-    for size in (64, 128):
+    for size in args.input_sizes:
         if args.checkpoint:
             net = load_refiner(args.checkpoint, overrides={"input_size": size})
         else:
             torch.manual_seed(0)
             net = RefinerNet(RefinerConfig(input_size=size))
-        refiner = Refiner(net, device=args.device, batch_size=args.batch_size)
+        refiner = Refiner(net, device=args.device, batch_size=args.batch_size, fuse=args.fuse)  # fused: as a loaded checkpoint runs
         for name, (image, masks) in workloads.items():
             r = time_workload(refiner, image, masks, args.repeats)
             rows.append({"workload": name, "input": size, **r})
     dev = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
-    print(f"device: {dev}; batch {args.batch_size}; median of {args.repeats} runs; times in ms per image\n")
+    fused = "BatchNorm folded, channels-last" if args.fuse else "unfused"
+    print(f"device: {dev}; batch {args.batch_size}; {fused}; median of {args.repeats} runs; times in ms per image\n")
     print("| workload | input | patches | extraction | network | reassembly | extr.+reas. / network | total |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:

