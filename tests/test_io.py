@@ -131,6 +131,7 @@ def test_encode_mask_writes_pycocotools_strings_exactly():
         masks.append(m)
     for m in masks:
         assert encode_mask(m) == _pycocotools_rle(m), m.astype(int)
+        assert np.array_equal(decode_segmentation(_pycocotools_rle(m), *m.shape), m)  # box-copy decode
     assert encode_mask(masks[5].astype(np.uint8)) == _pycocotools_rle(masks[5])  # 0/1 arrays too
 
 
@@ -139,6 +140,11 @@ def test_encode_mask_round_trips_real_masks(data_dir):
         gt = load_json(data_dir / name / "gt.json")
         sizes = {i["id"]: (i["height"], i["width"]) for i in gt["images"]}
         for a in gt["annotations"][:40]:
-            m = decode_segmentation(a["segmentation"], *sizes[a["image_id"]])
+            h, w = sizes[a["image_id"]]
+            m = decode_segmentation(a["segmentation"], h, w)
+            seg = a["segmentation"]
+            rle = mask_utils.merge(mask_utils.frPyObjects(seg, h, w)) if isinstance(seg, list) else (
+                {**seg, "counts": seg["counts"].encode()} if isinstance(seg["counts"], str) else mask_utils.frPyObjects(seg, h, w))
+            assert np.array_equal(m, mask_utils.decode(rle).astype(bool))  # what pycocotools decodes
             assert encode_mask(m) == _pycocotools_rle(m)
             assert np.array_equal(decode_segmentation(encode_mask(m), *m.shape), m)

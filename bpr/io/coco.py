@@ -61,6 +61,28 @@ def decode_segmentation(seg: Any, height: int, width: int, what: str = "segmenta
 
     ``what`` names the entry in error messages (e.g. ``"results[12]"``) so the user can find it.
     """
+    out = np.zeros((height, width), dtype=bool)
+    decode_into(seg, out, what)
+    return out
+
+
+def decode_into(seg: Any, out: np.ndarray, what: str = "segmentation") -> None:
+    """Decode a segmentation into ``out``, a zeroed HxW bool (C-order) array or slice.
+
+    pycocotools decodes in column-major order; only the mask's bounding box is copied into
+    ``out`` (a full-image transposing copy cost 11 ms per 1024x2048 mask, most of the decode).
+    """
+    height, width = out.shape
+    rle = _checked_rle(seg, height, width, what)
+    if rle is None:
+        return
+    x, y, w, h = (int(v) for v in mask_utils.toBbox(rle))
+    if w and h:
+        out[y : y + h, x : x + w] = mask_utils.decode(rle)[y : y + h, x : x + w]
+
+
+def _checked_rle(seg: Any, height: int, width: int, what: str) -> dict | None:
+    """A segmentation checked and turned into pycocotools' compressed RLE (None: no polygons)."""
     if isinstance(seg, dict):
         if "counts" not in seg or "size" not in seg:
             raise BprInputError(f"{what}: RLE needs 'counts' and 'size'")
@@ -80,14 +102,14 @@ def decode_segmentation(seg: Any, height: int, width: int, what: str = "segmenta
                 raise BprInputError(f"{what}: malformed compressed RLE counts")
         else:
             raise BprInputError(f"{what}: RLE counts must be a string or a list of ints")
-        return mask_utils.decode(rle).astype(bool)
+        return rle
     if isinstance(seg, list):
         if len(seg) == 0:
-            return np.zeros((height, width), dtype=bool)
+            return None
         polys = [_checked_polygon(poly, height, width, what) for poly in seg]
         _check_polygon_cost(polys, height, width, what)
         rles = mask_utils.frPyObjects([p.tolist() for p in polys], height, width)
-        return mask_utils.decode(mask_utils.merge(rles)).astype(bool)
+        return mask_utils.merge(rles)
     raise BprInputError(f"{what}: segmentation must be an RLE object or a list of polygons")
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from bpr.errors import BprInputError
-from bpr.io.coco import decode_segmentation, encode_mask, load_json, mask_to_bbox
+from bpr.io.coco import decode_into, encode_mask, load_json, mask_to_bbox
 
 
 def load_results(
@@ -72,7 +72,7 @@ def entries_to_masks(entries: Sequence[dict[str, Any]], height: int, width: int,
         label = f"{what}[{entry.get('_index', i)}]"
         if not isinstance(entry, dict) or "segmentation" not in entry:
             raise BprInputError(f"{label}: entry has no 'segmentation'")
-        masks[i] = decode_segmentation(entry["segmentation"], height, width, what=label)
+        decode_into(entry["segmentation"], masks[i], what=label)
     return masks
 
 
