@@ -13,10 +13,8 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
-
-from bpr.distributed.shards import group_by_image, load_image_masks
 from bpr.io.coco import load_image_records
+from bpr.io.results import group_by_image, load_image_masks
 from bpr.refiner import Refiner
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -15,12 +15,11 @@ from tqdm import tqdm
 
 from bpr.cli.common import command_parser, run_cli, torch_threads
 from bpr.cli.refine_ray import add_ray_arguments, check_engine_flags, run_ray
-from bpr.distributed.shards import group_by_image, load_image_masks
 from bpr.errors import BprInputError
 from bpr.io.atomic import check_writable
 from bpr.io.coco import write_json_atomic
 from bpr.io.datasets import image_paths
-from bpr.io.results import load_results, refined_entry
+from bpr.io.results import group_by_image, load_image_masks, load_results, refined_entry
 from bpr.spec import RefinerSpec
 
 

@@ -8,15 +8,17 @@ writes the output once every entry is there (atomically, exactly as the local en
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from bpr.distributed.shards import WorkDir, fingerprint, is_uri, plan_shards, spec_settings
+from bpr.distributed.shards import WorkDir, fingerprint, plan_shards, spec_settings
 from bpr.errors import BprInputError
 from bpr.io.coco import load_image_records, write_json_atomic
 from bpr.io.datasets import image_paths
+from bpr.io.images import is_uri
 from bpr.spec import RefinerSpec
 
 RAY_FLAGS = ("address", "num_workers", "cpus_per_worker", "gpus_per_worker", "work_dir", "images_per_shard")
@@ -96,6 +98,7 @@ def run_ray(
         started = connect(options)
         try:
             workers = min(pool_size(options), len(todo))
+            options = dataclasses.replace(options, num_workers=workers)  # run_shards sizes its pool from this
             for result in run_shards(todo, settings, options):
                 if "error" in result:
                     raise BprInputError(result["error"])

@@ -26,8 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from bpr.distributed.shards import Shard, read_image_any, refine_shard, spec_settings
+from bpr.distributed.shards import Shard, refine_shard, spec_settings
 from bpr.errors import BprInputError
+from bpr.io.images import read_image_any
 from bpr.io.results import entries_to_masks, refined_entry
 from bpr.spec import RefinerSpec
 

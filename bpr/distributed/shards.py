@@ -27,64 +27,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from bpr.errors import BprInputError
 from bpr.io.coco import write_json_atomic
-from bpr.io.images import decode_image_bytes, read_image
-from bpr.io.results import entries_to_masks, refined_entry
+from bpr.io.results import load_image_masks, refined_entry
 
 MANIFEST = "manifest.json"
 STAT_FIELDS = ("images", "instances", "patches", "fallbacks", "small", "gated")
-
-
-def is_uri(path: str) -> bool:
-    """``s3://bucket/x.jpg``, ``gs://...``, ``hdfs://...``: read through a filesystem library."""
-    return "://" in path and not path.startswith("file://")
-
-
-def read_image_any(path: str) -> np.ndarray:
-    """An image from a local path or a URI, as HxWx3 uint8 RGB.
-
-    URIs go through fsspec when it is installed (it knows the most schemes), else through
-    pyarrow's filesystems (s3, gs, hdfs), which Ray Data brings along.
-    """
-    if not is_uri(path):
-        return read_image(path[len("file://"):] if path.startswith("file://") else path)
-    try:
-        data = _read_uri(path)
-    except FileNotFoundError:
-        raise BprInputError(f"image not found: {path}") from None
-    return decode_image_bytes(data, what=path)
-
-
-def _read_uri(path: str) -> bytes:
-    try:
-        import fsspec
-    except ImportError:
-        from pyarrow import fs
-
-        filesystem, inner = fs.FileSystem.from_uri(path)
-        with filesystem.open_input_file(inner) as f:
-            return f.read()
-    with fsspec.open(path, "rb") as f:
-        return f.read()
-
-
-def load_image_masks(path: str, entries: Sequence[dict[str, Any]], indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-    """One image and the masks of its entries (``indices``: their positions in the results
-    file, which error messages name): the step both engines run per image."""
-    image = read_image_any(path)
-    labelled = [{**e, "_index": i} for e, i in zip(entries, indices)]
-    return image, entries_to_masks(labelled, image.shape[0], image.shape[1], what="results")
-
-
-def group_by_image(results: Sequence[dict[str, Any]]) -> dict[Any, list[int]]:
-    """Entry positions per image_id, images in the order their first entry appears."""
-    groups: dict[Any, list[int]] = {}
-    for i, entry in enumerate(results):
-        groups.setdefault(entry["image_id"], []).append(i)
-    return groups
 
 
 @dataclass(frozen=True)

@@ -72,3 +72,36 @@ def find_image_by_stem(directory: Path, stem: str) -> Path | None:
             if candidate.is_file():
                 return candidate
     return None
+
+
+def is_uri(path: str) -> bool:
+    """``s3://bucket/x.jpg``, ``gs://...``, ``hdfs://...``: read through a filesystem library."""
+    return "://" in path and not path.startswith("file://")
+
+
+def read_image_any(path: str) -> np.ndarray:
+    """An image from a local path or a URI, as HxWx3 uint8 RGB.
+
+    URIs go through fsspec when it is installed (it knows the most schemes), else through
+    pyarrow's filesystems (s3, gs, hdfs), which Ray Data brings along.
+    """
+    if not is_uri(path):
+        return read_image(path[len("file://"):] if path.startswith("file://") else path)
+    try:
+        data = _read_uri(path)
+    except FileNotFoundError:
+        raise BprInputError(f"image not found: {path}") from None
+    return decode_image_bytes(data, what=path)
+
+
+def _read_uri(path: str) -> bytes:
+    try:
+        import fsspec
+    except ImportError:
+        from pyarrow import fs
+
+        filesystem, inner = fs.FileSystem.from_uri(path)
+        with filesystem.open_input_file(inner) as f:
+            return f.read()
+    with fsspec.open(path, "rb") as f:
+        return f.read()

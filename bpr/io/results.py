@@ -11,6 +11,7 @@ import numpy as np
 
 from bpr.errors import BprInputError
 from bpr.io.coco import decode_into, encode_mask, load_json, mask_to_bbox
+from bpr.io.images import read_image_any
 
 
 def load_results(
@@ -86,3 +87,19 @@ def refined_entry(entry: dict[str, Any], mask: np.ndarray) -> dict[str, Any]:
     out["bbox"] = mask_to_bbox(mask)
     out["area"] = int(mask.sum())
     return out
+
+
+def load_image_masks(path: str, entries: Sequence[dict[str, Any]], indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """One image and the masks of its entries (``indices``: their positions in the results
+    file, which error messages name): the step both engines run per image."""
+    image = read_image_any(path)
+    labelled = [{**e, "_index": i} for e, i in zip(entries, indices)]
+    return image, entries_to_masks(labelled, image.shape[0], image.shape[1], what="results")
+
+
+def group_by_image(results: Sequence[dict[str, Any]]) -> dict[Any, list[int]]:
+    """Entry positions per image_id, images in the order their first entry appears."""
+    groups: dict[Any, list[int]] = {}
+    for i, entry in enumerate(results):
+        groups.setdefault(entry["image_id"], []).append(i)
+    return groups

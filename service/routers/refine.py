@@ -66,20 +66,21 @@ async def refine(
         state.metrics.stage.observe(decoded - t0, "decode")
         refined = await refine_masks(engine, image, masks, query)
         t1 = time.perf_counter()
+
+        def headers() -> dict[str, str]:
+            stages = {"decode": decoded - t0, "refine": refined.seconds, "encode": time.perf_counter() - t1}
+            return cost_headers(refined, stages)
+
         if output == "png":
             png = await engine.cpu(masks_to_id_png, refined.masks)
-            encoded = time.perf_counter()
-            headers = cost_headers(refined, {"decode": decoded - t0, "refine": refined.seconds, "encode": encoded - t1})
-            headers["X-BPR-Instances"] = str(len(refined.masks))
-            response: Response = Response(png, media_type="image/png", headers=headers)
+            png_headers = {**headers(), "X-BPR-Instances": str(len(refined.masks))}
+            response: Response = Response(png, media_type="image/png", headers=png_headers)
         else:
             body = {
                 "instances": await engine.cpu(refined_entries, entries, refined.masks),
                 "coarse": await engine.cpu(refined_entries, entries, masks) if include_coarse else None,
             }
-            encoded = time.perf_counter()
-            headers = cost_headers(refined, {"decode": decoded - t0, "refine": refined.seconds, "encode": encoded - t1})
-            response = await engine.cpu(typed_json, RefineResponse, body, headers)
+            response = await engine.cpu(typed_json, RefineResponse, body, headers())
         state.metrics.stage.observe(time.perf_counter() - t1, "encode")
         return response
 
