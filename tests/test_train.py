@@ -14,7 +14,7 @@ from bpr.cli.train import main as train_main
 from bpr.io.coco import decode_segmentation, load_json
 from bpr.io.images import read_image
 from bpr.modeling import RefinerConfig, load_refiner
-from bpr.refiner import Refiner
+from bpr.refiner import Refiner, default_checkpoint
 from bpr.train.build_patches import crop_training_patches
 from bpr.train.loop import TrainConfig, Trainer, boundary_band
 from bpr.train.patch_store import PatchSet
@@ -202,6 +202,20 @@ def test_fine_tuning_adds_a_detail_head_to_a_checkpoint_without_one(patch_dir, t
         assert torch.allclose(trainer.net.state_dict()[k].float(), v.float()), k
     trainer.run(progress=False)
     assert load_refiner(trainer.export()).config.detail_head
+
+
+def test_fine_tuning_from_the_packaged_default_keeps_its_refiner_and_drops_its_gate(patch_dir, tmp_path):
+    """The shipped model carries a quality gate trained on its own refiner; a fine-tuned refiner
+    needs a new one (scripts/train_gate.py), so training starts from every refiner weight only."""
+    shipped = default_checkpoint()
+    trainer = Trainer(_cfg(patch_dir, iters=2, detail_head=True, init_checkpoint=str(shipped)), tmp_path / "run")
+    base = load_refiner(shipped)
+    assert base.gate is not None and trainer.net.gate is None
+    own = trainer.net.state_dict()
+    carried = [k for k in base.state_dict() if not k.startswith("gate.")]
+    assert carried and all(torch.equal(own[k].float(), base.state_dict()[k].float()) for k in carried)
+    trainer.run(progress=False)
+    assert load_refiner(trainer.export()).gate is None
 
 
 def _cityscapes_scene(data_dir, index=3):

@@ -100,7 +100,10 @@ class Trainer:
         if cfg.init_checkpoint:
             init = load_refiner(cfg.init_checkpoint)
             self.net = RefinerNet(config)
-            missing, unexpected = self.net.load_state_dict(init.state_dict(), strict=False)
+            # A packaged model's quality gate judges the refiner it was trained on: fine-tuning
+            # the refiner invalidates it, so it is dropped here and retrained afterwards.
+            weights = {k: v for k, v in init.state_dict().items() if not k.startswith("gate.")}
+            missing, unexpected = self.net.load_state_dict(weights, strict=False)
             # A checkpoint without a detail head may seed one with it: that head starts as identity.
             if unexpected or any(not k.startswith("detail_head.") for k in missing):
                 raise BprInputError(f"{cfg.init_checkpoint} does not fit a {cfg.arch} refiner "
