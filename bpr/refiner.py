@@ -119,7 +119,7 @@ class RefineStats:
     images / instances count each image once, whatever the number of passes; patches and
     batches count the network's work; fallbacks are instances returned as they came in by
     the ``fallback_iou`` rule, small ones those left alone by ``min_area``; gated counts
-    patches the quality gate kept coarse.
+    patches the quality gate kept coarse (early_gated of them without their mirrored forward).
     """
 
     images: int = 0
@@ -129,6 +129,7 @@ class RefineStats:
     fallbacks: int = 0
     small: int = 0
     gated: int = 0
+    early_gated: int = 0
     seconds: dict[str, float] = field(default_factory=lambda: {"extract": 0.0, "network": 0.0, "reassemble": 0.0})
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
@@ -343,6 +344,9 @@ class Refiner:
             (:meth:`RefinerNet.fused_for_inference`, about 1.5x faster on a CPU, logits equal
             to ~1e-6). None: when the Refiner loads the checkpoint itself; a network handed in
             runs as it is (your module, and later changes to its weights, are what run).
+        early_reject: with flip TTA and the gate, skip the mirrored forward of patches the gate
+            rejects on the plain forward by more than the checkpoint's ``gate_early_reject``
+            logits (measured per gate: see ``run_batch``); False runs every mirror.
         **options: defaults of :class:`RefineOptions` for every call (None = keep); flip_tta,
             iterations, fallback_iou, min_area and change_margin default to what the checkpoint recommends.
     """
@@ -358,6 +362,7 @@ class Refiner:
         batch_size: int = 64,
         patch_size: int | None = None,
         fuse: bool | None = None,
+        early_reject: bool = True,
         **options: Any,
     ) -> None:
         loaded_here = net is None or isinstance(net, (str, os.PathLike))
@@ -412,6 +417,7 @@ class Refiner:
             change_margin=cfg.change_margin,
         )
         self.options = recommended.updated(**options)
+        self.early_reject = cfg.gate_early_reject if early_reject and cfg.gate else None
         self.stats = RefineStats()
 
     @classmethod
@@ -553,57 +559,65 @@ class Refiner:
 
     @torch.inference_mode()
     def run_batch(self, batch: PatchBatch) -> None:
-        """Network: one forward pass over a batch of patches; fills in their jobs' probabilities."""
+        """Network: one forward pass over a batch of patches; fills in their jobs' probabilities.
+
+        With flip TTA and the quality gate, the gate first judges each patch on the plain
+        forward alone; a patch it rejects by more than ``early_reject`` logits keeps its
+        coarse mask without its mirrored forward: a margin the checkpoint carries, chosen
+        where the TTA average turned (almost) none of those rejections into acceptances on
+        the dev inputs. Every other patch is averaged with its mirror and judged again on
+        that average, exactly as without the shortcut.
+        """
         t0 = time.perf_counter()
         parts = batch.parts
         images = torch.cat([job.image_patches[a:b] for job, a, b in parts])
         masks = torch.cat([job.mask_patches[a:b] for job, a, b in parts])
+        wants_tta = self._row_mask(parts, lambda options: options.flip_tta)
+        wants_gate = self._row_mask(parts, self.gate_applies)
+        reject = torch.zeros(len(images), dtype=torch.bool, device=self.device)
         dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.precision)
         with torch.autocast(device_type=self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             probs = self.infer_net.foreground_probability(images, masks)
-            rows = self._rows(parts, lambda options: options.flip_tta)
-            if rows is None:
-                probs = 0.5 * (probs + self.infer_net.foreground_probability(images.flip(-1), masks.flip(-1)).flip(-1))
-            elif len(rows):  # requests with and without TTA share this batch: mirror only theirs
-                mirrored = self.infer_net.foreground_probability(images[rows].flip(-1), masks[rows].flip(-1)).flip(-1)
-                probs[rows] = 0.5 * (probs[rows] + mirrored)
-            gated = self._gate(parts, images, masks, probs)
+            early = wants_tta & wants_gate
+            if self.early_reject is not None and bool(early.any()):
+                reject[early] = self._judge(images, masks, probs, early) <= -self.early_reject
+            early_rejected = int(reject.sum())
+            mirror = wants_tta & ~reject
+            if bool(mirror.any()):
+                every = bool(mirror.all())  # no index copies in the common case
+                im, mk = (images, masks) if every else (images[mirror], masks[mirror])
+                mirrored = self.infer_net.foreground_probability(im.flip(-1), mk.flip(-1)).flip(-1)
+                if every:
+                    probs = 0.5 * (probs + mirrored)
+                else:
+                    probs[mirror] = 0.5 * (probs[mirror] + mirrored)
+            judge = wants_gate & ~reject
+            if bool(judge.any()):
+                reject[judge] = self._judge(images, masks, probs, judge) <= 0
+        # rejected patches get their coarse mask back as their probability
+        probs[reject] = masks[reject, 0].to(probs.dtype)
         offset = 0
         for job, a, b in parts:
             job.probs[a:b] = probs[offset : offset + b - a]
             job.remaining -= b - a
             offset += b - a
-        self.stats.add("network", time.perf_counter() - t0, batches=1, gated=gated)
+        self.stats.add("network", time.perf_counter() - t0, batches=1, gated=int(reject.sum()), early_gated=early_rejected)
 
     def gate_applies(self, options: RefineOptions) -> bool:
         """Whether ``options`` get the quality gate: asked for, and this network has one."""
         return options.quality_gate and self.net.gate is not None
 
-    def _rows(self, parts: tuple, wants: Callable[[RefineOptions], bool]) -> torch.Tensor | None:
-        """Batch rows whose job's options ``wants``: None when all do (no index needed), else
-        their indices (empty when none do)."""
-        picks = [wants(job.options) for job, _, _ in parts]
-        if all(picks):
-            return None
-        picked, start = [], 0
-        for (job, a, b), pick in zip(parts, picks):
-            if pick:
-                picked.append(torch.arange(start, start + b - a))
-            start += b - a
-        return torch.cat(picked).to(self.device) if picked else torch.zeros(0, dtype=torch.long, device=self.device)
+    def _row_mask(self, parts: tuple, wants: Callable[[RefineOptions], bool]) -> torch.Tensor:
+        """(rows,) bool: the batch rows whose job's options ``wants``."""
+        picks = torch.tensor([wants(job.options) for job, _, _ in parts], dtype=torch.bool)
+        sizes = torch.tensor([b - a for _, a, b in parts])
+        return picks.repeat_interleave(sizes).to(self.device)
 
-    def _gate(self, parts: tuple, images: torch.Tensor, masks: torch.Tensor, probs: torch.Tensor) -> int:
-        """Patches whose job gets the gate and that it rejects get their coarse mask back as
-        their probability (in place); returns how many."""
-        rows = self._rows(parts, self.gate_applies)
-        if rows is None:
-            reject = torch.nonzero(self.net.change_helps(images, masks, probs) <= 0)[:, 0]
-        elif len(rows):
-            reject = rows[self.net.change_helps(images[rows], masks[rows], probs[rows]) <= 0]
-        else:
-            return 0
-        probs[reject] = masks[reject, 0].to(probs.dtype)
-        return len(reject)
+    def _judge(self, images: torch.Tensor, masks: torch.Tensor, probs: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """The gate's logits for the ``rows`` (bool) of a batch (no index copies when all are)."""
+        if bool(rows.all()):
+            return self.net.change_helps(images, masks, probs)
+        return self.net.change_helps(images[rows], masks[rows], probs[rows])
 
     def finish(self, job: Job) -> torch.Tensor:
         """Reassembly: paste probabilities back and crop any padding away."""

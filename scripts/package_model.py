@@ -30,13 +30,19 @@ def main() -> None:
     p.add_argument("--gate-threshold", type=float, default=0.0,
                    help="accept a patch only where the quality gate's logit is above this: folded into the gate's "
                    "bias (the threshold is chosen on every dev input at once, scripts/dev_table.py)")
+    p.add_argument("--gate-early-reject", type=float,
+                   help="with flip TTA, patches the gate rejects on the plain forward by more than this many logits "
+                   "skip their mirrored forward (measured on the dev inputs: work out how many rejections the TTA "
+                   "average would have overturned at each margin)")
     p.add_argument("--eval", type=Path, help="evaluation json (scripts/evaluate_refiner.py --json) to embed")
     args = p.parse_args()
     net = load_refiner(args.src)
     net.config = dataclasses.replace(
         net.config, flip_tta=args.flip_tta, iterations=args.iterations, fallback_iou=args.fallback_iou,
-        min_area=args.min_area, change_margin=args.change_margin,
+        min_area=args.min_area, change_margin=args.change_margin, gate_early_reject=args.gate_early_reject,
     )
+    if args.gate_early_reject is not None and (net.gate is None or not args.flip_tta):
+        raise SystemExit("--gate-early-reject needs a quality gate and --flip-tta")
     meta = torch.load(args.src, map_location="cpu", weights_only=True).get("meta", {})
     if args.gate_threshold:
         if net.gate is None:

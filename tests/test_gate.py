@@ -22,9 +22,9 @@ class GrowNet(RefinerNet):
         return (F.max_pool2d(mask_patches, 13, stride=1, padding=6) > 0.5).float()[:, 0]
 
 
-def _gated(bias: float, weight_on_mask: float = 0.0) -> GrowNet:
+def _gated(bias: float, weight_on_mask: float = 0.0, early_reject: float | None = None) -> GrowNet:
     """A GrowNet whose gate says ``bias + weight * (share of the patch that is coarse foreground)``."""
-    net = GrowNet(RefinerConfig(input_size=64, gate=True)).eval()
+    net = GrowNet(RefinerConfig(input_size=64, gate=True, flip_tta=True, gate_early_reject=early_reject)).eval()
     with torch.no_grad():
         net.gate.classifier.weight.zero_()
         net.gate.classifier.bias.fill_(bias)
@@ -104,3 +104,52 @@ def test_jobs_with_and_without_the_gate_share_a_batch_and_each_get_their_own_ans
     assert torch.equal(refiner.finish(gated_job), m)
     assert refiner.finish(free_job).sum() > m.sum() + 1000
     assert refiner.stats.gated == gated_job.num_patches
+
+
+class CountingGrowNet(GrowNet):
+    """A GrowNet that records how many patches each forward gets."""
+
+    calls: list[int]
+
+    def foreground_probability(self, image_patches: torch.Tensor, mask_patches: torch.Tensor) -> torch.Tensor:
+        self.calls.append(len(image_patches))
+        return super().foreground_probability(image_patches, mask_patches)
+
+
+def _counting(bias: float, weight_on_mask: float, early_reject: float | None) -> CountingGrowNet:
+    net = _gated(bias, weight_on_mask, early_reject)
+    net.__class__ = CountingGrowNet
+    net.calls = []
+    return net
+
+
+@pytest.mark.parametrize("margin, early", [(0.5, "large disc"), (5.0, "none"), (-5.0, "all")])
+def test_patches_rejected_early_skip_only_their_mirrored_forward(margin, early):
+    """The gate says 2 - 8 x (mask share): about -1.1 for the large disc's patches, +1.1 for the
+    small disc's. Rejected on the plain forward by more than the margin, a patch gets no mirrored
+    forward; the rest are mirrored and judged on the average as without the shortcut. (This
+    net's change is mirror-symmetric, so TTA cannot overturn a rejection: with any margin above
+    the gate's own logits the masks match the full path exactly.)"""
+    image, masks = _scene()
+    full = Refiner(_gated(2.0, -8.0), early_reject=False)
+    want = full.refine(image, masks, resolve_overlaps=False)
+    net = _counting(2.0, -8.0, margin)
+    refiner = Refiner(net)
+    assert refiner.early_reject == margin
+    out = refiner.refine(image, masks, resolve_overlaps=False)
+    assert np.array_equal(out, masks if early == "all" else want)  # all rejected: the input comes back
+    patches = refiner.stats.patches
+    skipped = {"large disc": patches - 1, "none": 0, "all": patches}[early]
+    assert net.calls == [patches, patches - skipped] if skipped < patches else net.calls == [patches]
+    assert refiner.stats.early_gated == skipped
+    assert refiner.stats.gated == full.stats.gated + (1 if early == "all" else 0)
+
+
+def test_early_rejection_is_off_without_tta_or_when_asked():
+    image, masks = _scene()
+    net = _counting(2.0, -8.0, 0.5)
+    Refiner(net, early_reject=False).refine(image, masks)
+    Refiner(net).refine(image, masks, flip_tta=False)
+    Refiner(net).refine(image, masks, quality_gate=False)
+    p = len(net.calls) and net.calls[0]
+    assert net.calls == [p] * 5  # asked off: plain + full mirror; no TTA: plain only; no gate: plain + full mirror

@@ -36,6 +36,9 @@ class RefinerConfig:
     min_area: int = 0  # recommended: instances smaller than this (pixels) come back as given
     change_margin: float = 0.0  # recommended: pixels change only where the probability is this far beyond 0.5
     gate: bool = False  # a patch-quality gate (bpr/modeling/gate.py) that keeps the coarse patch where it predicts no gain
+    # with flip TTA, patches the gate rejects on the plain forward by more than this many logits
+    # skip their mirrored forward (None = never); measured per gate (scripts/package_model.py)
+    gate_early_reject: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
