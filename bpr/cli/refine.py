@@ -119,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"bpr-refine: {s.images} images, {s.instances} instances, {s.patches} patches in "
             f"{time.perf_counter() - start:.1f} s; {s.fallbacks} instances kept as given by the fallback "
-            f"rule, {s.small} under the minimum area, {s.gated} patches kept coarse by the quality gate -> {out}",
+            f"rule, {s.small} under the minimum area, {s.gated} patches kept coarse by the quality gate "
+            f"({s.early_gated} of them without a mirrored forward) -> {out}",
             file=sys.stderr,
         )
     return 0
