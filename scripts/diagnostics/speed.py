@@ -1,0 +1,76 @@
+"""Network-only variants on workload (b)'s real patches: which forward layout is fastest here."""
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmark import cityscapes_like  # noqa: E402
+
+from bpr.refiner import Refiner  # noqa: E402
+
+torch.set_num_threads(2)
+ref = Refiner.from_checkpoint("models/bpr_default.pt")
+image, masks = cityscapes_like()
+opts = ref.options
+image_t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+areas = masks.reshape(len(masks), -1).sum(1)
+job = ref.prepare(image_t, torch.from_numpy(masks), opts, areas >= opts.min_area)
+ims, mks = job.image_patches, job.mask_patches
+print("patches", len(ims))
+net = ref.infer_net
+
+
+def two_calls(bs):
+    out = []
+    for b in range(0, len(ims), bs):
+        i, m = ims[b:b + bs], mks[b:b + bs]
+        p = net.foreground_probability(i, m)
+        out.append(0.5 * (p + net.foreground_probability(i.flip(-1), m.flip(-1)).flip(-1)))
+    return torch.cat(out)
+
+
+def one_call(bs):
+    out = []
+    for b in range(0, len(ims), bs):
+        i, m = ims[b:b + bs], mks[b:b + bs]
+        n = len(i)
+        p = net.foreground_probability(torch.cat([i, i.flip(-1)]), torch.cat([m, m.flip(-1)]))
+        out.append(0.5 * (p[:n] + p[n:].flip(-1)))
+    return torch.cat(out)
+
+
+def timeit(fn, reps=7):
+    with torch.inference_mode():
+        fn()
+        ts = []
+        for _ in range(reps):
+            t = time.perf_counter(); fn(); ts.append(time.perf_counter() - t)
+    return statistics.median(ts), min(ts)
+
+
+ref_out = None
+for name, fn in [("two_calls bs64", lambda: two_calls(64)), ("two_calls bs32", lambda: two_calls(32)),
+                 ("two_calls bs137", lambda: two_calls(137)), ("one_call bs64", lambda: one_call(64)),
+                 ("one_call bs32", lambda: one_call(32)), ("one_call bs137", lambda: one_call(137))]:
+    med, lo = timeit(fn)
+    with torch.inference_mode():
+        o = fn()
+    if ref_out is None:
+        ref_out = o
+    print(f"{name}: median {med*1000:.0f} ms, min {lo*1000:.0f} ms, max diff {float((o-ref_out).abs().max()):.2e}")
+if "--compile" in sys.argv:
+    t = time.perf_counter()
+    net.inference_graph = torch.compile(net.inference_graph, dynamic=True)
+    with torch.inference_mode():
+        two_calls(64)
+    print(f"compile warm-up {time.perf_counter()-t:.1f} s")
+    med, lo = timeit(lambda: two_calls(64))
+    with torch.inference_mode():
+        o = two_calls(64)
+    print(f"compiled two_calls bs64: median {med*1000:.0f} ms, min {lo*1000:.0f}, max diff {float((o-ref_out).abs().max()):.2e}")
