@@ -127,7 +127,8 @@ def refine_file(refiner: Refiner, gt_path: Path, images: Path, coarse_path: Path
             img = info[image_id]
             yield read_image(images / img["file_name"]), entries_to_masks([entries[k] for k in idx], img["height"], img["width"])
 
-    before = (refiner.stats.fallbacks, refiner.stats.small, refiner.stats.patches, refiner.stats.gated)
+    counted = ("fallbacks", "small", "patches", "gated", "early_gated")
+    before = {name: getattr(refiner.stats, name) for name in counted}
     t0 = time.perf_counter()
     refined: list[dict[str, Any] | None] = [None] * len(entries)
     for idx, masks in zip(groups.values(), refiner.refine_many(items())):
@@ -135,9 +136,8 @@ def refine_file(refiner: Refiner, gt_path: Path, images: Path, coarse_path: Path
             refined[k] = refined_entry(entries[k], m)
     seconds = time.perf_counter() - t0
     write_json_atomic(out, refined)
-    s = refiner.stats
-    return {"seconds": seconds, "images": len(groups), "instances": len(entries), "fallbacks": s.fallbacks - before[0],
-            "small": s.small - before[1], "patches": s.patches - before[2], "gated": s.gated - before[3]}
+    counts = {name: getattr(refiner.stats, name) - before[name] for name in counted}
+    return {"seconds": seconds, "images": len(groups), "instances": len(entries), **counts}
 
 
 def score(gt_path: Path, coarse: Path, refined: Path) -> dict[str, Any]:
@@ -191,6 +191,12 @@ def _pct(v: float | None) -> str:
     return "-" if v is None else f"{100 * v:.2f}"
 
 
+def _gated_cell(run: dict[str, Any]) -> str:
+    """Patches the gate kept coarse, of all patches; how many of them skipped their mirrored forward."""
+    cell = f"{run.get('gated', 0)} / {run['patches']}"
+    return cell + f" ({run['early_gated']} early)" if run.get("early_gated") else cell
+
+
 def print_table(rows: dict[str, dict[str, Any]], file=sys.stdout) -> None:
     print("| input | mask AP | boundary AP | AP_S | AP_M | AP_L | boundary AP_L | J | F | worse >1pt | S / M / L worse | emptied | fallbacks | patches gated | s/image |", file=file)
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | ---: | --- | ---: | ---: | ---: | ---: |", file=file)
@@ -205,7 +211,7 @@ def print_table(rows: dict[str, dict[str, Any]], file=sys.stdout) -> None:
         cells = [pair("AP") if multi else "-", pair("bAP") if multi else "-", pair("AP_S") if multi else "-",
                  pair("AP_M") if multi else "-", pair("AP_L") if multi else "-", pair("bAP_L") if multi else "-",
                  pair("J"), pair("F"), f"{100 * r['worse']:.1f}%", size_worse, str(r["emptied"]),
-                 str(r["run"]["fallbacks"]), f"{r['run'].get('gated', 0)} / {r['run']['patches']}", f"{r['run']['seconds'] / max(1, r['run']['images']):.2f}"]
+                 str(r["run"]["fallbacks"]), _gated_cell(r["run"]), f"{r['run']['seconds'] / max(1, r['run']['images']):.2f}"]
         print(f"| {name} | " + " | ".join(cells) + " |", file=file)
 
 

@@ -77,3 +77,7 @@ def test_dev_table_runs_on_a_tiny_subset(data_dir, tmp_path, random_checkpoint):
     assert rows["cs-bottomup"]["J"][0] < near["J"][0]  # the stride-4-8 input is worse than that
     for r in rows.values():
         assert 0.0 <= r["worse"] <= 1.0 and r["run"]["images"] == 1
+        assert 0 <= r["run"]["early_gated"] <= r["run"]["gated"] <= r["run"]["patches"]
+    # the table's gate cell names the early rejections only when there were some
+    assert dev_table._gated_cell({"gated": 12, "patches": 40, "early_gated": 0}) == "12 / 40"
+    assert dev_table._gated_cell({"gated": 12, "patches": 40, "early_gated": 5}) == "12 / 40 (5 early)"

@@ -1,4 +1,7 @@
-"""Network-only variants on workload (b)'s real patches: which forward layout is fastest here."""
+"""Network-only variants on workload (b)'s real patches: which forward layout is fastest here.
+
+    python scripts/diagnostics/speed.py [--sweep] [--compile]
+"""
 from __future__ import annotations
 
 import statistics
@@ -64,6 +67,15 @@ for name, fn in [("two_calls bs64", lambda: two_calls(64)), ("two_calls bs32", l
     if ref_out is None:
         ref_out = o
     print(f"{name}: median {med*1000:.0f} ms, min {lo*1000:.0f} ms, max diff {float((o-ref_out).abs().max()):.2e}")
+if "--sweep" in sys.argv:  # batch sizes, interleaved over 3 rounds of 3 runs each
+    times: dict[int, list[float]] = {}
+    with torch.inference_mode():
+        for _ in range(3):
+            for bs in (8, 16, 24, 32, 48, 64, 96):
+                for _ in range(3):
+                    t = time.perf_counter(); two_calls(bs); times.setdefault(bs, []).append(time.perf_counter() - t)
+    for bs, ts in times.items():
+        print(f"two_calls bs{bs}: median {statistics.median(ts)*1000:.0f} ms, min {min(ts)*1000:.0f}, max {max(ts)*1000:.0f}")
 if "--compile" in sys.argv:
     t = time.perf_counter()
     net.inference_graph = torch.compile(net.inference_graph, dynamic=True)
