@@ -41,6 +41,7 @@ from bpr.io.results import entries_to_masks, refined_entry
 from bpr.refiner import Refiner
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+CACHE = Path("work/dev_inputs")
 INPUTS = ("cs-maskrcnn28", "cs-bottomup", "cs-near", "davis-osvos", "davis-rvos", "davis-near")
 SIZES = (("S", 0, 32**2), ("M", 32**2, 96**2), ("L", 96**2, float("inf")))
 
@@ -220,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint", type=Path, help="refiner checkpoint (default: the bundled model)")
     p.add_argument("--inputs", nargs="+", default=list(INPUTS), choices=INPUTS)
     p.add_argument("--data", type=Path, default=DATA)
-    p.add_argument("--cache", type=Path, default=Path("work/dev_inputs"), help="where derived inputs are kept")
+    p.add_argument("--cache", type=Path, default=CACHE, help="where derived inputs are kept")
     p.add_argument("--max-images", type=int, help="only N images of each input, spread evenly (quick checks)")
     p.add_argument("--json", type=Path, help="write every number here")
     p.add_argument("--precision", default="auto")

@@ -11,38 +11,19 @@ from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
 
 import torch
+from dev_images import spread_images
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from dev_table import input_files  # noqa: E402
-
-from bpr.io.coco import load_json  # noqa: E402
-from bpr.io.images import read_image  # noqa: E402
-from bpr.io.results import entries_to_masks  # noqa: E402
-from bpr.refiner import Refiner  # noqa: E402
+from bpr.refiner import Refiner
 
 torch.set_num_threads(2)
 checkpoint = sys.argv[1]
 ROUNDS = 3
 IMAGES = 20
 
-
-def real_images(name: str) -> list:
-    """IMAGES images of a dev input, spread evenly, with their coarse masks."""
-    gt_path, images, coarse_path = input_files(name, Path("/work/shared/data"), Path("work/dev_inputs"))
-    info = {i["id"]: i for i in load_json(gt_path)["images"]}
-    groups: dict = {}
-    for entry in load_json(coarse_path):
-        groups.setdefault(entry["image_id"], []).append(entry)
-    keys = list(groups)[:: max(1, len(groups) // IMAGES)][:IMAGES]
-    return [(read_image(images / info[k]["file_name"]), entries_to_masks(groups[k], info[k]["height"], info[k]["width"]))
-            for k in keys]
-
-
 for name in ("cs-maskrcnn28", "davis-osvos"):
-    data = real_images(name)
+    data = [(image, masks) for _, image, masks in spread_images(name, IMAGES)]
     refiners = {on: Refiner.from_checkpoint(checkpoint, early_reject=on) for on in (True, False)}
     network = {True: 0.0, False: 0.0}
     total = {True: 0.0, False: 0.0}

@@ -2,59 +2,50 @@
 
 How many patches could skip the mirrored forward (plain-forward logit far below 0) without
 any final gate decision changing?
+
+    python scripts/diagnostics/gate_logits.py [checkpoint] [--save logits.npz]
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import argparse
 
 import numpy as np
 import torch
+from dev_images import first_pass, spread_images
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from dev_table import input_files  # noqa: E402
+from bpr.refiner import Refiner
 
-from bpr.io.coco import load_json  # noqa: E402
-from bpr.io.images import read_image  # noqa: E402
-from bpr.io.results import entries_to_masks  # noqa: E402
-from bpr.refiner import Refiner  # noqa: E402
+BATCH = 64
+MARGINS = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0)
 
+p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+p.add_argument("checkpoint", nargs="?", default="models/bpr_default.pt")
+p.add_argument("--images", type=int, default=30, help="images per dev input, spread evenly")
+p.add_argument("--save", help="also write every logit here (npz)")
+args = p.parse_args()
 torch.set_num_threads(2)
-ckpt = sys.argv[1] if len(sys.argv) > 1 else "models/bpr_default.pt"
-ref = Refiner.from_checkpoint(ckpt)
+ref = Refiner.from_checkpoint(args.checkpoint)
 net = ref.infer_net
-opts = ref.options
 out = {}
 for name in ("cs-maskrcnn28", "cs-near", "cs-bottomup", "davis-osvos", "davis-rvos", "davis-near"):
-    gt_path, images, coarse_path = input_files(name, Path("/work/shared/data"), Path("work/dev_inputs"))
-    gt = load_json(gt_path)
-    info = {i["id"]: i for i in gt["images"]}
-    entries = load_json(coarse_path)
-    groups: dict = {}
-    for e in entries:
-        groups.setdefault(e["image_id"], []).append(e)
-    keys = list(groups)[:: max(1, len(groups) // 30)][:30]
-    g1s, gts = [], []
-    for k in keys:
-        img = info[k]
-        image = read_image(images / img["file_name"])
-        masks = entries_to_masks(groups[k], img["height"], img["width"])
-        areas = masks.reshape(len(masks), -1).sum(1)
-        job = ref.prepare(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1), torch.from_numpy(masks),
-                          opts, areas >= opts.min_area)
+    plain_logits, tta_logits = [], []
+    for _, image, masks in spread_images(name, args.images):
+        job = first_pass(ref, image, masks)
+        if job is None:
+            continue
         with torch.inference_mode():
-            for b in range(0, job.num_patches, 64):
-                i, m = job.image_patches[b:b + 64], job.mask_patches[b:b + 64]
+            for b in range(0, job.num_patches, BATCH):
+                i, m = job.image_patches[b:b + BATCH], job.mask_patches[b:b + BATCH]
                 p1 = net.foreground_probability(i, m)
                 p2 = 0.5 * (p1 + net.foreground_probability(i.flip(-1), m.flip(-1)).flip(-1))
-                g1s.append(net.change_helps(i, m, p1))
-                gts.append(net.change_helps(i, m, p2))
-    g1, gt_ = torch.cat(g1s).numpy(), torch.cat(gts).numpy()
-    out[name] = (g1, gt_)
-    line = f"{name}: {len(g1)} patches, TTA-gate accepts {np.mean(gt_ > 0):.3f};"
-    for delta in (0.0, 0.5, 1.0, 1.5, 2.0, 3.0):
+                plain_logits.append(net.change_helps(i, m, p1))
+                tta_logits.append(net.change_helps(i, m, p2))
+    g1, g2 = torch.cat(plain_logits).numpy(), torch.cat(tta_logits).numpy()
+    out[name] = (g1, g2)
+    line = f"{name}: {len(g1)} patches, TTA-gate accepts {np.mean(g2 > 0):.3f};"
+    for delta in MARGINS:
         skip = g1 <= -delta
-        lost = np.sum(skip & (gt_ > 0))
-        line += f" d{delta}: skip {skip.mean():.3f} lost {lost}"
+        line += f" d{delta}: skip {skip.mean():.3f} lost {np.sum(skip & (g2 > 0))}"
     print(line, flush=True)
-np.savez("work/s7/gate_logits.npz", **{f"{k}_g1": v[0] for k, v in out.items()}, **{f"{k}_tta": v[1] for k, v in out.items()})
+if args.save:
+    np.savez(args.save, **{f"{k}_g1": v[0] for k, v in out.items()}, **{f"{k}_tta": v[1] for k, v in out.items()})

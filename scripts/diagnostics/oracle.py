@@ -1,6 +1,6 @@
 """Diagnostics on cs-maskrcnn28: what our patches could give (GT pasted), and what the refiner gives per patch.
 
-python work/s7/oracle.py --checkpoint models/bpr_default.pt --out work/s7/oracle
+    python scripts/diagnostics/oracle.py --checkpoint models/bpr_default.pt --out work/oracle [--max-images 10]
 """
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from dev_table import DATA as SHARED_DATA  # noqa: E402
 from dev_table import score  # noqa: E402
+from train_gate import refined_probability  # noqa: E402
 
 from bpr.io.coco import decode_segmentation, load_json, write_json_atomic  # noqa: E402
 from bpr.io.images import read_image  # noqa: E402
@@ -21,13 +23,21 @@ from bpr.io.results import entries_to_masks, refined_entry  # noqa: E402
 from bpr.patches import crop_squares, pad_to_patch  # noqa: E402
 from bpr.refiner import Refiner  # noqa: E402
 
-DATA = Path("/work/shared/data/cityscapes-dev")
+DATA = SHARED_DATA / "cityscapes-dev"
+BATCH = 64
+
+
+def _iou(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
+    """(P,) IoU of two stacks of boolean patches (0 where both are empty)."""
+    inter = (a & b).flatten(1).sum(1).double()
+    union = (a | b).flatten(1).sum(1).double()
+    return (inter / union.clamp(min=1)).numpy()
 
 
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--checkpoint", default="models/bpr_default.pt")
-    p.add_argument("--out", type=Path, default=Path("work/s7/oracle"))
+    p.add_argument("--out", type=Path, default=Path("work/oracle"))
     p.add_argument("--min-area", type=int, default=1024)
     p.add_argument("--margin", type=float, default=0.0)
     p.add_argument("--max-images", type=int, default=0)
@@ -67,19 +77,15 @@ def main() -> None:
         gt_p = crop_squares(pad_to_patch(torch.from_numpy(match), s), job.corners, s, job.instance_ids).float()
         with torch.inference_mode():
             probs = []
-            for b in range(0, len(job.corners), 64):
-                im, mk = job.image_patches[b:b + 64], job.mask_patches[b:b + 64]
-                pr = refiner.infer_net.foreground_probability(im, mk)
-                pr = 0.5 * (pr + refiner.infer_net.foreground_probability(im.flip(-1), mk.flip(-1)).flip(-1))
-                probs.append(pr)
+            for b in range(0, len(job.corners), BATCH):
+                im, mk = job.image_patches[b:b + BATCH], job.mask_patches[b:b + BATCH]
+                probs.append(refined_probability(refiner.infer_net, im, mk, flip_tta=True))
             probs = torch.cat(probs) if probs else torch.zeros((0, s, s))
         cm = job.mask_patches[:, 0] > 0.5
         gm = gt_p > 0.5
         rm = probs > 0.5
-        for p_, (c_, g_, r_) in enumerate(zip(cm, gm, rm)):
-            ci = (c_ & g_).sum().item() / max(1, (c_ | g_).sum().item())
-            ri = (r_ & g_).sum().item() / max(1, (r_ | g_).sum().item())
-            stats.append((int(areas[job.instance_ids[p_]]), ci, ri, int((c_ ^ g_).sum()), int((r_ ^ g_).sum())))
+        stats.append(np.stack([areas[job.instance_ids], _iou(cm, gm), _iou(rm, gm),
+                               (cm ^ gm).flatten(1).sum(1).numpy(), (rm ^ gm).flatten(1).sum(1).numpy()], axis=1))
         job.probs = gt_p
         job.remaining = 0
         oracle = refiner.finish(job).numpy()
@@ -100,7 +106,7 @@ def main() -> None:
                  "annotations": [x for x in gt["annotations"] if x["image_id"] in ids]}
         gt_path = a.out / "gt.json"
         write_json_atomic(gt_path, small)
-    st = np.array(stats)
+    st = np.concatenate(stats) if stats else np.zeros((0, 5))
     res = {}
     for name in ("oracle", "refined"):
         r = score(gt_path, coarse_path, a.out / f"{name}.json")
@@ -109,9 +115,10 @@ def main() -> None:
     for lo, hi in ((0, 1024), (1024, 9216), (9216, 1e9)):
         sel = (st[:, 0] >= lo) & (st[:, 0] < hi)
         if sel.any():
-            print(f"area [{lo},{hi}): patches {sel.sum()}, patch IoU coarse {st[sel,1].mean():.4f} refined {st[sel,2].mean():.4f}, "
-                  f"wrong px coarse {st[sel,3].sum()} refined {st[sel,4].sum()}, improved {np.mean(st[sel,2] > st[sel,1] + 1e-9):.3f} "
-                  f"worse {np.mean(st[sel,2] < st[sel,1] - 1e-9):.3f}")
+            print(f"area [{lo},{hi}): patches {sel.sum()}, "
+                  f"patch IoU coarse {st[sel, 1].mean():.4f} refined {st[sel, 2].mean():.4f}, "
+                  f"wrong px coarse {st[sel, 3].sum():.0f} refined {st[sel, 4].sum():.0f}, "
+                  f"improved {np.mean(st[sel, 2] > st[sel, 1] + 1e-9):.3f} worse {np.mean(st[sel, 2] < st[sel, 1] - 1e-9):.3f}")
     np.save(a.out / "patch_stats.npy", st)
 
 

@@ -9,8 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
+from dev_images import first_pass
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmark import cityscapes_like  # noqa: E402
@@ -20,10 +20,7 @@ from bpr.refiner import Refiner  # noqa: E402
 torch.set_num_threads(2)
 ref = Refiner.from_checkpoint("models/bpr_default.pt")
 image, masks = cityscapes_like()
-opts = ref.options
-image_t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
-areas = masks.reshape(len(masks), -1).sum(1)
-job = ref.prepare(image_t, torch.from_numpy(masks), opts, areas >= opts.min_area)
+job = first_pass(ref, image, masks)
 ims, mks = job.image_patches, job.mask_patches
 print("patches", len(ims))
 net = ref.infer_net
@@ -48,12 +45,17 @@ def one_call(bs):
     return torch.cat(out)
 
 
+def seconds(fn) -> float:
+    """Wall time of one call."""
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
 def timeit(fn, reps=7):
     with torch.inference_mode():
         fn()
-        ts = []
-        for _ in range(reps):
-            t = time.perf_counter(); fn(); ts.append(time.perf_counter() - t)
+        ts = [seconds(fn) for _ in range(reps)]
     return statistics.median(ts), min(ts)
 
 
@@ -72,8 +74,7 @@ if "--sweep" in sys.argv:  # batch sizes, interleaved over 3 rounds of 3 runs ea
     with torch.inference_mode():
         for _ in range(3):
             for bs in (8, 16, 24, 32, 48, 64, 96):
-                for _ in range(3):
-                    t = time.perf_counter(); two_calls(bs); times.setdefault(bs, []).append(time.perf_counter() - t)
+                times.setdefault(bs, []).extend(seconds(lambda: two_calls(bs)) for _ in range(3))
     for bs, ts in times.items():
         print(f"two_calls bs{bs}: median {statistics.median(ts)*1000:.0f} ms, min {min(ts)*1000:.0f}, max {max(ts)*1000:.0f}")
 if "--compile" in sys.argv:
