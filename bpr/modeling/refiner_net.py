@@ -1,4 +1,10 @@
-"""The BPR patch refiner: HRNet-with-mask backbone + FCN head, and its input preprocessing."""
+"""The BPR patch refiner and its input preprocessing.
+
+Two architectures behind one interface: BPR's HRNet-with-mask backbone + FCN head (``hr18s``,
+``hr18``, ``hr48``; the original checkpoints load as they are), and an ImageNet-pretrainable
+EfficientNet-Lite0 encoder with a mask-fed U-Net decoder (``effl0``, bpr/modeling/efficientnet.py).
+Both keep their modules under ``backbone`` and ``decode_head``.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +15,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bpr.modeling import efficientnet
+from bpr.modeling.efficientnet import EfficientNetLite0WithMask, MaskUNetDecoder
 from bpr.modeling.gate import PatchGate
 from bpr.modeling.head import DetailHead, FCNHead
 from bpr.modeling.hrnet import ARCHS, HRNetWithMask
 
 IMAGENET_MEAN = (123.675, 116.28, 103.53)  # RGB, 0..255 scale, as mmseg normalises
 IMAGENET_STD = (58.395, 57.12, 57.375)
+ENCODER_ARCHS = ("effl0",)  # decoders that predict at the input resolution themselves
+ALL_ARCHS = tuple(sorted(ARCHS)) + ENCODER_ARCHS
 
 
 @dataclass(frozen=True)
@@ -54,16 +64,27 @@ class RefinerNet(nn.Module):
 
     def __init__(self, config: RefinerConfig = RefinerConfig()) -> None:
         super().__init__()
-        if config.arch not in ARCHS:
-            raise ValueError(f"unknown arch {config.arch!r}; choose from {sorted(ARCHS)}")
         self.config = config
-        spec = ARCHS[config.arch]
-        self.backbone = HRNetWithMask(spec, upsample_mode=config.upsample_mode)
-        self.decode_head = FCNHead(spec.widths, num_classes=2)
+        self.backbone: nn.Module | None
+        self.decode_head: nn.Module | None
+        if config.arch in ARCHS:
+            spec = ARCHS[config.arch]
+            self.backbone = HRNetWithMask(spec, upsample_mode=config.upsample_mode)
+            self.decode_head = FCNHead(spec.widths, num_classes=2)
+            mean, std = IMAGENET_MEAN, IMAGENET_STD
+        elif config.arch == "effl0":
+            if config.input_size % efficientnet.STRIDE:
+                raise ValueError(f"effl0 needs an input size that is a multiple of {efficientnet.STRIDE}, "
+                                 f"got {config.input_size}")
+            self.backbone = EfficientNetLite0WithMask()
+            self.decode_head = MaskUNetDecoder(num_classes=2)
+            mean, std = efficientnet.PIXEL_MEAN, efficientnet.PIXEL_STD
+        else:
+            raise ValueError(f"unknown arch {config.arch!r}; choose from {list(ALL_ARCHS)}")
         self.detail_head = DetailHead(num_classes=2) if config.detail_head else None
         self.gate = PatchGate() if config.gate else None
-        self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
         self.channels_last = False  # set by fused_for_inference: inputs are laid out channels-last too
         self.inference_graph: nn.Module | None = None  # set by fused_for_inference
 
@@ -89,8 +110,11 @@ class RefinerNet(nn.Module):
         """image (B, 3, S, S) normalised; mask (B, 1, S, S) in [-1, 1] -> logits (B, 2, S, S)."""
         if self.inference_graph is not None:
             return self.inference_graph(image, mask)
-        logits = self.decode_head(self.backbone(image, mask))  # (B, 2, S/4, S/4)
-        logits = F.interpolate(logits, size=image.shape[-2:], mode="bilinear", align_corners=False)
+        if self.config.arch in ENCODER_ARCHS:
+            logits = self.decode_head(self.backbone(image, mask), image, mask)  # (B, 2, S, S)
+        else:
+            logits = self.decode_head(self.backbone(image, mask))  # (B, 2, S/4, S/4)
+            logits = F.interpolate(logits, size=image.shape[-2:], mode="bilinear", align_corners=False)
         if self.detail_head is not None:
             logits = self.detail_head(logits, image, mask)
         return logits

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from bpr.errors import BprInputError
 from bpr.io.atomic import atomic_path
 from bpr.modeling.checkpoint import load_refiner, save_refiner
+from bpr.modeling.efficientnet import load_imagenet_weights
 from bpr.modeling.refiner_net import RefinerConfig, RefinerNet
 from bpr.train.augment import photometric, random_flip
 from bpr.train.patch_store import PatchSet
@@ -30,7 +31,9 @@ from bpr.train.patch_store import PatchSet
 @dataclass
 class TrainConfig:
     patches: list[str] = field(default_factory=list)
-    arch: str = "hr18s"
+    arch: str = "hr18s"  # hr18s / hr18 / hr48 (BPR's HRNet) or effl0 (EfficientNet-Lite0 + U-Net decoder)
+    pretrained: bool = False  # effl0: start the encoder from ImageNet weights (the `train` extra)
+    backbone_lr_mult: float = 1.0  # the backbone's learning rate relative to lr (pretrained features move slower)
     input_size: int = 64
     detail_head: bool = False  # add the full-resolution DetailHead (see bpr.modeling.head)
     batch_size: int = 32
@@ -110,13 +113,20 @@ class Trainer:
                                     f"(missing {missing[:2]}, unexpected {unexpected[:2]})")
         else:
             self.net = RefinerNet(config)
+            if cfg.pretrained:
+                if cfg.arch != "effl0":
+                    raise BprInputError(f"no pretrained weights for arch {cfg.arch!r} (only effl0 has them)")
+                load_imagenet_weights(self.net.backbone)
         self.net.to(self.device).train()
+        backbone = [p for n, p in self.net.named_parameters() if n.startswith("backbone.")]
+        rest = [p for n, p in self.net.named_parameters() if not n.startswith("backbone.")]
+        groups = [{"params": backbone, "lr_mult": cfg.backbone_lr_mult}, {"params": rest, "lr_mult": 1.0}]
         if cfg.optimizer == "sgd":
             self.opt: torch.optim.Optimizer = torch.optim.SGD(
-                self.net.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+                groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
             )
         elif cfg.optimizer == "adamw":
-            self.opt = torch.optim.AdamW(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+            self.opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
         else:
             raise BprInputError(f"unknown optimizer {cfg.optimizer!r} (sgd or adamw)")
         self.step = 0
@@ -178,7 +188,7 @@ class Trainer:
         images, coarse, target = self.batch(self.step)
         torch.manual_seed(self.cfg.seed * 1_000_003 + self.step)  # dropout masks: resumable too
         for group in self.opt.param_groups:
-            group["lr"] = _lr_at(self.cfg, self.step)
+            group["lr"] = _lr_at(self.cfg, self.step) * group["lr_mult"]
         with self._autocast():
             logits = self.net(*self.net.preprocess(images, coarse))
         if logits.shape[-1] != target.shape[-1]:
