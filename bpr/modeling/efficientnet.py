@@ -155,7 +155,7 @@ class MaskUNetDecoder(nn.Module):
     """Stride 32 back to the input resolution: upsample x2, concatenate the skip feature and the
     coarse mask at that stride, one 3x3 conv; the last stage uses the input image and mask."""
 
-    def __init__(self, widths: tuple[int, ...] = (96, 64, 48, 32, 16), num_classes: int = 2) -> None:
+    def __init__(self, widths: tuple[int, ...] = (96, 64, 32, 24, 16), num_classes: int = 2) -> None:
         super().__init__()
         skips = FEATURE_WIDTHS[-2::-1] + (3,)  # 112, 40, 24, 16, then the image itself
         stages = []
