@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from bpr.backends import ProbabilityNet, backend_from_env, select_backend
 from bpr.errors import BprInputError, ModelNotAvailableError
 from bpr.feed import PatchBatch, PatchFeed
 from bpr.modeling.checkpoint import load_refiner
@@ -344,6 +345,10 @@ class Refiner:
             (:meth:`RefinerNet.fused_for_inference`, about 1.5x faster on a CPU, logits equal
             to ~1e-6). None: when the Refiner loads the checkpoint itself; a network handed in
             runs as it is (your module, and later changes to its weights, are what run).
+        backend: what runs the network (bpr.backends): "auto" (OpenVINO, else ONNX Runtime,
+            else torch on a CPU; torch on CUDA; a network handed in runs in torch), "torch",
+            "openvino" or "onnxruntime" (the network exported to ONNX once and cached).
+            None: the ``BPR_BACKEND`` environment variable, else "auto".
         early_reject: with flip TTA and the gate, skip the mirrored forward of patches the gate
             rejects on the plain forward by more than the checkpoint's ``gate_early_reject``
             logits (measured per gate: see ``run_batch``); False runs every mirror.
@@ -362,6 +367,7 @@ class Refiner:
         batch_size: int = 64,
         patch_size: int | None = None,
         fuse: bool | None = None,
+        backend: str | None = None,
         early_reject: bool = True,
         **options: Any,
     ) -> None:
@@ -397,9 +403,18 @@ class Refiner:
                 stacklevel=2,
             )
         self.net = net.to(self.device).eval()
+        self.patch_size = patch_size or net.config.patch_size
+        if self.patch_size < 4:
+            raise BprInputError(f"patch size must be at least 4 pixels, got {self.patch_size}")
         # the network that computes probabilities; self.net stays the checkpoint's module
-        self.infer_net = self.net
-        if fuse or (fuse is None and loaded_here and type(net) is RefinerNet):
+        self.infer_net: ProbabilityNet = self.net
+        backend = backend_from_env(backend)
+        if backend == "auto" and not (loaded_here and type(net) is RefinerNet):
+            backend = "torch"  # a module handed in runs as it is
+        self.backend, runtime = select_backend(self.net, backend, self.device, self.patch_size, self.precision)
+        if runtime is not None:
+            self.infer_net = runtime
+        elif fuse or (fuse is None and loaded_here and type(net) is RefinerNet):
             try:
                 self.infer_net = self.net.fused_for_inference()
             except Exception as exc:  # noqa: BLE001 - a module torch.fx cannot trace still runs, only slower
@@ -408,9 +423,6 @@ class Refiner:
                 warnings.warn(f"running the unfused network ({type(exc).__name__}: {exc})", RuntimeWarning, stacklevel=2)
         self.checkpoint = str(checkpoint) if checkpoint is not None else None
         self.batch_size = batch_size
-        self.patch_size = patch_size or net.config.patch_size
-        if self.patch_size < 4:
-            raise BprInputError(f"patch size must be at least 4 pixels, got {self.patch_size}")
         cfg = net.config
         recommended = RefineOptions(
             flip_tta=cfg.flip_tta, iterations=cfg.iterations, fallback_iou=cfg.fallback_iou, min_area=cfg.min_area,

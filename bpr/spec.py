@@ -22,6 +22,7 @@ class RefinerSpec:
     checkpoint: Path | None = None
     device: str = "cpu"
     precision: str = "auto"
+    backend: str | None = None  # None: BPR_BACKEND, else auto (bpr.backends)
     batch_size: int = 64
     patch_size: int | None = None
     input_size: int | None = None

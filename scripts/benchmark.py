@@ -6,9 +6,12 @@ Two workloads, as the core issue asks:
   (b) a 1024x2048 image with 20 instances giving 100-200 patches: a DAVIS frame upscaled to
       Cityscapes size, with 20 ellipses with wavy outlines of Cityscapes-like object sizes.
 Each is timed at network input 64 and 128, median over --repeats runs after a warm-up.
-Speed does not depend on the weights, so a random-weight refiner is used unless --checkpoint.
+Speed does not depend on the weights, so a random-weight refiner is used unless --checkpoint
+(then at the settings the checkpoint recommends: flip TTA, gate). Several --backends /
+--precisions are timed interleaved, round by round, so the machine's drift cancels.
 
-    python scripts/benchmark.py [--device cpu|cuda] [--repeats 5] [--markdown]
+    python scripts/benchmark.py [--device cpu|cuda] [--repeats 5] [--checkpoint models/bpr_default.pt]
+        [--backends torch openvino onnxruntime] [--precisions auto bf16] [--input-sizes 64]
 """
 
 from __future__ import annotations
@@ -26,8 +29,8 @@ import torch
 from bpr.io.coco import decode_segmentation
 from bpr.io.images import read_image
 from bpr.modeling import RefinerConfig, RefinerNet
-from bpr.modeling.checkpoint import load_refiner
-from bpr.refiner import Refiner
+from bpr.backends import BACKENDS
+from bpr.refiner import PRECISIONS, Refiner
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "davis-dev-real"
 
@@ -56,18 +59,42 @@ def cityscapes_like(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return image, masks
 
 
-def time_workload(refiner: Refiner, image: np.ndarray, masks: np.ndarray, repeats: int) -> dict[str, float]:
-    refiner.refine(image, masks)  # warm-up (allocator, oneDNN kernel selection, CUDA context)
-    rows = []
+def time_once(refiner: Refiner, image: np.ndarray, masks: np.ndarray) -> dict[str, float]:
+    before = dict(refiner.stats.seconds)
+    patches = refiner.stats.patches
+    t0 = time.perf_counter()
+    refiner.refine(image, masks)
+    total = time.perf_counter() - t0
+    stage = {k: refiner.stats.seconds[k] - before.get(k, 0.0) for k in refiner.stats.seconds}
+    return {**stage, "total": total, "patches": refiner.stats.patches - patches}
+
+
+def time_interleaved(refiners: dict[str, Refiner], image: np.ndarray, masks: np.ndarray, repeats: int) -> dict[str, dict]:
+    """Median per refiner over ``repeats`` rounds, each round running every refiner once in
+    turn, so that the machine's drift falls on all of them alike."""
+    for refiner in refiners.values():
+        refiner.refine(image, masks)  # warm-up (allocator, kernel selection, CUDA context)
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in refiners}
     for _ in range(repeats):
-        before = dict(refiner.stats.seconds)
-        patches = refiner.stats.patches
-        t0 = time.perf_counter()
-        refiner.refine(image, masks)
-        total = time.perf_counter() - t0
-        stage = {k: refiner.stats.seconds[k] - before[k] for k in before}
-        rows.append({**stage, "total": total, "patches": refiner.stats.patches - patches})
-    return {k: statistics.median(r[k] for r in rows) for k in rows[0]}
+        for name, refiner in refiners.items():
+            runs[name].append(time_once(refiner, image, masks))
+    return {name: {k: statistics.median(r[k] for r in rows) for k in rows[0]} for name, rows in runs.items()}
+
+
+def build_refiners(args: argparse.Namespace, size: int) -> dict[str, Refiner]:
+    refiners = {}
+    for backend in args.backends:
+        for precision in args.precisions:
+            if args.checkpoint:
+                refiner = Refiner(args.checkpoint, input_size=size, device=args.device, batch_size=args.batch_size,
+                                  fuse=args.fuse, backend=backend, precision=precision)
+            else:
+                torch.manual_seed(0)
+                net = RefinerNet(RefinerConfig(input_size=size))
+                refiner = Refiner(net, device=args.device, batch_size=args.batch_size, fuse=args.fuse,
+                                  backend=backend, precision=precision)
+            refiners[f"{refiner.backend} {refiner.precision}"] = refiner
+    return refiners
 
 
 def main() -> None:
@@ -75,33 +102,33 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--checkpoint", type=Path)
+    p.add_argument("--checkpoint", type=Path, help="a checkpoint, run at the settings it recommends (default: random hr18s weights)")
     p.add_argument("--json", type=Path, help="also write the rows as json")
     p.add_argument("--no-fuse", dest="fuse", action="store_false",
-                   help="run the network as trained (BatchNorm not folded, no channels-last): the before of the fusion")
+                   help="run the torch network as trained (BatchNorm not folded, no channels-last): the before of the fusion")
     p.add_argument("--input-sizes", type=int, nargs="+", default=[64, 128])
+    p.add_argument("--backends", nargs="+", default=["torch"], choices=list(BACKENDS),
+                   help="backends to time, interleaved round by round (default: torch)")
+    p.add_argument("--precisions", nargs="+", default=["auto"], choices=list(PRECISIONS))
     args = p.parse_args()
     workloads = {"(a) DAVIS 854x480, 1 OSVOS mask": davis_frame(), "(b) 1024x2048, 20 instances": cityscapes_like()}
     rows = []
     for size in args.input_sizes:
-        if args.checkpoint:
-            net = load_refiner(args.checkpoint, overrides={"input_size": size})
-        else:
-            torch.manual_seed(0)
-            net = RefinerNet(RefinerConfig(input_size=size))
-        refiner = Refiner(net, device=args.device, batch_size=args.batch_size, fuse=args.fuse)  # fused: as a loaded checkpoint runs
+        refiners = build_refiners(args, size)
         for name, (image, masks) in workloads.items():
-            r = time_workload(refiner, image, masks, args.repeats)
-            rows.append({"workload": name, "input": size, **r})
+            for backend, r in time_interleaved(refiners, image, masks, args.repeats).items():
+                rows.append({"workload": name, "input": size, "backend": backend, **r})
     dev = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
-    fused = "BatchNorm folded, channels-last" if args.fuse else "unfused"
-    print(f"device: {dev}; batch {args.batch_size}; {fused}; median of {args.repeats} runs; times in ms per image\n")
-    print("| workload | input | patches | extraction | network | reassembly | extr.+reas. / network | total |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    fused = "torch network BatchNorm-folded, channels-last" if args.fuse else "torch network unfused"
+    model = args.checkpoint or "random hr18s weights"
+    print(f"device: {dev}; {model}; batch {args.batch_size}; {fused}; median of {args.repeats} interleaved runs; "
+          "times in ms per image\n")
+    print("| workload | input | backend | patches | extraction | network | reassembly | extr.+reas. / total | total |")
+    print("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
-        ratio = (r["extract"] + r["reassemble"]) / max(r["network"], 1e-9)
-        print(f"| {r['workload']} | {r['input']} | {r['patches']:.0f} | {r['extract'] * 1e3:.1f} | {r['network'] * 1e3:.1f} | "
-              f"{r['reassemble'] * 1e3:.1f} | {ratio:.1%} | {r['total'] * 1e3:.0f} |")
+        ratio = (r["extract"] + r["reassemble"]) / max(r["total"], 1e-9)
+        print(f"| {r['workload']} | {r['input']} | {r['backend']} | {r['patches']:.0f} | {r['extract'] * 1e3:.1f} | "
+              f"{r['network'] * 1e3:.1f} | {r['reassemble'] * 1e3:.1f} | {ratio:.1%} | {r['total'] * 1e3:.0f} |")
     if args.json:
         args.json.write_text(json.dumps({"device": dev, "rows": rows}, indent=2))
 

@@ -123,6 +123,7 @@ class RefinerInfo(BaseModel):
     input_size: int = Field(description="network input size the patch is resized to")
     device: str
     precision: str = Field(description="fp32, bf16 or fp16 (autocast) for the network")
+    backend: str = Field(description="what runs the network: torch, openvino or onnxruntime", examples=["openvino"])
     max_batch_size: int = Field(description="patches per forward pass, pooled across requests")
     max_wait_ms: float = Field(description="how long a partly filled batch waits for more patches")
     nms_iou: float = Field(description="default patch NMS IoU")

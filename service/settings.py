@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="network precision: auto = fp16 on CUDA, fp32 on CPU; bf16 is faster on recent CPUs"
     )
+    backend: Literal["auto", "torch", "openvino", "onnxruntime"] = Field(
+        "auto", description="what runs the network: auto = OpenVINO, else ONNX Runtime, else torch on a CPU; torch on CUDA"
+    )
     nms_iou: float = Field(0.25, gt=0.0, le=1.0, description="default patch NMS IoU; requests may override it")
     patch_size: int | None = Field(None, ge=4, description="override the checkpoint's patch size (image pixels)")
     input_size: int | None = Field(None, ge=8, description="override the checkpoint's network input size")
@@ -118,6 +121,7 @@ class Settings(BaseSettings):
             checkpoint=self.checkpoint,
             device=self.device,
             precision=self.precision,
+            backend=self.backend,
             batch_size=self.max_batch_size,
             patch_size=self.patch_size,
             input_size=self.input_size,

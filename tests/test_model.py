@@ -163,9 +163,10 @@ def test_refiners_fuse_the_checkpoints_they_load_and_run_handed_in_networks_as_t
     net = RefinerNet(RefinerConfig(input_size=64))
     path = tmp_path / "m.pt"
     save_refiner(net, path)
-    loaded = Refiner(path)
+    loaded = Refiner(path, backend="torch")
     assert loaded.infer_net is not loaded.net and loaded.infer_net.inference_graph is not None
     handed_in = Refiner(net)
+    assert handed_in.backend == "torch"  # auto never exports a module handed in
     assert handed_in.infer_net is handed_in.net is net  # your module, and later weight changes, are what run
-    assert Refiner(path, fuse=False).infer_net.inference_graph is None
+    assert Refiner(path, fuse=False, backend="torch").infer_net.inference_graph is None
     assert Refiner(net, fuse=True).infer_net.inference_graph is not None

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from bpr.backends import BACKENDS, backend_from_env
 from bpr.cli.common import command_parser, run_cli, torch_threads
 from bpr.cli.refine_ray import add_ray_arguments, check_engine_flags, run_ray
 from bpr.errors import BprInputError
@@ -38,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (fp16 autocast on CUDA)")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                    help="auto: fp16 on CUDA, fp32 on CPU; bf16 is ~1.7x faster on recent CPUs")
+    p.add_argument("--backend", choices=list(BACKENDS), default=None,
+                   help="what runs the network: auto (default, or BPR_BACKEND): OpenVINO, else ONNX Runtime, else torch "
+                   "on a CPU, torch on CUDA; the ONNX graph is exported once and cached (BPR_CACHE_DIR)")
     p.add_argument("--batch-size", type=int, default=64, help="patches per network pass (default 64)")
     p.add_argument("--patch-size", type=int, default=None, help="square cut around the boundary, in image pixels (default: the checkpoint's, 64)")
     p.add_argument("--input-size", type=int, default=None, help="network input size the patch is resized to (default: the checkpoint's)")
@@ -85,6 +89,7 @@ def _images_with_masks(
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     check_engine_flags(args)
+    args.backend = backend_from_env(args.backend)  # a bad BPR_BACKEND fails before any work
     out = args.out or args.results.with_name(f"{args.results.stem}.refined.json")
     if out.resolve() == args.results.resolve():
         raise BprInputError("--out would overwrite the input results file; choose another path")

@@ -27,6 +27,7 @@ async def models(
         input_size=r.input_size,
         device=str(r.device),
         precision=r.precision,
+        backend=r.backend,
         max_batch_size=r.batch_size,
         max_wait_ms=state.settings.max_wait_ms,
         nms_iou=o.nms_iou,

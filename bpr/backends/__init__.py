@@ -1,0 +1,133 @@
+"""Inference backends: which runtime turns patches into probabilities.
+
+``torch`` runs the (BatchNorm-folded) torch network; ``openvino`` and ``onnxruntime`` run
+the network exported to ONNX (bpr/backends/export.py, cached, never by hand). ``auto`` picks
+the fastest one installed for the device: on a CPU OpenVINO, then ONNX Runtime, then torch;
+on CUDA torch. Measured on the 2-core CPU (scripts/benchmark.py --backend): see README.
+
+Every runtime is checked against the torch network on a fixed probe batch when it loads: a
+graph whose probabilities differ beyond :data:`TOLERANCE` is rebuilt once, then refused.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import warnings
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from bpr.errors import BprInputError, ModelNotAvailableError
+from bpr.modeling.refiner_net import RefinerNet
+
+BACKENDS = ("auto", "torch", "openvino", "onnxruntime")
+# Largest probability difference from the torch network accepted on the probe batch.
+TOLERANCE = {"fp32": 1e-3, "bf16": 0.05}
+
+
+class ProbabilityNet(Protocol):
+    def foreground_probability(self, image_patches: torch.Tensor, mask_patches: torch.Tensor) -> torch.Tensor: ...
+
+
+def backend_from_env(name: str | None) -> str:
+    """``name``, else ``BPR_BACKEND``, else ``auto``; a one-line error for an unknown name."""
+    chosen = name or os.environ.get("BPR_BACKEND") or "auto"
+    if chosen not in BACKENDS:
+        raise BprInputError(f"backend must be one of {', '.join(BACKENDS)}, got {chosen!r}")
+    return chosen
+
+
+def installed(runtime: str) -> bool:
+    return importlib.util.find_spec(runtime) is not None and importlib.util.find_spec("onnx") is not None
+
+
+def automatic_backend(device: torch.device) -> str:
+    """The backend ``auto`` means on ``device``: the fastest installed one (see module doc)."""
+    if device.type != "cpu":
+        return "torch"
+    for runtime in ("openvino", "onnxruntime"):
+        if installed(runtime):
+            return runtime
+    return "torch"
+
+
+def probe_batch(patch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Four fixed patches with edges and a boundary: the same every time, any machine."""
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(4, 3, patch_size, patch_size, generator=g) * 255
+    ramp = torch.arange(patch_size, dtype=torch.float32)
+    masks = torch.stack([
+        (ramp[None, :] < patch_size / 2).expand(patch_size, patch_size),
+        (ramp[:, None] < patch_size / 3).expand(patch_size, patch_size),
+        (ramp[None, :] + ramp[:, None] < patch_size),
+        torch.rand(patch_size, patch_size, generator=g) > 0.5,
+    ]).float()[:, None]
+    return images, masks
+
+
+def mismatch(runtime: ProbabilityNet, net: RefinerNet, patch_size: int) -> float:
+    """Largest |p_runtime - p_torch| on the probe batch."""
+    images, masks = probe_batch(patch_size)
+    with torch.inference_mode():
+        expected = net.foreground_probability(images, masks).float()
+    return float((runtime.foreground_probability(images, masks).float() - expected).abs().max())
+
+
+def _open(runtime: str, graph: Path, threads: int, precision: str) -> ProbabilityNet:
+    from bpr.backends.runtimes import OnnxRuntimeNet, OpenVinoNet
+
+    if runtime == "openvino":
+        return OpenVinoNet(graph, threads, precision)
+    return OnnxRuntimeNet(graph, threads)
+
+
+def load_runtime(net: RefinerNet, runtime: str, patch_size: int, precision: str, threads: int | None = None) -> ProbabilityNet:
+    """``net`` exported (or found in the cache) and opened by ``runtime``, checked on the probe
+    batch; a graph that fails the check is exported again once, then refused."""
+    from bpr.backends.export import cached_graph
+
+    if not installed(runtime):
+        raise ModelNotAvailableError(f"the {runtime} backend is not installed: pip install {runtime} onnx")
+    if runtime == "onnxruntime" and precision == "bf16":
+        raise BprInputError("bf16 runs with the torch or openvino backend, not onnxruntime")
+    threads = threads or torch.get_num_threads()
+    tolerance = TOLERANCE["bf16" if precision == "bf16" else "fp32"]
+    graph = cached_graph(net, patch_size)
+    for attempt in range(2):
+        try:
+            opened = _open(runtime, graph, threads, precision)
+            error = mismatch(opened, net, patch_size)
+        except ModelNotAvailableError:
+            if attempt:
+                raise
+            error = float("inf")
+        if error <= tolerance:
+            return opened
+        if attempt == 0:  # a corrupt or foreign file under the right name: export afresh
+            graph.unlink(missing_ok=True)
+            graph = cached_graph(net, patch_size)
+    raise ModelNotAvailableError(
+        f"the exported graph ({graph}) disagrees with the torch network by {error:.3g} "
+        f"(tolerance {tolerance}); run with --backend torch"
+    )
+
+
+def select_backend(
+    net: RefinerNet, name: str, device: torch.device, patch_size: int, precision: str
+) -> tuple[str, ProbabilityNet | None]:
+    """(backend name, runtime or None for torch). ``auto`` falls back to torch with a warning
+    where the runtime cannot load; an explicit choice that cannot load is a one-line error."""
+    chosen = automatic_backend(device) if name == "auto" else name
+    if chosen == "torch":
+        return "torch", None
+    if device.type != "cpu":
+        raise BprInputError(f"the {chosen} backend runs on the CPU; use --backend torch on {device}")
+    try:
+        return chosen, load_runtime(net, chosen, patch_size, precision)
+    except (ModelNotAvailableError, BprInputError) as exc:
+        if name != "auto":
+            raise
+        warnings.warn(f"running the torch network: the {chosen} backend did not load ({exc})", RuntimeWarning, stacklevel=3)
+        return "torch", None

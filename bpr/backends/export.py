@@ -1,0 +1,110 @@
+"""Export a refiner network to ONNX once, and find the exported graph again next time.
+
+What is exported is :meth:`RefinerNet.foreground_probability` for one patch size: raw patches
+in (image 0..255 RGB, mask 0/1), foreground probability at patch size out, with the resizing
+and normalisation inside the graph, so a runtime does everything the torch network does.
+
+The graph is cached under a name that hashes everything it depends on (the weights, the
+config, the patch size, the export recipe and the torch that traced it), so a changed
+checkpoint never meets an old graph; the same key is written into the graph's metadata and
+checked on load, so a graph copied or corrupted under that name is rebuilt, not run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from bpr.io.atomic import atomic_path
+from bpr.modeling.refiner_net import RefinerNet
+
+EXPORT_VERSION = 1  # bump when the exported graph's inputs, outputs or recipe change
+OPSET = 17
+KEY_FIELD = "bpr_graph_key"
+
+
+class ProbabilityGraph(nn.Module):
+    """The exported function: (image patches, mask patches) -> foreground probability."""
+
+    def __init__(self, net: RefinerNet) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, image_patches: torch.Tensor, mask_patches: torch.Tensor) -> torch.Tensor:
+        return self.net.foreground_probability(image_patches, mask_patches)
+
+
+def graph_key(net: RefinerNet, patch_size: int) -> str:
+    """A hash of everything the exported graph depends on (weights included)."""
+    digest = hashlib.sha256()
+    recipe = {"export": EXPORT_VERSION, "opset": OPSET, "torch": torch.__version__, "patch": patch_size,
+              "config": net.config.to_dict()}
+    digest.update(json.dumps(recipe, sort_keys=True).encode())
+    for name, tensor in net.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:32]
+
+
+def cache_dir() -> Path:
+    """``BPR_CACHE_DIR``, else ``$XDG_CACHE_HOME/bpr`` (``~/.cache/bpr``)."""
+    if os.environ.get("BPR_CACHE_DIR"):
+        return Path(os.environ["BPR_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "bpr"
+
+
+def export_onnx(net: RefinerNet, patch_size: int, path: Path, key: str) -> Path:
+    """Trace ``net`` (on the CPU) at ``patch_size``, batch dimension dynamic; written atomically."""
+    import onnx
+
+    graph = ProbabilityGraph(net).eval()
+    images = torch.rand(2, 3, patch_size, patch_size) * 255
+    masks = (torch.rand(2, 1, patch_size, patch_size) > 0.5).float()
+    with atomic_path(path) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings about the fixed patch size: intended
+        torch.onnx.export(
+            graph, (images, masks), str(tmp), input_names=["image_patches", "mask_patches"],
+            output_names=["probability"], opset_version=OPSET, dynamo=False,
+            dynamic_axes={"image_patches": {0: "batch"}, "mask_patches": {0: "batch"}, "probability": {0: "batch"}},
+        )
+        model = onnx.load(str(tmp))
+        model.metadata_props.add(key=KEY_FIELD, value=key)
+        onnx.save(model, str(tmp))
+    return path
+
+
+def stored_key(path: Path) -> str | None:
+    """The key written into a cached graph, or None when the file is not a readable ONNX graph."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - any unreadable file is a graph to rebuild
+        return None
+    return next((p.value for p in model.metadata_props if p.key == KEY_FIELD), None)
+
+
+def cached_graph(net: RefinerNet, patch_size: int, directory: Path | None = None) -> Path:
+    """The exported graph of ``net`` at ``patch_size``: from the cache when its key matches,
+    else exported now (a few seconds, once). An unwritable cache folder falls back to a
+    per-user temporary folder."""
+    key = graph_key(net, patch_size)
+    folder = directory or cache_dir()
+    path = folder / f"refiner-{key}.onnx"
+    if path.is_file() and stored_key(path) == key:
+        return path
+    try:
+        return export_onnx(net, patch_size, path, key)
+    except OSError:
+        import tempfile
+
+        fallback = Path(tempfile.gettempdir()) / f"bpr-cache-{os.getuid()}" / path.name
+        if fallback.is_file() and stored_key(fallback) == key:
+            return fallback
+        return export_onnx(net, patch_size, fallback, key)

@@ -1,0 +1,212 @@
+"""Inference backends: the exported graph computes what the torch network computes, bpr-refine
+writes the same masks whichever runs, a stale or corrupt graph is rebuilt or refused, and the
+automatic choice is pinned."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import bpr.backends as backends
+from bpr.backends import automatic_backend, load_runtime, select_backend
+from bpr.backends.export import KEY_FIELD, cached_graph, graph_key, stored_key
+from bpr.cli.refine import main as refine_main
+from bpr.errors import BprInputError, ModelNotAvailableError
+from bpr.io.coco import load_json
+from bpr.io.images import read_image
+from bpr.io.results import entries_to_masks
+from bpr.modeling import RefinerConfig, RefinerNet, load_refiner, save_refiner
+from bpr.refiner import Refiner, default_checkpoint
+
+pytest.importorskip("openvino", reason="the openvino backend is not installed")
+pytest.importorskip("onnxruntime", reason="the onnxruntime backend is not installed (the onnx extra)")
+
+RUNTIMES = ["openvino", "onnxruntime"]
+
+
+@pytest.fixture(autouse=True)
+def graph_cache(tmp_path_factory, monkeypatch):
+    """Every test exports into one fresh cache of this session, never into the user's."""
+    monkeypatch.setenv("BPR_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "graph-cache"))
+
+
+def real_patches(data_dir, count=4):
+    """First-pass patches of real cityscapes-dev images with Mask R-CNN-like coarse masks."""
+    root = data_dir / "cityscapes-dev"
+    info = {i["id"]: i for i in load_json(root / "gt.json")["images"]}
+    entries: dict = {}
+    for e in load_json(root / "maskrcnn28.json"):
+        entries.setdefault(e["image_id"], []).append(e)
+    cutter = Refiner(backend="torch", min_area=0)  # every instance, small ones too
+    images, masks = [], []
+    for key in list(entries)[:count]:
+        im = info[key]
+        job = cutter.start_numpy(read_image(root / "images" / im["file_name"]),
+                                 entries_to_masks(entries[key], im["height"], im["width"])).advance()
+        images.append(job.image_patches)
+        masks.append(job.mask_patches)
+    return torch.cat(images), torch.cat(masks)
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_the_exported_default_model_gives_the_torch_probabilities_on_real_patches(runtime, data_dir):
+    images, masks = real_patches(data_dir)
+    assert len(images) > 90
+    net = load_refiner(default_checkpoint())
+    with torch.inference_mode():
+        expected = net.foreground_probability(images, masks)
+    got = load_runtime(net, runtime, net.config.patch_size, "fp32").foreground_probability(images, masks)
+    assert got.shape == expected.shape
+    assert (got - expected).abs().max() < 1e-4
+    assert ((got > 0.5) != (expected > 0.5)).float().mean() < 1e-5
+
+
+@pytest.mark.parametrize("config", [RefinerConfig(arch="effl0", input_size=64), RefinerConfig(arch="hr18s", input_size=128)],
+                         ids=["effl0-64", "hr18s-128-resized"])
+def test_every_architecture_and_a_resizing_input_exports(config, data_dir):
+    """The BPR reference runs 64 px patches at input 128: the resizes live inside the graph."""
+    torch.manual_seed(0)
+    net = RefinerNet(config).eval()
+    images, masks = real_patches(data_dir, count=1)
+    with torch.inference_mode():
+        expected = net.foreground_probability(images, masks)
+    got = load_runtime(net, "openvino", 64, "fp32").foreground_probability(images, masks)
+    assert (got - expected).abs().max() < 1e-4
+
+
+def test_bf16_stays_near_fp32_where_it_is_allowed(data_dir):
+    images, masks = real_patches(data_dir, count=1)
+    net = load_refiner(default_checkpoint())
+    with torch.inference_mode():
+        expected = net.foreground_probability(images, masks)
+    got = load_runtime(net, "openvino", 64, "bf16").foreground_probability(images, masks)
+    assert (got - expected).abs().max() < 0.05
+    with pytest.raises(BprInputError, match="not onnxruntime"):
+        load_runtime(net, "onnxruntime", 64, "bf16")
+
+
+@pytest.mark.slow
+def test_bpr_refine_writes_the_same_masks_with_every_backend(tmp_path, data_dir):
+    """Stated tolerance: at most 1 pixel in 100,000 of the refined masks differs from torch."""
+    root = data_dir / "cityscapes-dev"
+    results = load_json(root / "maskrcnn28.json")
+    first = sorted({r["image_id"] for r in results})[:6]
+    (tmp_path / "in.json").write_text(json.dumps([r for r in results if r["image_id"] in first]))
+    info = {i["id"]: i for i in load_json(root / "gt.json")["images"]}
+    masks = {}
+    for backend in ["torch", *RUNTIMES]:
+        out = tmp_path / f"{backend}.json"
+        assert refine_main([str(tmp_path / "in.json"), "--images", str(root / "images"), "--image-info",
+                            str(root / "gt.json"), "--out", str(out), "--backend", backend, "--quiet", "--threads", "1"]) == 0
+        entries = load_json(out)
+        masks[backend] = np.concatenate([
+            entries_to_masks([e], info[e["image_id"]]["height"], info[e["image_id"]]["width"]).ravel() for e in entries])
+    assert masks["torch"].sum() > 100_000
+    for runtime in RUNTIMES:
+        assert (masks[runtime] != masks["torch"]).mean() <= 1e-5, runtime
+
+
+def test_a_corrupt_or_foreign_cached_graph_is_rebuilt(tmp_path):
+    torch.manual_seed(0)
+    net = RefinerNet(RefinerConfig(input_size=64)).eval()
+    path = cached_graph(net, 64, tmp_path)
+    key = graph_key(net, 64)
+    assert path.name == f"refiner-{key}.onnx" and stored_key(path) == key
+    mtime = path.stat().st_mtime_ns
+    assert cached_graph(net, 64, tmp_path) == path and path.stat().st_mtime_ns == mtime  # found, not re-exported
+    path.write_bytes(b"\x00garbage")  # a torn or corrupted file
+    assert stored_key(path) is None
+    assert stored_key(cached_graph(net, 64, tmp_path)) == key
+    torch.manual_seed(1)
+    other = RefinerNet(RefinerConfig(input_size=64)).eval()
+    foreign = cached_graph(other, 64, tmp_path)
+    path.write_bytes(foreign.read_bytes())  # another network's graph under this one's name
+    assert stored_key(path) == graph_key(other, 64) != key
+    rebuilt = cached_graph(net, 64, tmp_path)
+    assert stored_key(rebuilt) == key
+
+
+def test_a_changed_weight_changes_the_key():
+    torch.manual_seed(0)
+    net = RefinerNet(RefinerConfig(input_size=64))
+    key = graph_key(net, 64)
+    assert graph_key(net, 96) != key
+    with torch.no_grad():
+        net.decode_head.conv_seg.bias[0] += 1e-3
+    assert graph_key(net, 64) != key
+
+
+def test_a_graph_that_disagrees_with_torch_is_rebuilt_once_then_refused(monkeypatch):
+    torch.manual_seed(0)
+    net = RefinerNet(RefinerConfig(input_size=64)).eval()
+    real_open = backends._open
+    opened = []
+
+    class Wrong:
+        def foreground_probability(self, images, masks):
+            return torch.zeros(len(images), images.shape[-2], images.shape[-1])
+
+    def flaky(runtime, graph, threads, precision):  # wrong the first time only: a corrupt graph
+        opened.append(graph)
+        return Wrong() if len(opened) == 1 else real_open(runtime, graph, threads, precision)
+
+    monkeypatch.setattr(backends, "_open", flaky)
+    assert load_runtime(net, "openvino", 64, "fp32") is not None
+    assert len(opened) == 2
+    monkeypatch.setattr(backends, "_open", lambda *a: Wrong())
+    with pytest.raises(ModelNotAvailableError, match=r"disagrees with the torch network by 0\.\d+ \(tolerance 0\.001\)") as err:
+        load_runtime(net, "openvino", 64, "fp32")
+    assert "\n" not in str(err.value)
+
+
+def test_the_automatic_choice_is_pinned(monkeypatch, random_checkpoint):
+    assert automatic_backend(torch.device("cpu")) == "openvino"
+    assert automatic_backend(torch.device("cuda")) == "torch"
+    monkeypatch.setattr(backends, "installed", lambda runtime: runtime == "onnxruntime")
+    assert automatic_backend(torch.device("cpu")) == "onnxruntime"
+    monkeypatch.setattr(backends, "installed", lambda runtime: False)
+    assert automatic_backend(torch.device("cpu")) == "torch"
+    monkeypatch.undo()
+    assert Refiner(random_checkpoint).backend == "openvino"  # a checkpoint the Refiner loads
+    assert Refiner(load_refiner(random_checkpoint)).backend == "torch"  # a module handed in runs as it is
+    monkeypatch.setenv("BPR_BACKEND", "onnxruntime")
+    assert Refiner(random_checkpoint).backend == "onnxruntime"
+    assert Refiner(random_checkpoint, backend="torch").backend == "torch"
+
+
+def test_a_backend_that_cannot_load_is_one_line_or_a_warned_fallback(monkeypatch, random_checkpoint, capsys):
+    net = load_refiner(random_checkpoint)
+    monkeypatch.setattr(backends, "installed", lambda runtime: False)
+    with pytest.raises(ModelNotAvailableError, match="openvino backend is not installed"):
+        select_backend(net, "openvino", torch.device("cpu"), 64, "fp32")
+    monkeypatch.setattr(backends, "automatic_backend", lambda device: "openvino")
+    with pytest.warns(RuntimeWarning, match="running the torch network: the openvino backend did not load"):
+        assert select_backend(net, "auto", torch.device("cpu"), 64, "fp32") == ("torch", None)
+    with pytest.raises(BprInputError, match="runs on the CPU"):
+        select_backend(net, "onnxruntime", torch.device("cuda"), 64, "fp32")
+    monkeypatch.setenv("BPR_BACKEND", "tensorrt")
+    assert refine_main(["x.json", "--images", "."]) == 2
+    assert "backend must be one of auto, torch, openvino, onnxruntime, got 'tensorrt'" in capsys.readouterr().err
+
+
+def test_the_exported_graph_carries_its_key_in_metadata(tmp_path):
+    import onnx
+
+    torch.manual_seed(0)
+    net = RefinerNet(RefinerConfig(input_size=64)).eval()
+    model = onnx.load(str(cached_graph(net, 64, tmp_path)))
+    assert {p.key: p.value for p in model.metadata_props}[KEY_FIELD] == graph_key(net, 64)
+    assert [i.name for i in model.graph.input] == ["image_patches", "mask_patches"]
+
+
+def test_a_saved_effl0_checkpoint_runs_through_the_automatic_backend(tmp_path, data_dir):
+    torch.manual_seed(0)
+    net = RefinerNet(RefinerConfig(arch="effl0", input_size=64, patch_size=64))
+    save_refiner(net, tmp_path / "e.pt")
+    images, masks = real_patches(data_dir, count=1)
+    refiner = Refiner(tmp_path / "e.pt")
+    assert refiner.backend == "openvino"
+    with torch.inference_mode():
+        expected = load_refiner(tmp_path / "e.pt").foreground_probability(images, masks)
+    assert (refiner.infer_net.foreground_probability(images, masks) - expected).abs().max() < 1e-4
