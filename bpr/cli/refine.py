@@ -20,6 +20,7 @@ from bpr.errors import BprInputError
 from bpr.io.atomic import check_writable
 from bpr.io.coco import write_json_atomic
 from bpr.io.datasets import image_paths
+from bpr.io.pipeline import map_behind, prefetch
 from bpr.io.results import group_by_image, load_image_masks, load_results, refined_entry
 from bpr.spec import RefinerSpec
 
@@ -110,10 +111,16 @@ def main(argv: list[str] | None = None) -> int:
     refined: list[dict[str, Any] | None] = [None] * len(results)
     start = time.perf_counter()
     bar = tqdm(total=len(groups), unit="img", disable=True if args.quiet else None, file=sys.stderr)
-    stream = refiner.refine_many(_images_with_masks(results, groups, paths))
-    for indices, masks in zip(groups.values(), stream):
-        for i, mask in zip(indices, masks):
-            refined[i] = refined_entry(results[i], mask)
+    # decoding runs ahead of the network and RLE encoding behind it, each on its own thread
+    stream = refiner.refine_many(prefetch(_images_with_masks(results, groups, paths)))
+
+    def encode(done: tuple[list[int], np.ndarray]) -> tuple[list[int], list[dict[str, Any]]]:
+        indices, masks = done
+        return indices, [refined_entry(results[i], mask) for i, mask in zip(indices, masks)]
+
+    for indices, entries in map_behind(encode, zip(groups.values(), stream)):
+        for i, entry in zip(indices, entries):
+            refined[i] = entry
         elapsed = max(time.perf_counter() - start, 1e-9)
         bar.set_postfix(instances=refiner.stats.instances, patches_per_s=f"{refiner.stats.patches / elapsed:.0f}")
         bar.update(1)
@@ -121,9 +128,10 @@ def main(argv: list[str] | None = None) -> int:
     write_json_atomic(out, refined)
     if not args.quiet:
         s = refiner.stats
+        seconds = time.perf_counter() - start
         print(
             f"bpr-refine: {s.images} images, {s.instances} instances, {s.patches} patches in "
-            f"{time.perf_counter() - start:.1f} s; {s.fallbacks} instances kept as given by the fallback "
+            f"{seconds:.1f} s ({s.images / max(seconds, 1e-9):.2f} images/s, {refiner.backend} backend); {s.fallbacks} instances kept as given by the fallback "
             f"rule, {s.small} under the minimum area, {s.gated} patches kept coarse by the quality gate "
             f"({s.early_gated} of them without a mirrored forward) -> {out}",
             file=sys.stderr,
