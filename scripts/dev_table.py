@@ -225,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-images", type=int, help="only N images of each input, spread evenly (quick checks)")
     p.add_argument("--json", type=Path, help="write every number here")
     p.add_argument("--precision", default="auto")
+    p.add_argument("--backend", default=None, help="torch, openvino, onnxruntime (default: BPR_BACKEND, else auto)")
     p.add_argument("--nms-iou", type=float)
     p.add_argument("--iterations", type=int)
     p.add_argument("--flip-tta", action=argparse.BooleanOptionalAction, default=None)
@@ -236,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     args.cache.mkdir(parents=True, exist_ok=True)
     refiner = Refiner.from_checkpoint(
-        args.checkpoint, precision=args.precision, nms_iou=args.nms_iou, iterations=args.iterations,
+        args.checkpoint, precision=args.precision, backend=args.backend, nms_iou=args.nms_iou, iterations=args.iterations,
         flip_tta=args.flip_tta, confine_passes=args.confine_passes, fallback_iou=args.fallback_iou, min_area=args.min_area,
         change_margin=args.change_margin, quality_gate=args.quality_gate,
     )
@@ -251,10 +252,11 @@ def main(argv: list[str] | None = None) -> int:
             rows[name] = {**score(gt_path, coarse, out), "run": run}
             print(f"{name}: done in {run['seconds']:.0f} s", file=sys.stderr)
     o = refiner.options
-    print(f"checkpoint {refiner.checkpoint}; {o}\n")
+    print(f"checkpoint {refiner.checkpoint}; {refiner.backend} backend, {refiner.precision}; {o}\n")
     print_table(rows)
     if args.json:
-        write_json_atomic(args.json, {"checkpoint": refiner.checkpoint, "options": o.__dict__, "rows": rows})
+        write_json_atomic(args.json, {"checkpoint": refiner.checkpoint, "backend": refiner.backend,
+                                      "precision": refiner.precision, "options": o.__dict__, "rows": rows})
     return 0
 
 
