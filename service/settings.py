@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from bpr.io.images import DEFAULT_MAX_PIXELS
 from bpr.spec import RefinerSpec
 
 DetectorKind = Literal["none", "http", "mmdet", "results"]
@@ -81,7 +82,10 @@ class Settings(BaseSettings):
 
     # --- limits on client input ---------------------------------------------------------
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1, description="largest request body, in bytes (413 above)")
-    max_pixels: int = Field(25_000_000, ge=1, description="largest image, in pixels (checked on the header first)")
+    max_pixels: int = Field(
+        DEFAULT_MAX_PIXELS, ge=1,
+        description="largest image, in pixels, any format: read from the header before decoding; bpr-refine reads the same variable",
+    )
     max_instances: int = Field(256, ge=1, description="most instances in one request")
     max_mask_pixels: int = Field(
         256_000_000, ge=1, description="instances x height x width of one request (bounds mask memory)"
