@@ -14,7 +14,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from bpr.io.images import DEFAULT_MAX_PIXELS
+from bpr.io.limits import DEFAULT_MAX_MASK_PIXELS, DEFAULT_MAX_PIXELS
 from bpr.spec import RefinerSpec
 
 DetectorKind = Literal["none", "http", "mmdet", "results"]
@@ -88,7 +88,7 @@ class Settings(BaseSettings):
     )
     max_instances: int = Field(256, ge=1, description="most instances in one request")
     max_mask_pixels: int = Field(
-        256_000_000, ge=1, description="instances x height x width of one request (bounds mask memory)"
+        DEFAULT_MAX_MASK_PIXELS, ge=1, description="instances x height x width of one request (bounds mask memory)"
     )
 
     # --- security -----------------------------------------------------------------------

@@ -203,5 +203,5 @@ def test_the_pixel_limit_defaults_to_bpr_max_pixels(monkeypatch):
     with pytest.raises(BprInputError, match=r"200x100 pixels is over the limit of 1000 pixels \(BPR_MAX_PIXELS\)"):
         decode_image_bytes(bombs.png_claiming(200, 100))
     monkeypatch.setenv("BPR_MAX_PIXELS", "lots")
-    with pytest.raises(BprInputError, match="BPR_MAX_PIXELS must be a whole number"):
+    with pytest.raises(BprInputError, match="BPR_MAX_PIXELS must be a whole number, at least 1"):
         default_max_pixels()

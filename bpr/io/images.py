@@ -25,27 +25,9 @@ from PIL import BmpImagePlugin, GifImagePlugin, JpegImagePlugin, PngImagePlugin,
 from PIL import ImageFile
 
 from bpr.errors import BprInputError
+from bpr.io.limits import default_max_pixels, over_pixel_limit
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-
-MAX_PIXELS_ENV = "BPR_MAX_PIXELS"
-DEFAULT_MAX_PIXELS = 25_000_000
-
-
-def default_max_pixels() -> int:
-    """``BPR_MAX_PIXELS`` if set (the service's setting of the same name), else 25,000,000."""
-    value = os.environ.get(MAX_PIXELS_ENV, "").strip()
-    if not value:
-        return DEFAULT_MAX_PIXELS
-    if not value.isdigit() or int(value) < 1:
-        raise BprInputError(f"{MAX_PIXELS_ENV} must be a whole number of pixels, at least 1, got {value!r}")
-    return int(value)
-
-
-def over_pixel_limit(what: str, width: int, height: int, max_pixels: int) -> str:
-    """The one message for an image over the limit (the CLI and the service say the same)."""
-    return f"{what}: {width}x{height} pixels is over the limit of {max_pixels} pixels ({MAX_PIXELS_ENV})"
-
 
 UNREADABLE = "not a readable image (corrupt or unsupported format)"
 
