@@ -75,12 +75,14 @@ async def read_body(receive: Receive, limit: int, rule: UploadRule) -> list[Mess
 
 
 def replay(messages: list[Message], receive: Receive) -> Receive:
-    """``receive`` that hands back the buffered body, then the real channel (for disconnects)."""
-    pending = list(messages)
+    """``receive`` that hands back the buffered body, then the real channel (for disconnects).
+
+    Pops from ``messages`` itself: each chunk is released once the form parser has it, so the
+    buffered body does not stay in memory beside its parsed copy."""
 
     async def wrapped() -> Message:
-        if pending:
-            return pending.pop(0)
+        if messages:
+            return messages.pop(0)
         return await receive()
 
     return wrapped
