@@ -22,11 +22,30 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from bpr.refiner import RefineOptions, Refiner
+from bpr.refiner import RefineOptions, Refiner, TooManyPatches
 from service.batching import Batcher
 from service.metrics import ServiceMetrics
 
 T = TypeVar("T")
+
+
+class OverBudget(TooManyPatches):
+    """The request would cost more network patch forwards than one request may (BPR_MAX_REQUEST_PATCHES).
+
+    Cost = patches per pass x passes x (2 with flip_tta): what decides how long the network
+    works for one request, whichever parameter makes it large."""
+
+    def __init__(self, needed: int, passes: int, tta: bool, budget: int) -> None:
+        factor = passes * (2 if tta else 1)
+        tta_words = " x 2 (flip_tta)" if tta else ""
+        super().__init__(needed, budget // factor)
+        self.args = (
+            f"this request needs {needed} boundary patches per pass x {passes} pass(es){tta_words} = "
+            f"{needed * factor} network patch forwards, over the budget of {budget} per request "
+            "(BPR_MAX_REQUEST_PATCHES); lower it with nms_iou nearer the default 0.25, fewer iterations, "
+            "flip_tta=false, or fewer or smaller instances",
+        )
+        self.budget, self.forwards = budget, needed * factor
 
 
 @dataclass(frozen=True)
@@ -49,8 +68,10 @@ class RefineEngine:
         cpu_workers: int = 2,
         max_wait_ms: float = 5.0,
         max_queued_patches: int = 8192,
+        max_request_patches: int | None = None,
     ) -> None:
         self.refiner = refiner
+        self.max_request_patches = max_request_patches  # network patch forwards per request; None = no budget
         self.metrics = metrics
         self._pool = ThreadPoolExecutor(max_workers=cpu_workers, thread_name_prefix="bpr-cpu")
         self.batcher = Batcher(refiner, max_wait_ms / 1000.0, max_queued_patches, on_batch=self._on_batch)
@@ -78,12 +99,28 @@ class RefineEngine:
         """image HxWx3 uint8 RGB, masks NxHxW bool -> refined NxHxW bool (same order) and its cost.
 
         Raises QueueFull (-> 429) when the patch queue is full, ShuttingDown (-> 503), TooManyPatches
-        (-> 422) when one pass alone needs more patches than the queue holds: memory per request
-        stays bounded by the limits.
+        (-> 422) when one pass alone needs more patches than the queue holds, OverBudget (-> 422)
+        when patches x passes x TTA exceed the per-request budget: both are counted after the
+        patch placement and before any crop or queueing, so memory and network time per
+        request stay bounded by the limits.
         """
+        options = options or self.refiner.options
+        queue_limit = self.batcher.max_queued_patches
+        per_pass = queue_limit
+        if self.max_request_patches is not None:
+            per_pass = min(queue_limit, self.max_request_patches // (options.iterations * (2 if options.flip_tta else 1)))
+        try:
+            return await self._refine(image, masks, options, per_pass)
+        except TooManyPatches as exc:
+            if exc.limit < queue_limit and self.max_request_patches is not None:
+                raise OverBudget(exc.needed, options.iterations, options.flip_tta, self.max_request_patches) from None
+            raise
+
+    async def _refine(self, image: np.ndarray, masks: np.ndarray, options: RefineOptions, max_patches: int) -> Refined:
+        """The pass loop: extraction and reassembly in the CPU pool, patches through the batcher."""
         stage = self.metrics.stage
         started = time.perf_counter()
-        flight = await self.cpu(self.refiner.start_numpy, image, masks, options, self.batcher.max_queued_patches)
+        flight = await self.cpu(self.refiner.start_numpy, image, masks, options, max_patches)
         job = await self.cpu(flight.advance)
         stage.observe(flight.extract_seconds, "extract")
         while job is not None:

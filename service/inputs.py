@@ -152,7 +152,27 @@ def _parse_json_instances(data: bytes) -> list[dict[str, Any]]:
             raise ServiceError(
                 422, "invalid_instances", f"instances[{i}]: expected an object, got {type(entry).__name__}"
             )
+    _check_one_image(value)
     return value
+
+
+def _check_one_image(entries: list[dict[str, Any]]) -> None:
+    """Refuse instances whose ``image_id`` differ: one request is one image, and refining one
+    image's pixels under another image's masks would answer 200 with nonsense. Entries
+    without ``image_id`` are fine (the id is optional here)."""
+    first: dict[str, Any] | None = None
+    for i, entry in enumerate(entries):
+        if "image_id" not in entry:
+            continue
+        if first is None:
+            first = {"index": i, "id": entry["image_id"]}
+        elif entry["image_id"] != first["id"] or type(entry["image_id"]) is not type(first["id"]):
+            raise ServiceError(
+                422,
+                "mixed_images",
+                f"instances[{i}].image_id is {entry['image_id']!r:.40} but instances[{first['index']}].image_id is "
+                f"{first['id']!r:.40}: /refine refines one image, send only the instances of the image you upload",
+            )
 
 
 def _check_count(n: int, height: int, width: int, settings: Settings) -> None:

@@ -1,12 +1,14 @@
 """Two ASGI middlewares that must act before a route reads the body.
 
 * :class:`MetricsMiddleware` (outermost): counts every answer by route and status and times
-  it, including the 401/413/429 the guard sends and 500s.
+  it, including the 401/408/413/429 the guard sends and 500s.
 * :class:`GuardMiddleware`: the request-body limit (413 from Content-Length at once, or as
-  soon as a streamed body passes it), then for POST /refine and /segment the API key (401)
-  and admission: at most ``max_queue`` such requests in flight, else 429 with Retry-After.
-  Doing this before the body is read is the point: a rejected caller costs no upload,
-  no decoding and no memory.
+  soon as a streamed body passes it), then for POST /refine and /segment the API key (401),
+  a first admission check (429 when ``max_queue`` requests are in flight, before any body is
+  read: a rejected caller costs no upload), then the body itself under the upload rate rule
+  (service/uploads.py, 408 for a client that sends too slowly), and only then a request slot.
+  Slots are held only by requests whose whole body has arrived: clients that trickle their
+  uploads hold none, are cut off after a few seconds, and normal clients are served meanwhile.
 """
 
 from __future__ import annotations
@@ -16,12 +18,14 @@ from collections.abc import Callable
 
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import error_response, upload_too_large
 from service.metrics import ServiceMetrics
 from service.security import UNAUTHORIZED, api_key_ok
 from service.state import ServiceState
+from service.uploads import UploadRule, UploadTooSlow, read_body, replay
 
 HEAVY_ROUTES = frozenset({"/refine", "/segment"})
 
@@ -72,22 +76,60 @@ class GuardMiddleware:
         if length is not None and length.isdigit() and int(length) > limit:
             self.state.metrics.rejected.inc("upload_too_large")
             return await error_response(413, "upload_too_large", upload_too_large(limit))(scope, receive, send)
-        receive = _limited(receive, limit)
         if not heavy:
-            return await self.app(scope, receive, send)
-        if self.state.in_flight >= settings.max_queue:
-            self.state.metrics.rejected.inc("queue_full")
-            engine = self.state.engine
-            retry = str(engine.batcher.retry_after() if engine else 1)
-            detail = f"busy: {self.state.in_flight} requests in flight (BPR_MAX_QUEUE={settings.max_queue}); retry in {retry} s"
-            return await error_response(429, "queue_full", detail, {"Retry-After": retry})(scope, receive, send)
+            return await self.app(scope, _limited(receive, limit), send)
+        busy = self._busy()
+        if busy is not None:
+            return await busy(scope, receive, send)
+        body = await self._upload(scope, receive, send)
+        if body is None:
+            return  # answered (408, 413, 429), or the client left
+        busy = self._busy()  # the slots may have filled while the body arrived
+        if busy is not None:
+            return await busy(scope, receive, send)
         self.state.in_flight += 1
         self.state.metrics.admitted.set(self.state.in_flight)
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, replay(body, receive), send)
         finally:
             self.state.in_flight -= 1
             self.state.metrics.admitted.set(self.state.in_flight)
+
+    def _busy(self) -> JSONResponse | None:
+        """The 429 when ``max_queue`` requests are in flight, else None."""
+        settings = self.state.settings
+        if self.state.in_flight < settings.max_queue:
+            return None
+        self.state.metrics.rejected.inc("queue_full")
+        engine = self.state.engine
+        retry = str(engine.batcher.retry_after() if engine else 1)
+        detail = f"busy: {self.state.in_flight} requests in flight (BPR_MAX_QUEUE={settings.max_queue}); retry in {retry} s"
+        return error_response(429, "queue_full", detail, {"Retry-After": retry})
+
+    async def _upload(self, scope: Scope, receive: Receive, send: Send) -> list[Message] | None:
+        """The whole body, or None once an error has been answered or the client left.
+
+        At most ``max_uploads`` bodies are read at once (429 beyond), which bounds the memory
+        of bodies waiting for a slot at max_uploads x max_upload_bytes."""
+        settings, metrics = self.state.settings, self.state.metrics
+        if self.state.uploading >= settings.max_uploads:
+            metrics.rejected.inc("uploads_full")
+            detail = f"busy: {self.state.uploading} uploads in progress (BPR_MAX_UPLOADS={settings.max_uploads}); retry in 1 s"
+            await error_response(429, "uploads_full", detail, {"Retry-After": "1"})(scope, receive, send)
+            return None
+        self.state.uploading += 1
+        try:
+            return await read_body(receive, settings.max_upload_bytes, UploadRule.of(settings))
+        except UploadTooSlow as exc:
+            metrics.rejected.inc("upload_too_slow")
+            response = error_response(408, "upload_too_slow", str(exc), {"Connection": "close"})
+        except StarletteHTTPException:
+            metrics.rejected.inc("upload_too_large")
+            response = error_response(413, "upload_too_large", upload_too_large(settings.max_upload_bytes))
+        finally:
+            self.state.uploading -= 1
+        await response(scope, receive, send)
+        return None
 
 
 def _limited(receive: Receive, limit: int) -> Receive:

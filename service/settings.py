@@ -14,9 +14,12 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from bpr.io.limits import DEFAULT_MAX_MASK_PIXELS, DEFAULT_MAX_PIXELS
 from bpr.spec import RefinerSpec
 
 DetectorKind = Literal["none", "http", "mmdet", "results"]
+CPU_REQUEST_PATCHES = 4096  # default cost budget per request on CPU (network patch forwards)
+GPU_REQUEST_PATCHES = 65536
 
 
 class Settings(BaseSettings):
@@ -71,6 +74,12 @@ class Settings(BaseSettings):
         description="patches waiting for the network: a request that would exceed it gets 429, one whose pass alone "
         "needs more gets 422 before any patch is cut (bounds memory per request)",
     )
+    max_request_patches: int | None = Field(
+        None, ge=1,
+        description="cost budget of one request, in network patch forwards: patches per pass x passes x 2 with "
+        "flip_tta; over it, 422 over_budget before any patch is queued. None = 4096 on CPU, 65536 on a GPU; keep it "
+        "under the timeout times the measured speed (bpr_patches_total per second)",
+    )
     request_timeout_s: float = Field(60.0, gt=0.0, description="per-request deadline; past it the answer is 503")
     cpu_workers: int = Field(
         default_factory=lambda: max(1, min(4, os.cpu_count() or 1)),
@@ -84,10 +93,23 @@ class Settings(BaseSettings):
 
     # --- limits on client input ---------------------------------------------------------
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1, description="largest request body, in bytes (413 above)")
-    max_pixels: int = Field(25_000_000, ge=1, description="largest image, in pixels (checked on the header first)")
+    max_uploads: int = Field(
+        64, ge=1,
+        description="/refine and /segment bodies read at once, before a request slot is taken; more get 429 "
+        "(bounds their memory at max_uploads x max_upload_bytes)",
+    )
+    min_upload_bytes_per_s: float = Field(
+        16384, gt=0, description="after the grace period a body must arrive at least this fast on average, else 408"
+    )
+    upload_grace_s: float = Field(5.0, ge=0.0, description="seconds a body may take before the rate rule applies")
+    upload_timeout_s: float = Field(60.0, gt=0.0, description="the whole body must arrive within this, else 408")
+    max_pixels: int = Field(
+        DEFAULT_MAX_PIXELS, ge=1,
+        description="largest image, in pixels, any format: read from the header before decoding; bpr-refine reads the same variable",
+    )
     max_instances: int = Field(256, ge=1, description="most instances in one request")
     max_mask_pixels: int = Field(
-        256_000_000, ge=1, description="instances x height x width of one request (bounds mask memory)"
+        DEFAULT_MAX_MASK_PIXELS, ge=1, description="instances x height x width of one request (bounds mask memory)"
     )
 
     # --- security -----------------------------------------------------------------------
@@ -114,6 +136,14 @@ class Settings(BaseSettings):
     mmdet_checkpoint: Path | None = Field(None, description="mmdet: model weights")
     mmdet_device: str | None = Field(None, description="mmdet: device; default the refiner's")
     min_score: float = Field(0.0, ge=0.0, le=1.0, description="/segment: drop detections below this score by default")
+
+    def request_patch_budget(self, device: str) -> int:
+        """BPR_MAX_REQUEST_PATCHES, else the default for ``device``: on one CPU core-pair the
+        default checkpoint runs about 150 patch forwards a second, so 4096 answer in under 30 s,
+        half the default timeout; a GPU runs 20x more."""
+        if self.max_request_patches is not None:
+            return self.max_request_patches
+        return CPU_REQUEST_PATCHES if str(device).startswith("cpu") else GPU_REQUEST_PATCHES
 
     def refiner_spec(self) -> RefinerSpec:
         """The Refiner these settings describe (the same builder as bpr-refine's flags)."""

@@ -20,6 +20,7 @@ class ServiceState:
     engine: RefineEngine | None = None  # set by the lifespan once the model is loaded
     detector: Detector | None = None
     in_flight: int = 0  # requests admitted to /refine and /segment (event-loop only)
+    uploading: int = 0  # bodies of /refine and /segment being read, before a slot (event-loop only)
 
 
 def get_state(request: Request) -> ServiceState:

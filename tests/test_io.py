@@ -1,5 +1,6 @@
 """COCO segmentations: every shape detectors write decodes, every malformed one is refused."""
 
+import io
 import json
 
 import numpy as np
@@ -9,6 +10,7 @@ from pycocotools import mask as mask_utils
 from bpr.errors import BprInputError
 from bpr.io.coco import decode_segmentation, encode_mask, load_json, mask_to_bbox, write_json_atomic
 from bpr.io.images import decode_image_bytes
+import bombs
 from conftest import disk
 
 
@@ -148,3 +150,58 @@ def test_encode_mask_round_trips_real_masks(data_dir):
             assert np.array_equal(m, mask_utils.decode(rle).astype(bool))  # what pycocotools decodes
             assert encode_mask(m) == _pycocotools_rle(m)
             assert np.array_equal(decode_segmentation(encode_mask(m), *m.shape), m)
+
+
+@pytest.mark.parametrize(
+    "build", [bombs.tiff_claiming, bombs.jpeg_claiming, bombs.png_claiming, bombs.bmp_claiming],
+    ids=["tiff", "jpeg-stray-byte", "png", "bmp"],
+)
+def test_every_format_is_sized_before_decoding(build):
+    """A 30000x30000 claim in a small file is refused from its header, in every format, with
+    one message; nothing near 900 M pixels is ever allocated (tracemalloc would see numpy's)."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        with pytest.raises(BprInputError) as info:
+            decode_image_bytes(build(30000, 30000), what="x.img", max_pixels=25_000_000)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert str(info.value) == "x.img: 30000x30000 pixels is over the limit of 25000000 pixels (BPR_MAX_PIXELS)"
+    assert peak < 50_000_000
+
+
+@pytest.mark.parametrize("fmt", ["TIFF", "WEBP", "BMP", "GIF", "PPM", "PNG", "JPEG"])
+def test_every_accepted_format_decodes_to_its_header_size(fmt):
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.full((30, 50, 3), 200, np.uint8)).save(buf, format=fmt)
+    assert decode_image_bytes(buf.getvalue()).shape == (30, 50, 3)
+    with pytest.raises(BprInputError, match="50x30 pixels is over the limit of 1000 pixels"):
+        decode_image_bytes(buf.getvalue(), max_pixels=1000)
+
+
+def test_an_image_whose_size_cannot_be_read_is_refused_not_decoded():
+    import cv2
+
+    ok, hdr = cv2.imencode(".hdr", np.ones((8, 8, 3), np.float32))  # OpenCV decodes it, we cannot size it
+    assert ok and cv2.imdecode(hdr, cv2.IMREAD_COLOR) is not None
+    with pytest.raises(BprInputError, match="not a readable image"):
+        decode_image_bytes(hdr.tobytes())
+    broken = bombs.jpeg_claiming(16, 16)[:4] + b"\xff\x01" * 40  # JPEG signature, no readable header
+    with pytest.raises(BprInputError, match="not a readable image"):
+        decode_image_bytes(broken)
+
+
+def test_the_pixel_limit_defaults_to_bpr_max_pixels(monkeypatch):
+    from bpr.io.images import default_max_pixels
+
+    assert default_max_pixels() == 25_000_000
+    monkeypatch.setenv("BPR_MAX_PIXELS", "1000")
+    with pytest.raises(BprInputError, match=r"200x100 pixels is over the limit of 1000 pixels \(BPR_MAX_PIXELS\)"):
+        decode_image_bytes(bombs.png_claiming(200, 100))
+    monkeypatch.setenv("BPR_MAX_PIXELS", "lots")
+    with pytest.raises(BprInputError, match="BPR_MAX_PIXELS must be a whole number, at least 1"):
+        default_max_pixels()

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import bombs
 from conftest_service import (  # noqa: F401  (checkpoint is a fixture)
     DAVIS,
     checkpoint,
@@ -92,6 +93,12 @@ BAD_INPUTS: list[tuple[str, Callable[[Any], tuple[bytes, Any]], str, str]] = [
     ("id map in colour", lambda g: (g[0], _png(np.ones((480, 854, 3), np.uint8))), "invalid_instances", "one channel"),
     ("id map truncated", lambda g: (g[0], _png(np.ones((480, 854), np.uint8))[:80]), "invalid_instances", "not a readable PNG"),
     ("id map bomb", lambda g: (g[0], _png_header_only(100_000, 100_000)), "invalid_instances", "over the limit"),
+    ("tiff bomb", lambda g: (bombs.tiff_claiming(30000, 30000), g[1]), "invalid_image", "30000x30000 pixels is over the limit of 1000000 pixels"),
+    ("jpeg bomb with a stray byte", lambda g: (bombs.jpeg_claiming(30000, 30000), g[1]), "invalid_image", "30000x30000 pixels is over the limit of 1000000 pixels"),
+    ("bmp bomb", lambda g: (bombs.bmp_claiming(30000, 30000), g[1]), "invalid_image", "30000x30000 pixels is over the limit of 1000000 pixels"),
+    ("format nobody can size", lambda g: (b"#?RADIANCE\nFORMAT=32-bit_rle_rgbe\n\n-Y 8 +X 8\n" + b"\0" * 256, g[1]), "invalid_image", "not a readable image"),
+    ("instances of two images", lambda g: (g[0], [_entry(g, image_id=1), _entry(g, image_id=2)]), "mixed_images", "instances[1].image_id is 2 but instances[0].image_id is 1"),
+    ("instances of an int and a str image_id", lambda g: (g[0], [_entry(g, image_id=1), _entry(g, image_id="1")]), "mixed_images", "send only the instances of the image you upload"),
 ]
 # fmt: on
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import os
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from bpr import __version__
@@ -41,14 +44,49 @@ def torch_threads(flag: int | None) -> int | None:
     return threads
 
 
-def run_cli(prog: str) -> Callable[[Callable[..., int | None]], Callable[..., int]]:
-    """Decorate a ``main(argv)``: user errors print ``prog: error: ...`` on stderr and exit 2."""
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP, raised in the main thread like KeyboardInterrupt is for SIGINT.
+
+    A BaseException so that no ``except Exception`` swallows it, and so that every ``finally``
+    (the temporary file of an atomic write among them) runs on the way out: the default action
+    of these signals ends the process at once and leaves the temporary file behind."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_terminated(signum: int, _frame: Any) -> None:
+    raise Terminated(signum)
+
+
+@contextlib.contextmanager
+def _signals_unwind() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise :class:`Terminated` while the command runs (main thread only:
+    Python allows handlers nowhere else); the previous handlers come back afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    wanted = [s for s in (signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None]
+    previous = {s: signal.signal(s, _raise_terminated) for s in wanted}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def run_cli(prog: str, unwind_signals: bool = True) -> Callable[[Callable[..., int | None]], Callable[..., int]]:
+    """Decorate a ``main(argv)``: user errors print ``prog: error: ...`` on stderr and exit 2;
+    SIGINT, SIGTERM and SIGHUP clean up (temporary files) and exit 128 + the signal.
+    ``unwind_signals=False`` leaves SIGTERM/SIGHUP alone (bpr-serve: uvicorn owns them)."""
 
     def wrap(main: Callable[..., int | None]) -> Callable[..., int]:
         @functools.wraps(main)
         def wrapper(argv: list[str] | None = None) -> int:
             try:
-                code = main(argv)
+                with _signals_unwind() if unwind_signals else contextlib.nullcontext():
+                    code = main(argv)
             except (BprInputError, ModelNotAvailableError) as exc:
                 print(f"{prog}: error: {exc}", file=sys.stderr)
                 return 2
@@ -59,6 +97,9 @@ def run_cli(prog: str) -> Callable[[Callable[..., int | None]], Callable[..., in
             except KeyboardInterrupt:
                 print(f"{prog}: interrupted", file=sys.stderr)
                 return 130
+            except Terminated as exc:
+                print(f"{prog}: terminated ({exc})", file=sys.stderr)
+                return 128 + exc.signum
             return int(code or 0)
 
         return wrapper

@@ -21,7 +21,7 @@ from bpr.io.atomic import check_writable
 from bpr.io.coco import write_json_atomic
 from bpr.io.datasets import image_paths
 from bpr.io.pipeline import map_behind, prefetch
-from bpr.io.results import group_by_image, load_image_masks, load_results, refined_entry
+from bpr.io.results import check_mask_budget, group_by_image, load_image_masks, load_results, refined_entry
 from bpr.spec import RefinerSpec
 
 
@@ -102,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     check_writable(out)
     results = load_results(args.results)
     groups = group_by_image(results)
+    check_mask_budget(results, groups)  # BPR_MAX_MASK_PIXELS, as the service; before any image is read
     # every RefinerSpec field is a flag of the same name (a test holds the two together)
     spec = RefinerSpec(**{f.name: getattr(args, f.name) for f in dataclasses.fields(RefinerSpec)})
     if args.engine == "ray":

@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-@run_cli("bpr-serve")
+@run_cli("bpr-serve", unwind_signals=False)  # uvicorn owns SIGTERM: graceful shutdown
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # Imported here so that `bpr-serve --help` answers without loading torch and FastAPI.

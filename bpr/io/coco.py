@@ -31,6 +31,10 @@ def load_json(path: str | os.PathLike) -> Any:
             return json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BprInputError(f"{path} is not valid JSON: {exc}") from None
+    except RecursionError:  # [[[[...]]]] 100k deep: the parser's stack, not ours, gives out
+        raise BprInputError(f"{path} is not valid JSON: nested too deeply") from None
+    except MemoryError:
+        raise BprInputError(f"{path} is too large to load into memory; split it into smaller files") from None
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:

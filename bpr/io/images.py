@@ -1,68 +1,116 @@
-"""Image files in, RGB uint8 arrays out."""
+"""Image files in, RGB uint8 arrays out, each one sized from its header before it is decoded.
+
+Why the header is read by Pillow and the pixels decoded by OpenCV: OpenCV's decoders give
+the arrays every result so far was made with (outputs must not change), but OpenCV cannot
+say how large an image is without allocating it, which is how a 1 MB TIFF or a JPEG with a
+stray byte becomes a 3 GB allocation. Pillow reads only the header of every format it
+knows. To make sure both read the *same* header, the format is chosen once, by the file's
+signature (as OpenCV chooses its decoder), and Pillow's reader for exactly that format sizes
+it; any other format, or a header that reader cannot parse, is refused, never decoded.
+After decoding, the array must have the size the header promised.
+
+The limit is one setting for every door (bpr-refine, bpr-serve, the library):
+``BPR_MAX_PIXELS``, default 25,000,000 pixels, with one message.
+"""
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
 import cv2
 import numpy as np
+from PIL import BmpImagePlugin, GifImagePlugin, JpegImagePlugin, PngImagePlugin, PpmImagePlugin, TiffImagePlugin
+from PIL import ImageFile
 
 from bpr.errors import BprInputError
+from bpr.io.limits import default_max_pixels, over_pixel_limit
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
+UNREADABLE = "not a readable image (corrupt or unsupported format)"
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read an image file as HxWx3 uint8 RGB (grey and RGBA files are converted)."""
+
+def _webp_reader() -> type[ImageFile.ImageFile] | None:
+    try:
+        from PIL import WebPImagePlugin
+
+        return WebPImagePlugin.WebPImageFile
+    except ImportError:  # pragma: no cover - Pillow built without libwebp: WebP is refused
+        return None
+
+
+def _reader_for(data: bytes) -> type[ImageFile.ImageFile] | None:
+    """Pillow's header reader for the format OpenCV would pick for ``data``; None = refused."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return PngImagePlugin.PngImageFile
+    if data.startswith(b"\xff\xd8\xff"):
+        return JpegImagePlugin.JpegImageFile
+    if data[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        return TiffImagePlugin.TiffImageFile
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return _webp_reader()
+    if data.startswith(b"BM"):
+        return BmpImagePlugin.BmpImageFile
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return GifImagePlugin.GifImageFile
+    if len(data) > 2 and data[0:1] == b"P" and data[1:2] in b"123456" and data[2:3].isspace():
+        return PpmImagePlugin.PpmImageFile
+    return None
+
+
+def image_size(data: bytes, what: str = "image") -> tuple[int, int]:
+    """(width, height) of encoded image bytes from the header alone; BprInputError if unknown.
+
+    The reader's class is called directly (not ``Image.open``): no other format is tried,
+    and Pillow's own bomb guard, which would answer above our limit with its own words,
+    is not in the way.
+    """
+    reader = _reader_for(data)
+    if reader is None:
+        raise BprInputError(f"{what}: {UNREADABLE}")
+    try:
+        with reader(io.BytesIO(data)) as im:
+            width, height = im.size
+    except Exception as exc:  # Pillow raises many types for malformed headers
+        raise BprInputError(f"{what}: {UNREADABLE}: cannot read its size ({exc})") from None
+    if width < 1 or height < 1:
+        raise BprInputError(f"{what}: {UNREADABLE}: its header says {width}x{height} pixels")
+    return int(width), int(height)
+
+
+def read_image(path: str | os.PathLike, max_pixels: int | None = None) -> np.ndarray:
+    """Read an image file as HxWx3 uint8 RGB (grey and RGBA files are converted).
+
+    ``max_pixels``: the limit checked on the header (default ``BPR_MAX_PIXELS``)."""
     path = Path(path)
     if not path.is_file():
         raise BprInputError(f"image not found: {path}")
-    return decode_image_bytes(path.read_bytes(), what=str(path))
+    return decode_image_bytes(path.read_bytes(), what=str(path), max_pixels=max_pixels)
 
 
 def decode_image_bytes(data: bytes, what: str = "image", max_pixels: int | None = None) -> np.ndarray:
-    """Decode encoded image bytes (JPEG, PNG, ...) to HxWx3 uint8 RGB.
+    """Decode encoded image bytes (JPEG, PNG, TIFF, WebP, BMP, GIF, PNM) to HxWx3 uint8 RGB.
 
-    ``max_pixels`` guards against decompression bombs: the header is read first and a larger
-    image is refused before its pixels are decoded.
+    ``max_pixels`` (default ``BPR_MAX_PIXELS``) guards against decompression bombs: the
+    header is read first and a larger image, or one whose size cannot be read, is refused
+    before any pixel is allocated.
     """
-    buf = np.frombuffer(data, dtype=np.uint8)
-    if buf.size == 0:
+    if len(data) == 0:
         raise BprInputError(f"{what}: empty file, not an image")
-    if max_pixels is not None:
-        size = _header_size(data)
-        if size is not None and size[0] * size[1] > max_pixels:
-            raise BprInputError(
-                f"{what}: {size[0]}x{size[1]} pixels is over the limit of {max_pixels} pixels"
-            )
-    image = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    limit = default_max_pixels() if max_pixels is None else max_pixels
+    width, height = image_size(data, what)
+    if width * height > limit:
+        raise BprInputError(over_pixel_limit(what, width, height, limit))
+    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
     if image is None:
-        raise BprInputError(f"{what}: not a readable image (corrupt or unsupported format)")
-    if max_pixels is not None and image.shape[0] * image.shape[1] > max_pixels:
+        raise BprInputError(f"{what}: {UNREADABLE}")
+    if sorted(image.shape[:2]) != sorted((height, width)):  # EXIF orientation may swap the sides
         raise BprInputError(
-            f"{what}: {image.shape[1]}x{image.shape[0]} pixels is over the limit of {max_pixels} pixels"
+            f"{what}: {UNREADABLE}: its header says {width}x{height} pixels, its data {image.shape[1]}x{image.shape[0]}"
         )
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-
-
-def _header_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) from a PNG or JPEG header without decoding pixels; None if unknown."""
-    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24:
-        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
-    if data[:2] == b"\xff\xd8":
-        i = 2
-        while i + 9 < len(data):
-            if data[i] != 0xFF:
-                return None
-            marker = data[i + 1]
-            length = int.from_bytes(data[i + 2 : i + 4], "big")
-            if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-                h = int.from_bytes(data[i + 5 : i + 7], "big")
-                w = int.from_bytes(data[i + 7 : i + 9], "big")
-                return w, h
-            i += 2 + length
-    return None
 
 
 def find_image_by_stem(directory: Path, stem: str) -> Path | None:

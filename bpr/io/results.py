@@ -12,6 +12,7 @@ import numpy as np
 from bpr.errors import BprInputError
 from bpr.io.coco import decode_into, encode_mask, load_json, mask_to_bbox
 from bpr.io.images import read_image_any
+from bpr.io.limits import default_max_mask_pixels, over_mask_limit
 
 
 def load_results(
@@ -89,12 +90,41 @@ def refined_entry(entry: dict[str, Any], mask: np.ndarray) -> dict[str, Any]:
     return out
 
 
-def load_image_masks(path: str, entries: Sequence[dict[str, Any]], indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+def load_image_masks(
+    path: str, entries: Sequence[dict[str, Any]], indices: Sequence[int], max_mask_pixels: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """One image and the masks of its entries (``indices``: their positions in the results
-    file, which error messages name): the step both engines run per image."""
+    file, which error messages name): the step both engines run per image.
+
+    ``max_mask_pixels`` (default ``BPR_MAX_MASK_PIXELS``) bounds entries x height x width,
+    checked before the masks are allocated: a results file with thousands of entries for one
+    image is a one-line error, not a numpy allocation failure minutes into the run."""
     image = read_image_any(path)
+    limit = default_max_mask_pixels() if max_mask_pixels is None else max_mask_pixels
+    h, w = image.shape[:2]
+    if len(entries) * h * w > limit:
+        raise BprInputError(over_mask_limit(f"results for {path}", len(entries), w, h, limit))
     labelled = [{**e, "_index": i} for e, i in zip(entries, indices)]
     return image, entries_to_masks(labelled, image.shape[0], image.shape[1], what="results")
+
+
+def check_mask_budget(
+    results: Sequence[dict[str, Any]], groups: dict[Any, list[int]], max_mask_pixels: int | None = None
+) -> None:
+    """Refuse, before any image is read, an image whose entries alone exceed the mask limit.
+
+    The image size is taken from the first RLE among its entries (polygons carry none; those
+    images are checked by :func:`load_image_masks` once read). Cheap: one look per image."""
+    limit = default_max_mask_pixels() if max_mask_pixels is None else max_mask_pixels
+    for image_id, indices in groups.items():
+        for i in indices:
+            size = results[i]["segmentation"].get("size") if isinstance(results[i]["segmentation"], dict) else None
+            if isinstance(size, list) and len(size) == 2 and all(is_number(v) and v > 0 for v in size):
+                h, w = int(size[0]), int(size[1])
+                if len(indices) * h * w > limit:
+                    what = f"results for image_id {image_id!r}"
+                    raise BprInputError(over_mask_limit(what, len(indices), w, h, limit))
+                break
 
 
 def group_by_image(results: Sequence[dict[str, Any]]) -> dict[Any, list[int]]:

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from bpr.refiner import TooManyPatches
 from service.batching import QueueFull, ShuttingDown
-from service.engine import RefineEngine, Refined
+from service.engine import OverBudget, RefineEngine, Refined
 from service.errors import ServiceError
 from service.metrics import ServiceMetrics
 
@@ -91,6 +91,8 @@ async def refine_masks(engine: RefineEngine, image: np.ndarray, masks: np.ndarra
     options = engine.refiner.resolve(nms_iou=query.nms_iou, iterations=query.iterations, flip_tta=query.flip_tta)
     try:
         return await engine.refine(image, masks, options)
+    except OverBudget as exc:
+        raise ServiceError(422, "over_budget", str(exc)) from None
     except TooManyPatches as exc:
         raise ServiceError(
             422, "too_many_patches", f"{exc} (BPR_MAX_QUEUED_PATCHES): send fewer or smaller instances"
