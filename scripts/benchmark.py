@@ -26,10 +26,10 @@ import cv2
 import numpy as np
 import torch
 
+from bpr.backends import BACKENDS
 from bpr.io.coco import decode_segmentation
 from bpr.io.images import read_image
 from bpr.modeling import RefinerConfig, RefinerNet
-from bpr.backends import BACKENDS
 from bpr.refiner import PRECISIONS, Refiner
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "davis-dev-real"

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import bpr.backends as backends
-from bpr.backends import automatic_backend, load_runtime, select_backend
+from bpr.backends import automatic_backend, automatic_precision, load_runtime, select_backend
 from bpr.backends.export import KEY_FIELD, cached_graph, graph_key, stored_key
 from bpr.cli.refine import main as refine_main
 from bpr.errors import BprInputError, ModelNotAvailableError
@@ -175,6 +175,20 @@ def test_the_automatic_choice_is_pinned(monkeypatch, random_checkpoint):
     assert Refiner(random_checkpoint, backend="torch").backend == "torch"
 
 
+def test_the_automatic_precision_is_pinned(monkeypatch, random_checkpoint):
+    """bf16 only where the dev table allowed it: OpenVINO on a CPU with native bf16."""
+    monkeypatch.setattr(backends, "cpu_has_native_bf16", lambda: True)
+    assert automatic_precision("openvino", torch.device("cpu")) == "bf16"
+    assert automatic_precision("onnxruntime", torch.device("cpu")) == "fp32"
+    assert automatic_precision("torch", torch.device("cpu")) == "fp32"
+    assert automatic_precision("torch", torch.device("cuda")) == "fp16"
+    assert Refiner(random_checkpoint).precision == "bf16"
+    assert Refiner(random_checkpoint, precision="fp32").precision == "fp32"
+    monkeypatch.setattr(backends, "cpu_has_native_bf16", lambda: False)
+    assert automatic_precision("openvino", torch.device("cpu")) == "fp32"
+    assert Refiner(random_checkpoint).precision == "fp32"
+
+
 def test_a_backend_that_cannot_load_is_one_line_or_a_warned_fallback(monkeypatch, random_checkpoint, capsys):
     net = load_refiner(random_checkpoint)
     monkeypatch.setattr(backends, "installed", lambda runtime: False)
@@ -182,7 +196,8 @@ def test_a_backend_that_cannot_load_is_one_line_or_a_warned_fallback(monkeypatch
         select_backend(net, "openvino", torch.device("cpu"), 64, "fp32")
     monkeypatch.setattr(backends, "automatic_backend", lambda device: "openvino")
     with pytest.warns(RuntimeWarning, match="running the torch network: the openvino backend did not load"):
-        assert select_backend(net, "auto", torch.device("cpu"), 64, "fp32") == ("torch", None)
+        assert select_backend(net, "auto", torch.device("cpu"), 64, "fp32") == ("torch", None, "fp32")
+        assert select_backend(net, "auto", torch.device("cpu"), 64, "auto") == ("torch", None, "fp32")
     with pytest.raises(BprInputError, match="runs on the CPU"):
         select_backend(net, "onnxruntime", torch.device("cuda"), 64, "fp32")
     monkeypatch.setenv("BPR_BACKEND", "tensorrt")
@@ -205,7 +220,7 @@ def test_a_saved_effl0_checkpoint_runs_through_the_automatic_backend(tmp_path, d
     net = RefinerNet(RefinerConfig(arch="effl0", input_size=64, patch_size=64))
     save_refiner(net, tmp_path / "e.pt")
     images, masks = real_patches(data_dir, count=1)
-    refiner = Refiner(tmp_path / "e.pt")
+    refiner = Refiner(tmp_path / "e.pt", precision="fp32")
     assert refiner.backend == "openvino"
     with torch.inference_mode():
         expected = load_refiner(tmp_path / "e.pt").foreground_probability(images, masks)

