@@ -42,7 +42,7 @@ from bpr.patches import crop_squares, extract_patch_corners, pad_to_patch
 from bpr.reassemble import claim_boxes, coarse_extents, instance_regions, patch_reach, reassemble
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "models" / "bpr_default.pt"
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 
 
 def default_checkpoint() -> Path:
@@ -331,7 +331,9 @@ class Refiner:
         device: "cpu", "cuda", "cuda:1"...; fp16 autocast is used on CUDA.
         precision: "auto" (fp16 autocast on CUDA; bf16 with the openvino backend on a CPU with
             native bf16, where the default model's whole dev table stays within 0.05 points of
-            fp32; else fp32), "fp32", "bf16" (about 1.7x faster on CPUs with AVX512-BF16/AMX) or "fp16".
+            fp32; else fp32), "fp32", "bf16" (about 1.7x faster on CPUs with AVX512-BF16/AMX),
+            "fp16" (CUDA) or "int8" (openvino / onnxruntime: the graph statically quantized,
+            bpr/backends/quantize.py).
         batch_size: patches per network forward pass.
         patch_size: image pixels cut around the boundary (None = the checkpoint's).
         fuse: run a BatchNorm-folded, channels-last copy of the network
@@ -380,7 +382,7 @@ class Refiner:
             raise BprInputError("input_size applies when loading a checkpoint, not to a given network")
         self.device = torch.device(device)
         if precision not in PRECISIONS:
-            raise BprInputError(f"precision must be auto, fp32, bf16 or fp16, got {precision!r}")
+            raise BprInputError(f"precision must be auto, fp32, bf16, fp16 or int8, got {precision!r}")
         if precision == "fp16" and self.device.type != "cuda":
             raise BprInputError("fp16 precision needs a CUDA device; use bf16 on CPU")
         if self.device.type == "cuda" and not torch.cuda.is_available():

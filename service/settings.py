@@ -34,8 +34,9 @@ class Settings(BaseSettings):
     # --- the refiner --------------------------------------------------------------------
     checkpoint: Path | None = Field(None, description="refiner checkpoint; None = the bundled default model")
     device: str = Field("cpu", description="cpu, cuda or cuda:N")
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
-        "auto", description="network precision: auto = fp16 on CUDA, fp32 on CPU; bf16 is faster on recent CPUs"
+    precision: Literal["auto", "fp32", "bf16", "fp16", "int8"] = Field(
+        "auto", description="network precision: auto = fp16 on CUDA, bf16 with OpenVINO on CPUs with native bf16, "
+        "else fp32; int8 = the exported graph statically quantized (openvino / onnxruntime backends)"
     )
     backend: Literal["auto", "torch", "openvino", "onnxruntime"] = Field(
         "auto", description="what runs the network: auto = OpenVINO, else ONNX Runtime, else torch on a CPU; torch on CUDA"

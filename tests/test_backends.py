@@ -225,3 +225,30 @@ def test_a_saved_effl0_checkpoint_runs_through_the_automatic_backend(tmp_path, d
     with torch.inference_mode():
         expected = load_refiner(tmp_path / "e.pt").foreground_probability(images, masks)
     assert (refiner.infer_net.foreground_probability(images, masks) - expected).abs().max() < 1e-4
+
+
+def test_int8_is_calibrated_on_real_patches_and_stays_near_fp32(data_dir, tmp_path):
+    from bpr.backends.quantize import calibration_patches, quantized_graph
+
+    images, masks = calibration_patches(64)
+    assert images.shape == (192, 3, 64, 64) and masks.shape == (192, 1, 64, 64)
+    assert 0.2 < float(masks.mean()) < 0.8 and float(images.std()) > 20  # real boundary patches, not blanks
+    small_images, small_masks = calibration_patches(48)  # other patch sizes are resized
+    assert small_images.shape[-1] == small_masks.shape[-1] == 48
+    assert set(small_masks.unique().tolist()) <= {0.0, 1.0}
+    net = load_refiner(default_checkpoint())
+    runtime = load_runtime(net, "openvino", 64, "int8")
+    assert runtime.precision == "int8"
+    images, masks = real_patches(data_dir, count=2)
+    with torch.inference_mode():
+        expected = net.foreground_probability(images, masks)
+    got = runtime.foreground_probability(images, masks)
+    assert (got - expected).abs().mean() < 0.01
+    assert ((got > 0.5) != (expected > 0.5)).float().mean() < 0.005
+    graph = cached_graph(net, 64)
+    int8 = quantized_graph(graph, 64)
+    assert int8.name == graph.stem + "-int8.onnx"
+    mtime = int8.stat().st_mtime_ns
+    assert quantized_graph(graph, 64).stat().st_mtime_ns == mtime  # cached, not quantized again
+    with pytest.raises(BprInputError, match="int8 runs with the openvino or onnxruntime backend"):
+        Refiner(backend="torch", precision="int8")

@@ -23,8 +23,9 @@ from bpr.errors import BprInputError, ModelNotAvailableError
 from bpr.modeling.refiner_net import RefinerNet
 
 BACKENDS = ("auto", "torch", "openvino", "onnxruntime")
-# Largest probability difference from the torch network accepted on the probe batch.
-TOLERANCE = {"fp32": 1e-3, "bf16": 0.05}
+# Largest probability difference from the torch network accepted on the probe batch: far
+# below what a corrupt or foreign graph gives (0.5 and more), above what the precision costs.
+TOLERANCE = {"fp32": 1e-3, "bf16": 0.05, "int8": 0.3}
 
 
 class ProbabilityNet(Protocol):
@@ -106,18 +107,25 @@ def _open(runtime: str, graph: Path, threads: int, precision: str) -> Probabilit
     return OnnxRuntimeNet(graph, threads)
 
 
+def _graph(net: RefinerNet, patch_size: int, precision: str) -> Path:
+    """The graph file a runtime opens: the exported float graph, or its int8 version."""
+    from bpr.backends.export import cached_graph
+    from bpr.backends.quantize import quantized_graph
+
+    graph = cached_graph(net, patch_size)
+    return quantized_graph(graph, patch_size) if precision == "int8" else graph
+
+
 def load_runtime(net: RefinerNet, runtime: str, patch_size: int, precision: str, threads: int | None = None) -> ProbabilityNet:
     """``net`` exported (or found in the cache) and opened by ``runtime``, checked on the probe
     batch; a graph that fails the check is exported again once, then refused."""
-    from bpr.backends.export import cached_graph
-
     if not installed(runtime):
         raise ModelNotAvailableError(f"the {runtime} backend is not installed: pip install {runtime} onnx")
     if runtime == "onnxruntime" and precision == "bf16":
         raise BprInputError("bf16 runs with the torch or openvino backend, not onnxruntime")
     threads = threads or torch.get_num_threads()
-    tolerance = TOLERANCE["bf16" if precision == "bf16" else "fp32"]
-    graph = cached_graph(net, patch_size)
+    tolerance = TOLERANCE.get(precision, TOLERANCE["fp32"])
+    graph = _graph(net, patch_size, precision)
     for attempt in range(2):
         try:
             opened = _open(runtime, graph, threads, precision)
@@ -129,8 +137,9 @@ def load_runtime(net: RefinerNet, runtime: str, patch_size: int, precision: str,
         if error <= tolerance:
             return opened
         if attempt == 0:  # a corrupt or foreign file under the right name: export afresh
-            graph.unlink(missing_ok=True)
-            graph = cached_graph(net, patch_size)
+            for stale in {graph, graph.with_name(graph.stem.removesuffix("-int8") + ".onnx")}:
+                stale.unlink(missing_ok=True)
+            graph = _graph(net, patch_size, precision)
     raise ModelNotAvailableError(
         f"the exported graph ({graph}) disagrees with the torch network by {error:.3g} "
         f"(tolerance {tolerance}); run with --backend torch"
@@ -147,6 +156,8 @@ def select_backend(
     chosen = automatic_backend(device) if name == "auto" else name
     resolved = automatic_precision(chosen, device) if precision == "auto" else precision
     if chosen == "torch":
+        if resolved == "int8":
+            raise BprInputError("int8 runs with the openvino or onnxruntime backend, not torch")
         return "torch", None, resolved
     if device.type != "cpu":
         raise BprInputError(f"the {chosen} backend runs on the CPU; use --backend torch on {device}")

@@ -37,7 +37,7 @@ class OpenVinoNet:
             self.compiled = ov.Core().compile_model(str(graph), "CPU", config)
         except Exception as exc:  # noqa: BLE001 - OpenVINO raises its own RuntimeError types
             raise ModelNotAvailableError(f"OpenVINO cannot load {graph}: {str(exc).splitlines()[0]}") from None
-        self.precision = "bf16" if hint == "bf16" else "fp32"
+        self.precision = precision if precision in ("bf16", "int8") else "fp32"
         self._local = threading.local()  # an infer request is not thread-safe: one per thread
 
     def foreground_probability(self, image_patches: torch.Tensor, mask_patches: torch.Tensor) -> torch.Tensor:

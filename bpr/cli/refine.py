@@ -22,6 +22,7 @@ from bpr.io.coco import write_json_atomic
 from bpr.io.datasets import image_paths
 from bpr.io.pipeline import map_behind, prefetch
 from bpr.io.results import check_mask_budget, group_by_image, load_image_masks, load_results, refined_entry
+from bpr.refiner import PRECISIONS
 from bpr.spec import RefinerSpec
 
 
@@ -38,8 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="output json (default: <input stem>.refined.json beside the input)")
     p.add_argument("--checkpoint", type=Path, help="refiner checkpoint (default: the bundled model)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (fp16 autocast on CUDA)")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
-                   help="auto: fp16 on CUDA, fp32 on CPU; bf16 is ~1.7x faster on recent CPUs")
+    p.add_argument("--precision", default="auto", choices=list(PRECISIONS),
+                   help="auto: fp16 on CUDA, bf16 with OpenVINO on CPUs with native bf16, else fp32; "
+                   "int8: the exported graph statically quantized (openvino / onnxruntime backends)")
     p.add_argument("--backend", choices=list(BACKENDS), default=None,
                    help="what runs the network: auto (default, or BPR_BACKEND): OpenVINO, else ONNX Runtime, else torch "
                    "on a CPU, torch on CUDA; the ONNX graph is exported once and cached (BPR_CACHE_DIR)")
