@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -61,9 +62,15 @@ def quantized_graph(graph: Path, patch_size: int) -> Path:
             a, self.start = self.start, self.start + BATCH
             return {"image_patches": images[a : a + BATCH].numpy(), "mask_patches": masks[a : a + BATCH].numpy()}
 
-    with atomic_path(path) as tmp:
-        quantize_static(str(graph), str(tmp), Patches(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # the quantizer advises on the root logger (pre-processing, BN axes)
+    try:
+        with atomic_path(path) as tmp:
+            quantize_static(str(graph), str(tmp), Patches(), quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    finally:
+        root.setLevel(level)
     return path
 
 
