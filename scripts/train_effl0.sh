@@ -29,9 +29,10 @@ patches davis-train work/p_davis_u2net --coarse work/u2netp_davis.json --draws 0
 patches ecssd-train work/p_ecssd_u2net --coarse work/u2netp_ecssd.json --draws 0 --seed 5
 if [ -f work/runs/effl0/last.pt ]; then
   bpr-train --out work/runs/effl0 --resume --max-minutes "$MINUTES"
-elif [ -f models/runs/effl0/model.pt ]; then
-  bpr-train models/configs/effl0_pretrained_p64.json --init models/runs/effl0/model.pt --out work/runs/effl0 \
-    --max-minutes "$MINUTES"
+elif [ -f models/runs/effl0/model.pt ]; then  # work/ is gone: continue from the committed weights and step
+  step=$(python -c "import torch; print(torch.load('models/runs/effl0/model.pt', weights_only=True)['meta']['step'])")
+  bpr-train models/configs/effl0_pretrained_p64.json --init models/runs/effl0/model.pt --init-step "$step" \
+    --out work/runs/effl0 --max-minutes "$MINUTES"
 else
   bpr-train models/configs/effl0_pretrained_p64.json --out work/runs/effl0 --max-minutes "$MINUTES"
 fi

@@ -278,3 +278,13 @@ def test_scene_patches_keep_small_objects_and_show_their_neighbours(data_dir, tm
     # a whole small object inside one patch: the target holds all of it with background around
     whole = [(t.sum() > 0) and not t[0].any() and not t[-1].any() and not t[:, 0].any() and not t[:, -1].any() for t in target]
     assert sum(whole) > 5
+
+
+def test_a_run_continued_from_its_weights_keeps_its_schedule(patch_dir, tmp_path, random_checkpoint):
+    """A fresh machine without last.pt continues from the committed model.pt at its step."""
+    trainer = Trainer(_cfg(patch_dir, iters=30, init_checkpoint=str(random_checkpoint), init_step=20), tmp_path / "run")
+    assert trainer.step == 20
+    trainer.run(progress=False)
+    assert trainer.step == 30
+    rows = (tmp_path / "run" / "log.csv").read_text().splitlines()
+    assert [int(r.split(",")[0]) for r in rows[1:]] == [30]

@@ -21,6 +21,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="run directory (log.csv, last.pt, model.pt, curves.png)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
     p.add_argument("--init", dest="init_checkpoint", help="fine-tune from this checkpoint (bpr or original BPR)")
+    p.add_argument("--init-step", type=int,
+                   help="with --init: continue a run whose last.pt is gone from this step (its learning-rate "
+                   "schedule and batches; the optimiser state starts afresh)")
     p.add_argument("--arch", choices=list(ALL_ARCHS),
                    help="hr18s/hr18/hr48: BPR's HRNet; effl0: EfficientNet-Lite0 encoder + U-Net decoder")
     p.add_argument("--pretrained", action="store_true", default=None,

@@ -54,6 +54,7 @@ class TrainConfig:
     ckpt_every: int = 250
     seed: int = 0
     init_checkpoint: str | None = None  # fine-tune from this (bpr or original BPR checkpoint)
+    init_step: int = 0  # with init_checkpoint: continue a run's schedule and batches from this step
     device: str = "cpu"
     threads: int = 0  # torch CPU threads (0 = torch's default)
 
@@ -129,7 +130,7 @@ class Trainer:
             self.opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
         else:
             raise BprInputError(f"unknown optimizer {cfg.optimizer!r} (sgd or adamw)")
-        self.step = 0
+        self.step = cfg.init_step if cfg.init_checkpoint else 0
         self.seconds = 0.0
         self.out.mkdir(parents=True, exist_ok=True)
         if resume:
