@@ -88,23 +88,31 @@ def test_bf16_stays_near_fp32_where_it_is_allowed(data_dir):
 
 @pytest.mark.slow
 def test_bpr_refine_writes_the_same_masks_with_every_backend(tmp_path, data_dir):
-    """Stated tolerance: at most 1 pixel in 100,000 of the refined masks differs from torch."""
+    """Stated tolerance, as a share of the pixels torch's refined masks hold: float graphs
+    differ by at most 1 in 100,000 (measured: 0 on all of cityscapes-dev, OSVOS and RVOS),
+    bf16 and int8 by at most 1 in 1,000 (measured: 264 of 3.8 M on cityscapes-dev in bf16)."""
     root = data_dir / "cityscapes-dev"
     results = load_json(root / "maskrcnn28.json")
     first = sorted({r["image_id"] for r in results})[:6]
     (tmp_path / "in.json").write_text(json.dumps([r for r in results if r["image_id"] in first]))
     info = {i["id"]: i for i in load_json(root / "gt.json")["images"]}
     masks = {}
-    for backend in ["torch", *RUNTIMES]:
-        out = tmp_path / f"{backend}.json"
+    variants = [("torch", "fp32"), ("openvino", "fp32"), ("onnxruntime", "fp32"), ("openvino", "bf16"), ("openvino", "int8")]
+    for backend, precision in variants:
+        out = tmp_path / f"{backend}-{precision}.json"
         assert refine_main([str(tmp_path / "in.json"), "--images", str(root / "images"), "--image-info",
-                            str(root / "gt.json"), "--out", str(out), "--backend", backend, "--quiet", "--threads", "1"]) == 0
+                            str(root / "gt.json"), "--out", str(out), "--backend", backend, "--precision", precision,
+                            "--quiet", "--threads", "1"]) == 0
         entries = load_json(out)
-        masks[backend] = np.concatenate([
+        masks[backend, precision] = np.concatenate([
             entries_to_masks([e], info[e["image_id"]]["height"], info[e["image_id"]]["width"]).ravel() for e in entries])
-    assert masks["torch"].sum() > 100_000
-    for runtime in RUNTIMES:
-        assert (masks[runtime] != masks["torch"]).mean() <= 1e-5, runtime
+    reference = masks["torch", "fp32"]
+    assert reference.sum() > 100_000
+    for (backend, precision), got in masks.items():
+        share = (got != reference).sum() / reference.sum()
+        assert share <= (1e-5 if precision == "fp32" else 1e-3), (backend, precision, share)
+    if backends.cpu_has_native_bf16():  # bf16 really ran: it moves a few pixels
+        assert (masks["openvino", "bf16"] != reference).any()
 
 
 def test_a_corrupt_or_foreign_cached_graph_is_rebuilt(tmp_path):
