@@ -289,7 +289,7 @@ class Refinement:
         """
         if self.options.fallback_iou <= 0 or refined is self.input or refined.shape[0] == 0:
             return refined
-        n, height, width = self.input.shape
+        _, height, width = self.input.shape
         boxes = claim_boxes(coarse_extents(self.input.cpu().numpy()), self.reach_boxes)
         areas = self.input_areas.tolist()
         lost = []
@@ -302,10 +302,9 @@ class Refinement:
             union = areas[i] + int(torch.count_nonzero(r)) - inter
             if inter < self.options.fallback_iou * union:  # emptied: IoU 0
                 lost.append(i)
-        if lost:
-            back = torch.zeros(n, dtype=torch.bool, device=refined.device)
-            back[lost] = True
-            refined = torch.where(back[:, None, None], self.input, refined)
+        if lost:  # refined is this refinement's own tensor (reassembly's copy): restore in place
+            index = torch.tensor(lost, device=refined.device)
+            refined[index] = self.input[index]
             self.refiner.stats.add(fallbacks=len(lost))
         return refined
 
