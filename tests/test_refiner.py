@@ -144,8 +144,10 @@ def test_bf16_refines_like_fp32_and_fp16_needs_cuda(data_dir):
     assert (bf16 != fp32).sum() < 0.05 * (fp32 != m).sum()  # ...and bf16 changed it the same way
     with pytest.raises(BprInputError, match="CUDA"):
         Refiner.from_checkpoint(precision="fp16")
-    with pytest.raises(BprInputError, match="precision"):
-        Refiner.from_checkpoint(precision="int8")
+    with pytest.raises(BprInputError, match="precision must be auto, fp32, bf16, fp16 or int8"):
+        Refiner.from_checkpoint(precision="int4")
+    with pytest.raises(BprInputError, match="int8 runs with the openvino or onnxruntime backend"):
+        Refiner.from_checkpoint(precision="int8", backend="torch")
 
 
 def test_each_iteration_refines_the_previous_pass_output(data_dir, random_checkpoint):
