@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable
 
 from starlette.datastructures import Headers
@@ -106,7 +107,7 @@ class GuardMiddleware:
         detail = f"busy: {self.state.in_flight} requests in flight (BPR_MAX_QUEUE={settings.max_queue}); retry in {retry} s"
         return error_response(429, "queue_full", detail, {"Retry-After": retry})
 
-    async def _upload(self, scope: Scope, receive: Receive, send: Send) -> list[Message] | None:
+    async def _upload(self, scope: Scope, receive: Receive, send: Send) -> deque[Message] | None:
         """The whole body, or None once an error has been answered or the client left.
 
         At most ``max_uploads`` bodies are read at once (429 beyond), which bounds the memory

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from dataclasses import dataclass
 
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -49,13 +50,13 @@ class UploadRule:
         )
 
 
-async def read_body(receive: Receive, limit: int, rule: UploadRule) -> list[Message] | None:
+async def read_body(receive: Receive, limit: int, rule: UploadRule) -> deque[Message] | None:
     """The whole request body as its ASGI messages; None if the client disconnected.
 
     Raises UploadTooSlow (-> 408) under ``rule`` and a 413 HTTPException past ``limit`` bytes.
     Each ``receive`` waits only until the rule's deadline for the bytes so far."""
     start = time.monotonic()
-    received, messages = 0, []
+    received, messages = 0, deque[Message]()
     while True:
         remaining = rule.deadline(start, received) - time.monotonic()
         try:
@@ -74,7 +75,7 @@ async def read_body(receive: Receive, limit: int, rule: UploadRule) -> list[Mess
             return messages
 
 
-def replay(messages: list[Message], receive: Receive) -> Receive:
+def replay(messages: deque[Message], receive: Receive) -> Receive:
     """``receive`` that hands back the buffered body, then the real channel (for disconnects).
 
     Pops from ``messages`` itself: each chunk is released once the form parser has it, so the
@@ -82,7 +83,7 @@ def replay(messages: list[Message], receive: Receive) -> Receive:
 
     async def wrapped() -> Message:
         if messages:
-            return messages.pop(0)
+            return messages.popleft()
         return await receive()
 
     return wrapped
