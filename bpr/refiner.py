@@ -41,7 +41,8 @@ from bpr.modeling.refiner_net import RefinerNet
 from bpr.patches import crop_squares, extract_patch_corners, pad_to_patch
 from bpr.reassemble import claim_boxes, coarse_extents, instance_regions, patch_reach, reassemble
 
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "models" / "bpr_default.pt"
+# Package data (pyproject.toml), so a wheel refines with it too; its card: the repository's models/MODEL_CARD.md.
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "models" / "bpr_default.pt"
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 
 

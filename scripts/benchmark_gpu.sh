@@ -50,7 +50,7 @@ for precision in (("fp16", "fp32") if cuda else ("fp32",)):
         ms = statistics.median(times) * 1e3
         print(f"| {precision} | {len(ims)} | {len(x)} | {ms:.2f} | {len(x) / ms * 1e3:.0f} |")
 EOF
-python scripts/benchmark.py --device "$DEVICE" --checkpoint models/bpr_default.pt --input-sizes 64 --precisions auto fp32 \
+python scripts/benchmark.py --device "$DEVICE" --checkpoint bpr/models/bpr_default.pt --input-sizes 64 --precisions auto fp32 \
     --repeats 5 --json "$OUT/full_image.json" | tee "$OUT/full_image.md"
 for clients in 1 16; do
     BPR_DEVICE=$DEVICE python scripts/loadtest.py --spawn --clients "$clients" --requests "$REQUESTS" \

@@ -6,7 +6,7 @@ the table gives wall time, images/s and patches/s. A run of Ray on a single imag
 Ray's fixed cost (starting the instance, the actors, loading the model in each); the steady
 rate is the patches over the wall time less that cost.
 
-    python scripts/benchmark_ray.py --checkpoint models/bpr_default.pt --set davis-dev-real --max-images 40
+    python scripts/benchmark_ray.py --checkpoint bpr/models/bpr_default.pt --set davis-dev-real --max-images 40
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def run(argv: list[str]) -> tuple[float, str]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--checkpoint", default=str(REPO / "models" / "bpr_default.pt"))
+    ap.add_argument("--checkpoint", default=str(REPO / "bpr" / "models" / "bpr_default.pt"))
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     ap.add_argument("--set", choices=sorted(SETS), default="davis-dev-real")
     ap.add_argument("--max-images", type=int, default=40)

@@ -6,7 +6,7 @@ checkpoint, and in headless Chromium measures: the whole round (submit -> drawn)
 own "drawn in" time (decoding 100 RLEs, outlines, first frame), and the median time of one
 frame while zooming and panning.
 
-    python scripts/benchmark_viewer.py --checkpoint models/bpr_default.pt
+    python scripts/benchmark_viewer.py --checkpoint bpr/models/bpr_default.pt
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def free_port() -> int:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--checkpoint", default=str(REPO / "models" / "bpr_default.pt"))
+    ap.add_argument("--checkpoint", default=str(REPO / "bpr" / "models" / "bpr_default.pt"))
     ap.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
     ap.add_argument("--chromium", default="/usr/bin/chromium")
     ap.add_argument("--repeats", type=int, default=3)

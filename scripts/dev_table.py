@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Score a refiner on every dev input at once: one table, per input and per object size.
 
-    python scripts/dev_table.py --checkpoint models/bpr_default.pt [--iterations 1] [--json out.json]
+    python scripts/dev_table.py --checkpoint bpr/models/bpr_default.pt [--iterations 1] [--json out.json]
 
 A change that helps one input and harms another is a regression, so a candidate is judged
 on all of these together:

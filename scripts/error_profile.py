@@ -3,7 +3,7 @@
 binned by how far the coarse (REAL OSVOS / RVOS) boundary is from them, and the share of each
 bin that lies within the DAVIS F tolerance (8 px at 854x480) before and after refinement.
 
-    python scripts/error_profile.py --checkpoint models/bpr_default.pt [--predictors osvos rvos]
+    python scripts/error_profile.py --checkpoint bpr/models/bpr_default.pt [--predictors osvos rvos]
 
 F only counts errors beyond its tolerance, so this table says where F points can come from:
 bins 8-32 px are inside a 64 px patch's reach, bins beyond 64 px (missed parts, other

@@ -2,7 +2,7 @@
 """Refine the REAL OSVOS and RVOS predictions of davis-dev-real with a checkpoint and score
 before / after: the acceptance test of a default model (and how the recipe mix is chosen).
 
-    python scripts/evaluate_refiner.py --checkpoint models/bpr_default.pt [--nms 0.25 0.55] [--json out.json]
+    python scripts/evaluate_refiner.py --checkpoint bpr/models/bpr_default.pt [--nms 0.25 0.55] [--json out.json]
 
 Runs bpr-refine's own code path, then bpr-eval's. Prints, per predictor and NMS threshold:
 J (mean IoU), F (DAVIS contour accuracy), AF, mask AP, boundary AP, and the share of frames

@@ -2,7 +2,7 @@
 """Turn a training run's model.pt into a shippable checkpoint: fp16 weights, inference
 recommendations (flip TTA) in its config, and the evaluation numbers in its meta.
 
-    python scripts/package_model.py work/runs/default/model.pt models/bpr_default.pt --flip-tta \
+    python scripts/package_model.py work/runs/default/model.pt bpr/models/bpr_default.pt --flip-tta \
         [--iterations 1] [--fallback-iou 0.5] [--min-area 1024] [--change-margin 0.2] [--eval models/bpr_default.eval.json]
 """
 

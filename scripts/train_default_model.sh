@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduce the bundled default model, models/bpr_default.pt (see models/MODEL_CARD.md).
+# Reproduce the bundled default model, bpr/models/bpr_default.pt (see models/MODEL_CARD.md).
 #
 #   bash scripts/train_default_model.sh   # builds patches (once), trains both stages; run it
 #                                         # again after an interruption and it resumes
@@ -60,6 +60,6 @@ else
 fi
 [ -f work/gate/cs_m20_h2.pt ] || python scripts/train_gate.py work/runs/scene1500/model.pt --patches work/p_cs \
   --out work/gate/cs_m20_h2.pt --steps 800 --batch-size 64 --flip-tta --change-margin 0.2 --harm-weight 2
-python scripts/package_model.py work/gate/cs_m20_h2.pt models/bpr_default.pt --flip-tta --iterations 1 \
+python scripts/package_model.py work/gate/cs_m20_h2.pt bpr/models/bpr_default.pt --flip-tta --iterations 1 \
   --fallback-iou 0.5 --min-area 1024 --change-margin 0.2 --gate-threshold 1.5
-python scripts/dev_table.py --checkpoint models/bpr_default.pt --json models/runs/dev_table_default.json
+python scripts/dev_table.py --checkpoint bpr/models/bpr_default.pt --json models/runs/dev_table_default.json

@@ -183,7 +183,8 @@ def test_an_unwritable_output_is_refused_before_any_work(case, data_dir, davis_s
 
 def test_every_command_has_a_version(capsys):
     from bpr import __version__
-    from bpr.cli import build_patches, evaluate, refine, serve, train
+    from bpr.cli import build_patches, evaluate, refine, train
+    from service import cli as serve  # bpr-serve lives with the service
 
     for module in (build_patches, evaluate, refine, serve, train):
         with pytest.raises(SystemExit) as info:

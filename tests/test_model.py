@@ -7,6 +7,7 @@ import torch
 
 from bpr.errors import ModelNotAvailableError
 from bpr.modeling import RefinerConfig, RefinerNet, load_refiner, save_refiner
+from bpr.refiner import DEFAULT_CHECKPOINT
 from conftest import REPO
 
 COMPAT_KEYS = REPO.parent / "shared" / "compat" / "hrnet18s_bpr_mmseg_keys.txt"
@@ -123,12 +124,13 @@ def test_detail_head_starts_as_the_refiner_without_it_and_round_trips(tmp_path):
 
 
 def test_the_bundled_model_loads_with_the_settings_its_card_states():
-    net = load_refiner(REPO / "models" / "bpr_default.pt")
+    assert DEFAULT_CHECKPOINT == REPO / "bpr" / "models" / "bpr_default.pt"  # package data: wheels carry it
+    net = load_refiner(DEFAULT_CHECKPOINT)
     c = net.config
     assert (c.arch, c.patch_size, c.input_size) == ("hr18s", 64, 64)
     assert c.detail_head and c.gate and net.gate is not None
     assert (c.flip_tta, c.iterations, c.fallback_iou, c.min_area, c.change_margin) == (True, 1, 0.5, 1024, 0.2)
-    assert (REPO / "models" / "bpr_default.pt").stat().st_size < 20e6
+    assert DEFAULT_CHECKPOINT.stat().st_size < 20e6
 
 
 @pytest.mark.parametrize("config", [RefinerConfig(arch="hr18s", input_size=64), RefinerConfig(arch="hr18s", input_size=64, detail_head=True)])

@@ -19,7 +19,7 @@ BATCH = 64
 MARGINS = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0)
 
 p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-p.add_argument("checkpoint", nargs="?", default="models/bpr_default.pt")
+p.add_argument("checkpoint", nargs="?", default="bpr/models/bpr_default.pt")
 p.add_argument("--images", type=int, default=30, help="images per dev input, spread evenly")
 p.add_argument("--save", help="also write every logit here (npz)")
 args = p.parse_args()

@@ -1,6 +1,6 @@
 """Diagnostics on cs-maskrcnn28: what our patches could give (GT pasted), and what the refiner gives per patch.
 
-    python scripts/diagnostics/oracle.py --checkpoint models/bpr_default.pt --out work/oracle [--max-images 10]
+    python scripts/diagnostics/oracle.py --checkpoint bpr/models/bpr_default.pt --out work/oracle [--max-images 10]
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def _iou(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--checkpoint", default="models/bpr_default.pt")
+    p.add_argument("--checkpoint", default="bpr/models/bpr_default.pt")
     p.add_argument("--out", type=Path, default=Path("work/oracle"))
     p.add_argument("--min-area", type=int, default=1024)
     p.add_argument("--margin", type=float, default=0.0)

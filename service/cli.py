@@ -1,4 +1,8 @@
-"""bpr-serve: run the HTTP service (FastAPI app in service/, served by uvicorn).
+"""bpr-serve: run the HTTP service (the FastAPI app of this package, served by uvicorn).
+
+It lives here, beside the app, and not in bpr/cli: the library never imports the service, so
+``import bpr`` loads no web framework (tests/test_packaging.py). ``python -m service.cli`` is
+the same command.
 
 Every setting is a ``BPR_*`` environment variable (docs/service.md); the flags here override
 the most common ones. The model and the detector are loaded before the server binds, so a
