@@ -288,3 +288,26 @@ def test_a_run_continued_from_its_weights_keeps_its_schedule(patch_dir, tmp_path
     assert trainer.step == 30
     rows = (tmp_path / "run" / "log.csv").read_text().splitlines()
     assert [int(r.split(",")[0]) for r in rows[1:]] == [30]
+
+
+def test_keep_weight_charges_breaking_right_pixels_more_than_missing_a_fix():
+    from bpr.train.loop import refinement_loss
+
+    target = torch.zeros(1, 16, 16, dtype=torch.long)
+    target[:, :, 8:] = 1  # a vertical edge
+    coarse = target.clone()
+    coarse[0, 3, 7] = 1  # one wrong pixel beside the edge, in the band
+    confident = (target.float() * 2 - 1) * 8  # right everywhere, strongly
+
+    def logits(class1):
+        return torch.stack([-class1, class1], dim=1)
+
+    breaks_right = confident.clone()
+    breaks_right[0, 10, 8] = -8  # moves a pixel the coarse mask had right
+    misses_fix = confident.clone()
+    misses_fix[0, 3, 7] = 8  # keeps the coarse error
+    plain = [refinement_loss(logits(x), target, 2.0, 2) for x in (breaks_right, misses_fix)]
+    kept = [refinement_loss(logits(x), target, 2.0, 2, coarse, keep_weight=4.0) for x in (breaks_right, misses_fix)]
+    assert torch.isclose(plain[0], plain[1])  # plain CE: one wrong band pixel each, the same loss
+    assert kept[0] > 1.5 * kept[1]  # with keep_weight, breaking a right pixel costs more than missing a fix
+    assert torch.equal(refinement_loss(logits(misses_fix), target, 2.0, 2, coarse, 0.0), plain[1])  # 0 = off

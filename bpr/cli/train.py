@@ -38,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float)
     p.add_argument("--weight-decay", type=float)
     p.add_argument("--boundary-weight", type=float, help="extra loss weight in the GT boundary band (0 = plain CE)")
+    p.add_argument("--keep-weight", type=float,
+                   help="extra loss weight on band pixels the coarse mask already has right (charges moving them)")
     p.add_argument("--no-amp", dest="amp", action="store_false", default=None, help="train in fp32")
     p.add_argument("--no-augment", dest="augment", action="store_false", default=None)
     p.add_argument("--eval-every", type=int)
