@@ -85,6 +85,8 @@ def build_refiners(args: argparse.Namespace, size: int) -> dict[str, Refiner]:
     refiners = {}
     for backend in args.backends:
         for precision in args.precisions:
+            if precision == "int8" and backend == "torch":
+                continue  # int8 runs only as an exported graph
             if args.checkpoint:
                 refiner = Refiner(args.checkpoint, input_size=size, device=args.device, batch_size=args.batch_size,
                                   fuse=args.fuse, backend=backend, precision=precision)
