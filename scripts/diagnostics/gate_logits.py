@@ -24,7 +24,7 @@ p.add_argument("--images", type=int, default=30, help="images per dev input, spr
 p.add_argument("--save", help="also write every logit here (npz)")
 args = p.parse_args()
 torch.set_num_threads(2)
-ref = Refiner.from_checkpoint(args.checkpoint)
+ref = Refiner.from_checkpoint(args.checkpoint, backend="torch")  # the torch network: its gate and change_helps
 net = ref.infer_net
 out = {}
 for name in ("cs-maskrcnn28", "cs-near", "cs-bottomup", "davis-osvos", "davis-rvos", "davis-near"):

@@ -44,7 +44,8 @@ def main() -> None:
     a = p.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(2)
-    refiner = Refiner.from_checkpoint(a.checkpoint, quality_gate=False, change_margin=a.margin, min_area=a.min_area)
+    refiner = Refiner.from_checkpoint(a.checkpoint, quality_gate=False, change_margin=a.margin, min_area=a.min_area,
+                                      backend="torch")  # as its recorded numbers were made
     opts = refiner.options
     gt = load_json(DATA / "gt.json")
     info = {i["id"]: i for i in gt["images"]}

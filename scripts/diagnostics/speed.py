@@ -18,7 +18,7 @@ from benchmark import cityscapes_like  # noqa: E402
 from bpr.refiner import Refiner  # noqa: E402
 
 torch.set_num_threads(2)
-ref = Refiner.from_checkpoint("bpr/models/bpr_default.pt")
+ref = Refiner.from_checkpoint("bpr/models/bpr_default.pt", backend="torch")  # times the torch forward layouts
 image, masks = cityscapes_like()
 job = first_pass(ref, image, masks)
 ims, mks = job.image_patches, job.mask_patches
