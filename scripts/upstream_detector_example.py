@@ -6,7 +6,7 @@
 
 Two backends, one per run:
 
-    # mmdetection (PointRend, HTC, Mask R-CNN...), needs pip install 'bpr[mmdet]':
+    # mmdetection (PointRend, HTC, Mask R-CNN...), needs the mmdet extra (pip install '.[mmdet]' in a checkout):
     python scripts/upstream_detector_example.py --mmdet-config CFG.py --mmdet-checkpoint W.pth --port 9000
     # precomputed COCO results (demos, tests):
     python scripts/upstream_detector_example.py --results osvos.json --image-info gt.json --port 9000

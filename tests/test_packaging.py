@@ -104,7 +104,7 @@ def test_a_wheel_in_a_fresh_venv_refines_the_example_with_the_bundled_model(tmp_
     # Build: without isolation where setuptools is here (no index needed), else pip's default.
     isolation = [] if importlib.util.find_spec("setuptools") is None else ["--no-build-isolation"]
     _run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", *isolation, "-w", str(tmp_path / "dist"), str(src)])
-    (wheel,) = (tmp_path / "dist").glob("bpr-*.whl")
+    (wheel,) = (tmp_path / "dist").glob("bpr_refine-*.whl")
     with zipfile.ZipFile(wheel) as z:
         names = set(z.namelist())
     assert {"bpr/models/bpr_default.pt", "bpr/py.typed", "service/cli.py"} <= names

@@ -25,8 +25,8 @@ from bpr.cli.refine import main as refine_cli
 from bpr.distributed.shards import WorkDir, plan_shards, refine_shard
 from conftest import make_checkpoint
 
-ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'bpr[ray]')")
-pytest.importorskip("ray.data", reason="ray[data] is not installed (pip install 'bpr[ray]')")
+ray = pytest.importorskip("ray", reason="ray is not installed (the ray extra: pip install '.[ray]')")
+pytest.importorskip("ray.data", reason="ray[data] is not installed (the ray extra: pip install '.[ray]')")
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("BPR_SHARED_DATA", REPO.parent / "shared" / "data"))

@@ -231,7 +231,8 @@ def test_mmdet_missing_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None
 
     monkeypatch.setitem(sys.modules, "mmdet", None)  # import fails as if not installed
     monkeypatch.setitem(sys.modules, "mmdet.apis", None)
-    with pytest.raises(ModelNotAvailableError, match=r"pip install 'bpr\[mmdet\]'"):
+    hint = r"the 'mmdet' extra of bpr-refine: pip install '<bpr checkout>\[mmdet\]'"
+    with pytest.raises(ModelNotAvailableError, match=hint):
         MMDetDetector("cfg.py", "w.pth")
 
 

@@ -25,7 +25,7 @@ RAY_FLAGS = ("address", "num_workers", "cpus_per_worker", "gpus_per_worker", "wo
 
 
 def add_ray_arguments(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("ray engine (--engine ray; pip install 'bpr[ray]')")
+    g = p.add_argument_group("ray engine (--engine ray; needs the 'ray' extra: pip install '<bpr checkout>[ray]')")
     g.add_argument("--address", default=None,
                    help="Ray cluster to join: 'auto', ray://head:10001 or host:port (default: start a local Ray "
                    "instance on this machine)")

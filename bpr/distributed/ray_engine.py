@@ -9,7 +9,7 @@ Two doors, one worker:
 * :func:`refine_dataset` serves pipelines already on Ray Data: a Dataset of (image,
   instances) rows in, the same rows with refined instances out.
 
-Ray is an optional extra (``pip install 'bpr[ray]'``); nothing else in bpr imports this module.
+Ray is an optional extra (``pip install '.[ray]'`` in a checkout); nothing else in bpr imports this module.
 Ray Data restarts an actor whose process dies and re-runs the shard it held; a shard's file is
 written whole or not at all, so a re-run shard can neither be lost nor counted twice.
 """
@@ -32,7 +32,7 @@ from bpr.io.images import read_image_any
 from bpr.io.results import entries_to_masks, refined_entry
 from bpr.spec import RefinerSpec
 
-INSTALL_HINT = "the ray engine needs Ray Data: pip install 'bpr[ray]'"
+INSTALL_HINT = "the ray engine needs Ray Data, the 'ray' extra of bpr-refine: pip install '<bpr checkout>[ray]'"
 
 
 def import_ray() -> Any:

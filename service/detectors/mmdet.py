@@ -1,8 +1,9 @@
 """``mmdet`` detector: mmdetection in-process (PointRend, HTC, Mask R-CNN...), optional.
 
-Needs ``pip install 'bpr[mmdet]'`` (mmcv's compiled ops: about 20 minutes to build against
-current torch); nothing else in the service imports mmdet, so the default install and test
-run never need it. Only mmdetection 3.x is supported (``DetDataSample.pred_instances``).
+Needs the ``mmdet`` extra (``pip install '.[mmdet]'`` in a checkout; mmcv's compiled ops take
+about 20 minutes to build against current torch); nothing else in the service imports mmdet,
+so the default install and test run never need it. Only mmdetection 3.x is supported
+(``DetDataSample.pred_instances``).
 
 Inference runs on one dedicated thread: mmdet models are not safe to call concurrently, and
 the event loop must stay free. Labels of a COCO-trained model (80 classes) are mapped to the
@@ -46,7 +47,7 @@ class MMDetDetector(Detector):
         except ImportError as exc:
             raise ModelNotAvailableError(
                 f"BPR_DETECTOR=mmdet needs mmdetection 3.x, which is not installed ({exc}); "
-                "install it with pip install 'bpr[mmdet]' (see docs/service.md)"
+                "install the 'mmdet' extra of bpr-refine: pip install '<bpr checkout>[mmdet]' (see docs/service.md)"
             ) from None
         self._infer = inference_detector
         self.config, self.checkpoint, self.device = str(config), str(checkpoint), device
