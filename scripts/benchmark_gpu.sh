@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU row of the README in one short call on a machine with a CUDA GPU:
+# Every GPU row of docs/benchmarks.md in one short call on a machine with a CUDA GPU:
 #   1. the network alone (the default model's patches, fp16 autocast against fp32),
 #   2. the full image (scripts/benchmark.py workloads (a) and (b), default model and settings),
 #   3. the service at 1 and 16 clients (scripts/loadtest.py, bpr-serve on the GPU).

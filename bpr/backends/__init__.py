@@ -3,7 +3,7 @@
 ``torch`` runs the (BatchNorm-folded) torch network; ``openvino`` and ``onnxruntime`` run
 the network exported to ONNX (bpr/backends/export.py, cached, never by hand). ``auto`` picks
 the fastest one installed for the device: on a CPU OpenVINO, then ONNX Runtime, then torch;
-on CUDA torch. Measured on the 2-core CPU (scripts/benchmark.py --backend): see README.
+on CUDA torch. Measured on the 2-core CPU (scripts/benchmark.py --backend): see docs/benchmarks.md.
 
 Every runtime is checked against the torch network on a fixed probe batch when it loads: a
 graph whose probabilities differ beyond :data:`TOLERANCE` is rebuilt once, then refused.
@@ -67,7 +67,7 @@ def automatic_precision(backend: str, device: torch.device) -> str:
 
     fp16 autocast on CUDA. bf16 for OpenVINO on a CPU with native bf16: with the default model
     the whole dev table stays within 0.05 points of fp32 torch on every input (largest change
-    cs-maskrcnn28 AP_M -0.03; README, Speed) at 1.6-1.8x the speed. fp32 everywhere else:
+    cs-maskrcnn28 AP_M -0.03; docs/benchmarks.md, Speed) at 1.6-1.8x the speed. fp32 everywhere else:
     torch's bf16 autocast has not been through the dev table, and emulated bf16 is slow.
     """
     if device.type == "cuda":

@@ -7,7 +7,7 @@ built by ``python -m bpr.backends.quantize --build PATCH_DIRS...``. Weights are 
 channel, activations per tensor (QDQ format, ONNX Runtime's quantizer), and the quantized
 graph is cached beside the float one under the same key. OpenVINO runs it with int8 kernels.
 
-Measured with the default model (README, Speed): the whole dev table within 0.05 points of
+Measured with the default model (docs/benchmarks.md, Speed): the whole dev table within 0.05 points of
 fp32 torch on every input but RVOS F (+0.06), about 1.2x the speed of bf16 on this CPU. Opt in with
 ``--precision int8``; it needs ``onnxruntime`` for the quantization step (the onnx extra).
 """
