@@ -19,14 +19,12 @@ Refiner serves concurrent calls with different options without copies.
 
 from __future__ import annotations
 
-import dataclasses
 import os
-import threading
 import time
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +36,7 @@ from bpr.errors import BprInputError, ModelNotAvailableError
 from bpr.feed import PatchBatch, PatchFeed
 from bpr.modeling.checkpoint import load_refiner
 from bpr.modeling.refiner_net import RefinerNet
+from bpr.options import RefineOptions, RefineStats, option_infos
 from bpr.patches import crop_squares, extract_patch_corners, pad_to_patch
 from bpr.reassemble import claim_boxes, coarse_extents, instance_regions, patch_reach, reassemble
 
@@ -49,90 +48,6 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 def default_checkpoint() -> Path:
     """The bundled default model (override with the BPR_DEFAULT_CHECKPOINT environment variable)."""
     return Path(os.environ.get("BPR_DEFAULT_CHECKPOINT", DEFAULT_CHECKPOINT))
-
-
-@dataclass(frozen=True)
-class RefineOptions:
-    """How to refine, per call.
-
-    nms_iou: patch NMS threshold (0.25 sparse, 0.55 dense: more patches, slower).
-    cover_all: add patches until every boundary pixel lies in one (see patches.py).
-    resolve_overlaps: pixels newly gained by an instance while another claims them go to the
-        more confident one.
-    flip_tta: also run every patch mirrored and average the two (2x network time).
-    iterations: refinement passes; each places patches on the previous pass's boundary.
-    confine_passes: later passes may change only pixels the first pass's patches covered, so
-        a pass cannot extend what the previous one added (no compounding).
-    fallback_iou: an instance whose refined mask is empty, or overlaps its input mask by an
-        IoU below this, is returned as it came in (0 = off).
-    min_area: instances of fewer pixels than this are returned as they came in (0 = refine all).
-    change_margin: a pixel changes from its input value only where the patches' mean
-        foreground probability is beyond 0.5 by more than this (0 = plain 0.5 threshold):
-        where the network is unsure, the detector's mask stands.
-    quality_gate: with a checkpoint that has a patch-quality gate, patches the gate expects
-        to break more pixels than they fix keep the coarse mask (no effect without a gate).
-    """
-
-    nms_iou: float = 0.25
-    cover_all: bool = True
-    resolve_overlaps: bool = True
-    flip_tta: bool = False
-    iterations: int = 1
-    confine_passes: bool = True
-    fallback_iou: float = 0.0
-    min_area: int = 0
-    change_margin: float = 0.0
-    quality_gate: bool = True
-
-    def __post_init__(self) -> None:
-        if not 0.0 < self.nms_iou <= 1.0:
-            raise BprInputError(f"NMS IoU threshold must be in (0, 1], got {self.nms_iou}")
-        if self.iterations < 1:
-            raise BprInputError(f"iterations (refinement passes) must be at least 1, got {self.iterations}")
-        if not 0.0 <= self.fallback_iou < 1.0:
-            raise BprInputError(f"fallback IoU must be in [0, 1), got {self.fallback_iou}")
-        if self.min_area < 0:
-            raise BprInputError(f"minimum instance area must be 0 or more pixels, got {self.min_area}")
-        if not 0.0 <= self.change_margin < 0.5:
-            raise BprInputError(f"change margin must be in [0, 0.5), got {self.change_margin}")
-
-    def updated(self, **changes: Any) -> "RefineOptions":
-        """A copy with the given fields changed; ``None`` values leave a field as it is."""
-        changes = {k: v for k, v in changes.items() if v is not None}
-        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
-        if unknown:
-            raise TypeError(f"unknown refine option(s): {', '.join(sorted(unknown))}")
-        return dataclasses.replace(self, **changes) if changes else self
-
-
-@dataclass
-class RefineStats:
-    """Running totals, for progress bars, benchmarks and /metrics. Safe to update from many
-    threads: every change goes through ``add`` under one lock.
-
-    images / instances count each image once, whatever the number of passes; patches and
-    batches count the network's work; fallbacks are instances returned as they came in by
-    the ``fallback_iou`` rule, small ones those left alone by ``min_area``; gated counts
-    patches the quality gate kept coarse (early_gated of them without their mirrored forward).
-    """
-
-    images: int = 0
-    instances: int = 0
-    patches: int = 0
-    batches: int = 0
-    fallbacks: int = 0
-    small: int = 0
-    gated: int = 0
-    early_gated: int = 0
-    seconds: dict[str, float] = field(default_factory=lambda: {"extract": 0.0, "network": 0.0, "reassemble": 0.0})
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
-
-    def add(self, stage: str | None = None, seconds: float = 0.0, **counts: int) -> None:
-        with self._lock:
-            for name, value in counts.items():
-                setattr(self, name, getattr(self, name) + value)
-            if stage is not None:
-                self.seconds[stage] += seconds
 
 
 @dataclass
@@ -418,12 +333,9 @@ class Refiner:
         self.checkpoint = str(checkpoint) if checkpoint is not None else None
         self.batch_size = batch_size
         cfg = net.config
-        recommended = RefineOptions(
-            flip_tta=cfg.flip_tta, iterations=cfg.iterations, fallback_iou=cfg.fallback_iou, min_area=cfg.min_area,
-            change_margin=cfg.change_margin,
-        )
+        recommended = RefineOptions().updated(**{k: v for k, v in getattr(net, "recommended", {}).items() if k in option_infos()})
         self.options = recommended.updated(**options)
-        self.early_reject = cfg.gate_early_reject if early_reject and cfg.gate else None
+        self.early_reject = getattr(net, "recommended", {}).get("gate_early_reject") if early_reject and cfg.gate else None
         self.stats = RefineStats()
 
     @classmethod

@@ -1,23 +1,27 @@
 """One description of a Refiner to build, shared by every door that builds one from options.
 
 ``bpr-refine`` maps its flags onto a :class:`RefinerSpec`, the service maps its ``BPR_*``
-settings onto the same class (``service.settings.Settings.refiner_spec``), and both build
-with :meth:`RefinerSpec.build`; a test checks that every field here has a CLI flag and a
-service setting, so the two doors cannot drift apart again.
+settings onto the same class (``service.settings.Settings.refiner_spec``), Ray workers
+rebuild it from JSON, and all of them build with :meth:`RefinerSpec.build`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from bpr.options import option_infos
 from bpr.refiner import Refiner
 
 
 @dataclass(frozen=True)
 class RefinerSpec:
-    """What to load and how to run it. ``None`` = what the checkpoint / library recommends."""
+    """What to load and how to run it. ``None`` = what the checkpoint / library recommends.
+
+    ``options`` are the defaults of every call, by :class:`bpr.options.RefineOptions` field
+    name (a missing or None value keeps the checkpoint's recommendation or the library's).
+    """
 
     checkpoint: Path | None = None
     device: str = "cpu"
@@ -26,19 +30,24 @@ class RefinerSpec:
     batch_size: int = 64
     patch_size: int | None = None
     input_size: int | None = None
-    # per-call defaults (bpr.refiner.RefineOptions)
-    nms_iou: float | None = None
-    cover_all: bool | None = None
-    resolve_overlaps: bool | None = None
-    flip_tta: bool | None = None
-    iterations: int | None = None
-    confine_passes: bool | None = None
-    fallback_iou: float | None = None
-    min_area: int | None = None
-    change_margin: float | None = None
-    quality_gate: bool | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        unknown = set(self.options) - set(option_infos())
+        if unknown:
+            raise TypeError(f"unknown refine option(s): {', '.join(sorted(unknown))}")
 
     def build(self) -> Refiner:
         """Load the network and make the Refiner (ModelNotAvailableError / BprInputError on bad input)."""
-        fields = dataclasses.asdict(self)
-        return Refiner.from_checkpoint(fields.pop("checkpoint"), input_size=fields.pop("input_size"), **fields)
+        options = {name: value for name, value in self.options.items() if value is not None}
+        return Refiner.from_checkpoint(
+            self.checkpoint, input_size=self.input_size, device=self.device, precision=self.precision,
+            backend=self.backend, batch_size=self.batch_size, patch_size=self.patch_size, **options,
+        )
+
+    @classmethod
+    def from_fields(cls, values: dict[str, Any]) -> "RefinerSpec":
+        """A spec from one flat mapping holding loading fields and option names alike (CLI flags)."""
+        options = {name: values[name] for name in option_infos() if name in values}
+        loading = {name: values[name] for name in cls.__dataclass_fields__ if name != "options" and name in values}
+        return cls(**loading, options=options)

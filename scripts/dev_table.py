@@ -34,10 +34,12 @@ from typing import Any
 import cv2
 import numpy as np
 
+from bpr.cli.refine import add_option_flags
 from bpr.evaluate import evaluate
 from bpr.io.coco import decode_segmentation, encode_mask, load_json, mask_to_bbox, write_json_atomic
 from bpr.io.images import read_image
 from bpr.io.results import entries_to_masks, refined_entry
+from bpr.options import option_infos
 from bpr.refiner import Refiner
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
@@ -226,20 +228,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, help="write every number here")
     p.add_argument("--precision", default="auto")
     p.add_argument("--backend", default=None, help="torch, openvino, onnxruntime (default: BPR_BACKEND, else auto)")
-    p.add_argument("--nms-iou", type=float)
-    p.add_argument("--iterations", type=int)
-    p.add_argument("--flip-tta", action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument("--confine-passes", action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument("--fallback-iou", type=float)
-    p.add_argument("--min-area", type=int)
-    p.add_argument("--change-margin", type=float)
-    p.add_argument("--quality-gate", action=argparse.BooleanOptionalAction, default=None)
+    add_option_flags(p)  # every refine option, as bpr-refine has it
     args = p.parse_args(argv)
     args.cache.mkdir(parents=True, exist_ok=True)
     refiner = Refiner.from_checkpoint(
-        args.checkpoint, precision=args.precision, backend=args.backend, nms_iou=args.nms_iou, iterations=args.iterations,
-        flip_tta=args.flip_tta, confine_passes=args.confine_passes, fallback_iou=args.fallback_iou, min_area=args.min_area,
-        change_margin=args.change_margin, quality_gate=args.quality_gate,
+        args.checkpoint, precision=args.precision, backend=args.backend,
+        **{name: getattr(args, name) for name in option_infos()},
     )
     rows: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as tmp_dir:

@@ -107,7 +107,7 @@ def main() -> int:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     base = load_refiner(args.checkpoint)
-    net = RefinerNet(dataclasses.replace(base.config, gate=True))
+    net = RefinerNet(dataclasses.replace(base.config, gate=True), base.recommended)
     missing, unexpected = net.load_state_dict(base.state_dict(), strict=False)
     assert not unexpected and all(k.startswith("gate.") for k in missing), (missing, unexpected)
     net.eval()

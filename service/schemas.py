@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, create_model
+
+from service.options import info_fields
 
 # a 25 px disc in a 64x48 image, a valid compressed RLE
 RLE_EXAMPLE = {"size": [48, 64], "counts": "fk01[18J4M2N2N2N2O0O2O00000O20N1000001N101N2N2N2N3L6Hnn0"}
@@ -116,7 +118,7 @@ class Readiness(BaseModel):
     detector: str = Field(description="'not configured', 'reachable' or why not", examples=["not configured"])
 
 
-class RefinerInfo(BaseModel):
+class LoadedRefiner(BaseModel):
     checkpoint: str | None = Field(description="checkpoint file the refiner was loaded from")
     arch: str = Field(examples=["hr18s"])
     patch_size: int = Field(description="square cut around the boundary, in image pixels")
@@ -126,16 +128,15 @@ class RefinerInfo(BaseModel):
     backend: str = Field(description="what runs the network: torch, openvino or onnxruntime", examples=["openvino"])
     max_batch_size: int = Field(description="patches per forward pass, pooled across requests")
     max_wait_ms: float = Field(description="how long a partly filled batch waits for more patches")
-    nms_iou: float = Field(description="default patch NMS IoU")
-    cover_all: bool
-    resolve_overlaps: bool
-    flip_tta: bool
-    iterations: int
-    confine_passes: bool = Field(description="later passes change only pixels the first pass's patches covered")
-    fallback_iou: float = Field(description="instances refinement empties or moves below this IoU come back as given")
-    min_area: int = Field(description="instances smaller than this come back as given")
-    change_margin: float = Field(description="pixels change only where the refined probability is this far beyond 0.5")
-    quality_gate: bool = Field(description="patches the checkpoint's quality gate rejects keep the coarse mask")
+
+
+# the refiner and then every refine option it applies by default (bpr/options.py)
+_RefinerWithOptions = create_model("_RefinerWithOptions", __base__=LoadedRefiner, **info_fields())
+
+
+class RefinerInfo(_RefinerWithOptions):  # type: ignore[misc,valid-type]
+    """The loaded refiner, its default refine options (quality_gate: whether a gate applies) and its size."""
+
     parameters: int = Field(description="number of network parameters")
 
 

@@ -12,17 +12,19 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from bpr.io.limits import DEFAULT_MAX_MASK_PIXELS, DEFAULT_MAX_PIXELS
+from bpr.options import option_infos
 from bpr.spec import RefinerSpec
+from service.options import OptionSettings
 
 DetectorKind = Literal["none", "http", "mmdet", "results"]
 CPU_REQUEST_PATCHES = 4096  # default cost budget per request on CPU (network patch forwards)
 GPU_REQUEST_PATCHES = 65536
 
 
-class Settings(BaseSettings):
+class Settings(OptionSettings):
     """Service configuration; defaults suit one CPU or GPU box serving a few clients."""
 
     model_config = SettingsConfigDict(env_prefix="BPR_", extra="forbid", validate_default=True)
@@ -41,30 +43,9 @@ class Settings(BaseSettings):
     backend: Literal["auto", "torch", "openvino", "onnxruntime"] = Field(
         "auto", description="what runs the network: auto = OpenVINO, else ONNX Runtime, else torch on a CPU; torch on CUDA"
     )
-    nms_iou: float = Field(0.25, gt=0.0, le=1.0, description="default patch NMS IoU; requests may override it")
     patch_size: int | None = Field(None, ge=4, description="override the checkpoint's patch size (image pixels)")
     input_size: int | None = Field(None, ge=8, description="override the checkpoint's network input size")
-    iterations: int | None = Field(None, ge=1, description="refinement passes per request (default: as the checkpoint recommends)")
-    flip_tta: bool | None = Field(
-        None, description="average each patch with its mirror image (2x network time; default: as the checkpoint recommends)"
-    )
-    cover_all: bool = Field(True, description="add patches until every boundary pixel is covered")
-    resolve_overlaps: bool = Field(True, description="newly gained pixels claimed twice go to the likelier instance")
-    confine_passes: bool | None = Field(
-        None, description="later passes change only pixels the first pass's patches covered (default: the library's, on)"
-    )
-    fallback_iou: float | None = Field(
-        None, ge=0.0, lt=1.0,
-        description="an instance refinement empties, or whose IoU with its input falls below this, is returned as given",
-    )
-    min_area: int | None = Field(None, ge=0, description="instances smaller than this many pixels are returned as given")
-    quality_gate: bool | None = Field(
-        None, description="keep the coarse mask in patches the checkpoint's quality gate rejects (default on; needs a gate)"
-    )
-    change_margin: float | None = Field(
-        None, ge=0.0, lt=0.5,
-        description="a pixel changes only where the refined probability is beyond 0.5 by more than this (0 = plain threshold)",
-    )
+    # every refine option (bpr/options.py) is a setting too: BPR_NMS_IOU, BPR_FLIP_TTA... (OptionSettings)
 
     # --- dynamic batching and backpressure ----------------------------------------------
     max_batch_size: int = Field(64, ge=1, description="patches per network forward pass, pooled across requests")
@@ -149,23 +130,9 @@ class Settings(BaseSettings):
     def refiner_spec(self) -> RefinerSpec:
         """The Refiner these settings describe (the same builder as bpr-refine's flags)."""
         return RefinerSpec(
-            checkpoint=self.checkpoint,
-            device=self.device,
-            precision=self.precision,
-            backend=self.backend,
-            batch_size=self.max_batch_size,
-            patch_size=self.patch_size,
-            input_size=self.input_size,
-            nms_iou=self.nms_iou,
-            cover_all=self.cover_all,
-            resolve_overlaps=self.resolve_overlaps,
-            flip_tta=self.flip_tta,
-            iterations=self.iterations,
-            confine_passes=self.confine_passes,
-            fallback_iou=self.fallback_iou,
-            min_area=self.min_area,
-            change_margin=self.change_margin,
-            quality_gate=self.quality_gate,
+            checkpoint=self.checkpoint, device=self.device, precision=self.precision, backend=self.backend,
+            batch_size=self.max_batch_size, patch_size=self.patch_size, input_size=self.input_size,
+            options={name: getattr(self, name) for name in option_infos()},
         )
 
     @field_validator("api_key", "detector_api_key", mode="before")

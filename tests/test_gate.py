@@ -24,7 +24,8 @@ class GrowNet(RefinerNet):
 
 def _gated(bias: float, weight_on_mask: float = 0.0, early_reject: float | None = None) -> GrowNet:
     """A GrowNet whose gate says ``bias + weight * (share of the patch that is coarse foreground)``."""
-    net = GrowNet(RefinerConfig(input_size=64, gate=True, flip_tta=True, gate_early_reject=early_reject)).eval()
+    net = GrowNet(RefinerConfig(input_size=64, gate=True),
+                  recommended=dict(flip_tta=True, gate_early_reject=early_reject)).eval()
     with torch.no_grad():
         net.gate.classifier.weight.zero_()
         net.gate.classifier.bias.fill_(bias)

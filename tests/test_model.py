@@ -129,7 +129,8 @@ def test_the_bundled_model_loads_with_the_settings_its_card_states():
     c = net.config
     assert (c.arch, c.patch_size, c.input_size) == ("hr18s", 64, 64)
     assert c.detail_head and c.gate and net.gate is not None
-    assert (c.flip_tta, c.iterations, c.fallback_iou, c.min_area, c.change_margin) == (True, 1, 0.5, 1024, 0.2)
+    r = net.recommended
+    assert (r["flip_tta"], r["iterations"], r["fallback_iou"], r["min_area"], r["change_margin"]) == (True, 1, 0.5, 1024, 0.2)
     assert DEFAULT_CHECKPOINT.stat().st_size < 20e6
 
 

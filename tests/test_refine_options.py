@@ -3,6 +3,7 @@ no instance emptied, small instances left alone, counts per image, one Refiner s
 threads with different options, and the patch feed's batching rule."""
 
 import dataclasses
+import re
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -14,7 +15,9 @@ from bpr import BprInputError
 from bpr.cli.refine import build_parser
 from bpr.feed import PatchFeed
 from bpr.modeling import RefinerConfig
+from bpr.modeling.checkpoint import load_refiner, save_refiner
 from bpr.modeling.refiner_net import RefinerNet
+from bpr.options import option_infos, option_types
 from bpr.refiner import RefineOptions, Refiner
 from bpr.reassemble import patch_reach
 from bpr.spec import RefinerSpec
@@ -212,23 +215,101 @@ def test_options_are_checked():
 
 
 def test_checkpoint_recommendations_become_the_defaults():
-    net = IdentityNet(RefinerConfig(input_size=64, flip_tta=True, iterations=2, fallback_iou=0.4, min_area=50,
-                                      change_margin=0.1))
+    net = IdentityNet(RefinerConfig(input_size=64), recommended=dict(flip_tta=True, iterations=2, fallback_iou=0.4,
+                                                                     min_area=50, change_margin=0.1))
     o = Refiner(net).options
     assert (o.flip_tta, o.iterations, o.fallback_iou, o.min_area, o.change_margin) == (True, 2, 0.4, 50, 0.1)
     assert Refiner(net, iterations=1, min_area=0).options.iterations == 1
 
 
-def test_every_spec_field_has_a_cli_flag_and_a_service_setting():
+def test_a_checkpoint_keeps_its_architecture_and_its_recommendations_apart(tmp_path):
+    """save_refiner writes "config" (what to build) and "recommended" (how to refine) apart; a file
+    written before they were apart, recommendations inside "config", loads the same."""
+    net = IdentityNet(RefinerConfig(input_size=64), recommended=dict(flip_tta=True, min_area=50))
+    save_refiner(net, tmp_path / "new.pt")
+    ckpt = torch.load(tmp_path / "new.pt", weights_only=True)
+    assert ckpt["recommended"] == {"flip_tta": True, "min_area": 50}
+    assert set(ckpt["config"]) == {f.name for f in dataclasses.fields(RefinerConfig)}
+    legacy = {**ckpt, "config": {**ckpt["config"], "flip_tta": True, "min_area": 50, "iterations": 1,
+                                 "gate_early_reject": None, "upsample_mode": "bilinear"}}
+    del legacy["recommended"]
+    torch.save(legacy, tmp_path / "old.pt")
+    for name in ("new.pt", "old.pt"):
+        o = Refiner(tmp_path / name).options
+        assert (o.flip_tta, o.min_area, o.iterations, o.change_margin) == (True, 50, 1, 0.0), name
+    assert load_refiner(tmp_path / "old.pt").config == load_refiner(tmp_path / "new.pt").config
+
+
+def test_every_option_has_one_declaration_that_every_door_derives():
+    """bpr-refine's flags, the BPR_* settings, the per-request query and /v1/models all come
+    from bpr/options.py: each option appears in each with the declared type, bounds and default."""
+    from pydantic import ValidationError
+
+    from service.options import RefineQuery
+    from service.schemas import RefinerInfo
     from service.settings import Settings
 
-    dests = {a.dest for a in build_parser()._actions}
-    for f in dataclasses.fields(RefinerSpec):
-        assert f.name in dests, f"bpr-refine has no flag for {f.name}"
+    parser = build_parser()
+    dests = {a.dest for a in parser._actions}
+    flags = {s for a in parser._actions for s in a.option_strings}
+    spec_fields = {f.name for f in dataclasses.fields(RefinerSpec)} - {"options"}
+    assert spec_fields <= dests, "a RefinerSpec loading field has no bpr-refine flag"
+    for name, info in option_infos().items():
+        typ = option_types()[name]
+        flag = "--" + name.replace("_", "-")
+        assert flag in flags, f"bpr-refine has no {flag}"
+        assert parser.parse_args(["r.json", "--images", "."]).__dict__[name] is None  # None: the checkpoint's
+        assert name in Settings.model_fields and Settings().__dict__[name] is None, f"no BPR_{name.upper()}"
+        assert name in RefinerInfo.model_fields, f"/v1/models does not report {name}"
+        assert (name in RefineQuery.model_fields) == info.per_request
+        default = getattr(RefineOptions(), name)
+        if typ is bool:
+            on = parser.parse_args(["r.json", "--images", ".", flag]).__dict__[name]
+            off = parser.parse_args(["r.json", "--images", ".", f"--no-{flag[2:]}"]).__dict__[name]
+            assert (on, off) == (True, False)
+            continue
+        # a value just outside each bound is refused by the library and the settings alike
+        step = 1 if typ is int else 1e-3
+        outside = {"gt": info.gt, "ge": None if info.ge is None else info.ge - step,
+                   "le": None if info.le is None else info.le + step, "lt": info.lt}
+        for bad in (typ(v) for v in outside.values() if v is not None):
+            with pytest.raises(BprInputError, match=re.escape(info.label)):
+                RefineOptions(**{name: bad})
+            with pytest.raises(ValidationError):
+                Settings(**{name: bad})
+        value = typ(parser.parse_args(["r.json", "--images", ".", flag, str(default)]).__dict__[name])
+        assert value == default
+        spec = Settings(**{name: default}).refiner_spec()
+        assert spec.options[name] == default
+
+
+def test_a_request_may_set_fewer_passes_than_the_library_allows():
+    from pydantic import ValidationError
+
+    from service.options import RefineQuery
+
+    assert RefineQuery(iterations=3).iterations == 3
+    with pytest.raises(ValidationError):
+        RefineQuery(iterations=4)
+    with pytest.raises(ValidationError):
+        RefineQuery(nms_iou=0.0)
+    assert RefineQuery(min_area=5).model_dump() == {"nms_iou": None, "flip_tta": None, "iterations": None}
+
+
+def test_settings_and_flags_reach_the_refiner_spec():
+    from service.settings import Settings
+
     spec = Settings(nms_iou=0.55, flip_tta=False, iterations=3, fallback_iou=0.3, min_area=9, change_margin=0.15,
                     max_batch_size=5).refiner_spec()
-    assert (spec.nms_iou, spec.flip_tta, spec.iterations, spec.fallback_iou, spec.min_area, spec.change_margin,
+    o = spec.options
+    assert (o["nms_iou"], o["flip_tta"], o["iterations"], o["fallback_iou"], o["min_area"], o["change_margin"],
             spec.batch_size) == (0.55, False, 3, 0.3, 9, 0.15, 5)
+    args = build_parser().parse_args(["r.json", "--images", ".", "--keep-overlaps", "--no-cover-all", "--min-area", "7"])
+    cli = RefinerSpec.from_fields(vars(args))
+    assert (cli.options["resolve_overlaps"], cli.options["cover_all"], cli.options["min_area"]) == (False, False, 7)
+    assert cli.options["nms_iou"] is None and cli.batch_size == 64
+    with pytest.raises(TypeError, match="unknown refine option"):
+        RefinerSpec(options={"nms": 0.3})
 
 
 class _FakeJob:

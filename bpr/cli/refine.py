@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import time
 from collections.abc import Iterator
@@ -22,6 +21,7 @@ from bpr.io.coco import write_json_atomic
 from bpr.io.datasets import image_paths
 from bpr.io.pipeline import map_behind, prefetch
 from bpr.io.results import check_mask_budget, group_by_image, load_image_masks, load_results, refined_entry
+from bpr.options import DEFAULT_OPTIONS, OptionInfo, option_infos, option_types
 from bpr.refiner import PRECISIONS
 from bpr.spec import RefinerSpec
 
@@ -48,28 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64, help="patches per network pass (default 64)")
     p.add_argument("--patch-size", type=int, default=None, help="square cut around the boundary, in image pixels (default: the checkpoint's, 64)")
     p.add_argument("--input-size", type=int, default=None, help="network input size the patch is resized to (default: the checkpoint's)")
-    p.add_argument("--nms-iou", type=float, default=None, help="patch NMS IoU: 0.25 sparse, 0.55 dense (default 0.25)")
-    p.add_argument("--flip-tta", action=argparse.BooleanOptionalAction, default=None,
-                   help="average each patch with its mirror image (2x network time; default: as the checkpoint recommends)")
-    p.add_argument("--iterations", type=int, default=None,
-                   help="refinement passes, each on the previous pass's boundary (default: as the checkpoint recommends)")
-    p.add_argument("--no-cover-all", dest="cover_all", action="store_false", default=None,
-                   help="plain NMS only, even if a few boundary pixels stay uncovered")
-    p.add_argument("--keep-overlaps", dest="resolve_overlaps", action="store_false", default=None,
-                   help="do not resolve pixels newly claimed by two instances")
-    p.add_argument("--confine-passes", action=argparse.BooleanOptionalAction, default=None,
-                   help="later passes change only pixels the first pass's patches covered (default on)")
-    p.add_argument("--fallback-iou", type=float, default=None,
-                   help="return an instance unrefined if refinement empties it or its IoU with the input "
-                   "falls below this (0 = off; default: the library's)")
-    p.add_argument("--min-area", type=int, default=None,
-                   help="return instances smaller than this many pixels unrefined (0 = refine all; default: the library's)")
-    p.add_argument("--change-margin", type=float, default=None,
-                   help="a pixel changes only where the refined probability is beyond 0.5 by more than this "
-                   "(0 = plain threshold; default: as the checkpoint recommends)")
-    p.add_argument("--quality-gate", action=argparse.BooleanOptionalAction, default=None,
-                   help="with a checkpoint that has a patch-quality gate, keep the coarse mask in patches the gate "
-                   "expects refinement to make worse (default on)")
+    add_option_flags(p)
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for the network (torch.set_num_threads; default BPR_TORCH_THREADS, else one per core). Two torch "
                    "jobs sharing the cores each run >10x slower: give each a share")
@@ -79,6 +58,30 @@ def build_parser() -> argparse.ArgumentParser:
                    "(same output file, resumable; see docs/ray.md)")
     add_ray_arguments(p)
     return p
+
+
+def add_option_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per :class:`RefineOptions` field, from its declaration (bpr/options.py): ``--nms-iou``
+    for a number, ``--flip-tta`` / ``--no-flip-tta`` for a switch; None (not given) keeps the
+    checkpoint's recommendation or the library's default."""
+    types = option_types()
+    for name, info in option_infos().items():
+        flag = "--" + name.replace("_", "-")
+        default = getattr(DEFAULT_OPTIONS, name)
+        if types[name] is bool:
+            shown = "on" if default else "off"
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
+                                help=f"{info.help} (default: {_default_source(info, shown)})")
+            if info.negative_flag:
+                parser.add_argument(info.negative_flag, dest=name, action="store_false", default=None,
+                                    help=f"the same as --no-{flag[2:]}")
+        else:
+            parser.add_argument(flag, type=types[name], default=None,
+                                help=f"{info.help} (default: {_default_source(info, f'{default:g}')})")
+
+
+def _default_source(info: OptionInfo, shown: str) -> str:
+    return f"as the checkpoint recommends, else {shown}" if info.recommended else shown
 
 
 def _images_with_masks(
@@ -105,8 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     results = load_results(args.results)
     groups = group_by_image(results)
     check_mask_budget(results, groups)  # BPR_MAX_MASK_PIXELS, as the service; before any image is read
-    # every RefinerSpec field is a flag of the same name (a test holds the two together)
-    spec = RefinerSpec(**{f.name: getattr(args, f.name) for f in dataclasses.fields(RefinerSpec)})
+    spec = RefinerSpec.from_fields(vars(args))
     if args.engine == "ray":
         return run_ray(args, results, groups, spec, out)
     paths = image_paths(list(groups), args.images, args.image_info)

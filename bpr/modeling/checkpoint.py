@@ -1,7 +1,9 @@
 """Refiner checkpoints: bpr's own format, and the original BPR (mmsegmentation) files.
 
-bpr's format is a dict ``{"format": "bpr-refiner", "config": RefinerConfig dict,
-"state_dict": ..., "meta": ...}``, weights stored in fp16 to halve the file. An original BPR
+bpr's format is a dict ``{"format": "bpr-refiner", "config": RefinerConfig dict (the
+architecture), "recommended": how to refine with it (RefineOptions fields), "state_dict": ...,
+"meta": ...}``, weights stored in fp16 to halve the file. Checkpoints written before the two
+were apart keep their recommendations inside "config"; they load the same. An original BPR
 checkpoint is an mmsegmentation file: a bare state dict or ``{"meta": ..., "state_dict": ...,
 "optimizer": ...}`` with ``backbone.*`` / ``decode_head.*`` keys. Our modules use the same
 names, so :func:`checkpoint_filter_fn` only drops wrappers and training-only heads, and the
@@ -18,7 +20,8 @@ import torch
 
 from bpr.errors import ModelNotAvailableError
 from bpr.io.atomic import atomic_path
-from bpr.modeling.refiner_net import RefinerConfig, RefinerNet
+from bpr.modeling.refiner_net import EXTRA_RECOMMENDATIONS, RefinerConfig, RefinerNet
+from bpr.options import option_infos
 
 FORMAT = "bpr-refiner"
 
@@ -53,6 +56,15 @@ def infer_config(state_dict: dict[str, torch.Tensor]) -> RefinerConfig:
     return RefinerConfig(arch=arch)
 
 
+def recommendations(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """The inference settings a bpr checkpoint recommends: its "recommended" dict, or for a file
+    written before that existed, the same names inside its "config". Names this version does
+    not know are dropped (a newer file still loads, with the library's defaults for them)."""
+    known = {name for name, info in option_infos().items() if info.recommended} | set(EXTRA_RECOMMENDATIONS)
+    source = ckpt.get("recommended", ckpt.get("config", {}))
+    return {k: v for k, v in source.items() if k in known}
+
+
 def _torch_load(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -78,14 +90,16 @@ def load_refiner(
         raise ModelNotAvailableError(f"{path} does not hold a state dict")
     state_dict = ckpt.get("state_dict", ckpt)
     state_dict = checkpoint_filter_fn(state_dict)
+    recommended: dict[str, Any] = {}
     if ckpt.get("format") == FORMAT:
         config = RefinerConfig.from_dict(ckpt["config"])
+        recommended = recommendations(ckpt)
     else:
         config = infer_config(state_dict)
     if overrides:
         config = RefinerConfig.from_dict({**config.to_dict(), **overrides})
     try:
-        net = RefinerNet(config)
+        net = RefinerNet(config, recommended)
     except (ValueError, TypeError) as exc:  # an arch or option this version does not know
         raise ModelNotAvailableError(f"{path}: {exc}") from None
     missing, unexpected = net.load_state_dict(state_dict, strict=False)
@@ -104,6 +118,7 @@ def save_refiner(net: RefinerNet, path: str | os.PathLike, meta: dict[str, Any] 
         k: (v.detach().half() if half and v.is_floating_point() else v.detach()).cpu()
         for k, v in net.state_dict().items()
     }
-    payload = {"format": FORMAT, "version": 1, "config": net.config.to_dict(), "state_dict": state, "meta": meta or {}}
+    payload = {"format": FORMAT, "version": 1, "config": net.config.to_dict(), "recommended": dict(net.recommended),
+               "state_dict": state, "meta": meta or {}}
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -29,26 +30,21 @@ ALL_ARCHS = tuple(sorted(ARCHS)) + ENCODER_ARCHS
 
 @dataclass(frozen=True)
 class RefinerConfig:
-    """Everything needed to rebuild a refiner and feed it: stored inside every bpr checkpoint.
+    """The network's architecture and how to feed it: stored inside every bpr checkpoint.
 
     ``patch_size`` is the square cut from the image (image pixels); ``input_size`` is what the
-    network sees after resizing that square. The BPR paper uses 64 -> 128.
+    network sees after resizing that square. The BPR paper uses 64 -> 128. How to refine with
+    the network (flip TTA, passes, the safety rules) is not architecture: a checkpoint keeps it
+    apart, in :attr:`RefinerNet.recommended` (as timm keeps ``pretrained_cfg`` apart from the
+    model's arguments).
     """
 
     arch: str = "hr18s"
     input_size: int = 128
     patch_size: int = 64
     upsample_mode: str = "bilinear"  # HRNet fuse-layer upsampling; "nearest" for mmseg 0.x weights
-    flip_tta: bool = False  # recommended inference: average each patch with its mirror image
     detail_head: bool = False  # full-resolution correction after the 1/4-resolution FCN head
-    iterations: int = 1  # recommended inference passes; each pass patches the previous pass's boundary
-    fallback_iou: float = 0.0  # recommended: instances refined below this IoU with their input come back as given
-    min_area: int = 0  # recommended: instances smaller than this (pixels) come back as given
-    change_margin: float = 0.0  # recommended: pixels change only where the probability is this far beyond 0.5
     gate: bool = False  # a patch-quality gate (bpr/modeling/gate.py) that keeps the coarse patch where it predicts no gain
-    # with flip TTA, patches the gate rejects on the plain forward by more than this many logits
-    # skip their mirrored forward (None = never); measured per gate (scripts/package_model.py)
-    gate_early_reject: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -59,12 +55,21 @@ class RefinerConfig:
         return cls(**known)
 
 
+# Inference settings a checkpoint may recommend besides the RefineOptions fields marked
+# ``recommended``: with flip TTA, patches the gate rejects on the plain forward by more than
+# this many logits skip their mirrored forward (None = never); measured per gate.
+EXTRA_RECOMMENDATIONS = ("gate_early_reject",)
+
+
 class RefinerNet(nn.Module):
     """Image patch + coarse-mask patch -> 2-class logits at the input resolution."""
 
-    def __init__(self, config: RefinerConfig = RefinerConfig()) -> None:
+    def __init__(self, config: RefinerConfig = RefinerConfig(), recommended: dict[str, Any] | None = None) -> None:
         super().__init__()
         self.config = config
+        # how the checkpoint recommends refining with this network: RefineOptions field values
+        # and EXTRA_RECOMMENDATIONS; Refiner starts every call's options from them
+        self.recommended: dict[str, Any] = dict(recommended or {})
         self.backbone: nn.Module | None
         self.decode_head: nn.Module | None
         if config.arch in ARCHS:

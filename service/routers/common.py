@@ -11,11 +11,11 @@ from typing import TypeVar
 import numpy as np
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel
 
 from bpr.refiner import TooManyPatches
 from service.batching import QueueFull, ShuttingDown
-from service.engine import OverBudget, RefineEngine, Refined
+from service.engine import OverBudget, Refined, RefineEngine
 from service.errors import ServiceError
 from service.metrics import ServiceMetrics
 
@@ -66,29 +66,9 @@ async def _client_gone(request: Request, body_read: asyncio.Event, every_s: floa
     return True
 
 
-MAX_PASSES = 3  # more passes than this only cost time: later passes are confined to the first one's reach
-
-
-class RefineQuery(BaseModel):
-    """Per-request refinement settings (query parameters of /refine and /segment); None = the server's."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    nms_iou: float | None = Field(
-        None, gt=0.0, le=1.0,
-        description="patch NMS IoU for this request: 0.25 sparse (default, BPR_NMS_IOU), 0.55 dense (better, slower)",
-    )
-    iterations: int | None = Field(
-        None, ge=1, le=MAX_PASSES, description="refinement passes (default BPR_ITERATIONS or the checkpoint's)"
-    )
-    flip_tta: bool | None = Field(
-        None, description="also run every patch mirrored and average (2x network time; default BPR_FLIP_TTA)"
-    )
-
-
-async def refine_masks(engine: RefineEngine, image: np.ndarray, masks: np.ndarray, query: RefineQuery) -> Refined:
+async def refine_masks(engine: RefineEngine, image: np.ndarray, masks: np.ndarray, query: BaseModel) -> Refined:
     """engine.refine with this request's settings, and the queue's refusals as HTTP answers."""
-    options = engine.refiner.resolve(nms_iou=query.nms_iou, iterations=query.iterations, flip_tta=query.flip_tta)
+    options = engine.refiner.resolve(**query.model_dump())
     try:
         return await engine.refine(image, masks, options)
     except OverBudget as exc:

@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends
 
+from bpr.options import option_infos
 from service.engine import RefineEngine
 from service.schemas import ModelsResponse, RefinerInfo, error_responses
 from service.security import require_api_key
@@ -20,6 +21,7 @@ async def models(
 ) -> ModelsResponse:
     r = engine.refiner
     o = r.options
+    options = {name: getattr(o, name) for name in option_infos()} | {"quality_gate": r.gate_applies(o)}
     refiner = RefinerInfo(
         checkpoint=r.checkpoint,
         arch=r.net.config.arch,
@@ -30,16 +32,7 @@ async def models(
         backend=r.backend,
         max_batch_size=r.batch_size,
         max_wait_ms=state.settings.max_wait_ms,
-        nms_iou=o.nms_iou,
-        cover_all=o.cover_all,
-        resolve_overlaps=o.resolve_overlaps,
-        flip_tta=o.flip_tta,
-        iterations=o.iterations,
-        confine_passes=o.confine_passes,
-        fallback_iou=o.fallback_iou,
-        min_area=o.min_area,
-        change_margin=o.change_margin,
-        quality_gate=r.gate_applies(o),
+        **options,
         parameters=sum(p.numel() for p in r.net.parameters()),
     )
     detector = state.detector.describe() if state.detector is not None else None

@@ -10,8 +10,20 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
 from service.engine import RefineEngine
-from service.inputs import decode_image, masks_to_id_png, parse_instances, read_form, refined_entries
-from service.routers.common import RefineQuery, cost_headers, refine_masks, typed_json, within_deadline
+from service.inputs import (
+    decode_image,
+    masks_to_id_png,
+    parse_instances,
+    read_form,
+    refined_entries,
+)
+from service.options import RefineQuery
+from service.routers.common import (
+    cost_headers,
+    refine_masks,
+    typed_json,
+    within_deadline,
+)
 from service.schemas import RefineForm, RefineResponse, error_responses, multipart_body
 from service.security import require_api_key
 from service.state import ServiceState, get_engine, get_state

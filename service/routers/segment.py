@@ -15,8 +15,19 @@ from service.detectors import NO_DETECTOR_HELP
 from service.engine import RefineEngine
 from service.errors import ServiceError, input_error
 from service.inputs import decode_image, keep_top_detections, read_form, refined_entries
-from service.routers.common import RefineQuery, cost_headers, refine_masks, typed_json, within_deadline
-from service.schemas import SegmentForm, SegmentResponse, error_responses, multipart_body
+from service.options import RefineQuery
+from service.routers.common import (
+    cost_headers,
+    refine_masks,
+    typed_json,
+    within_deadline,
+)
+from service.schemas import (
+    SegmentForm,
+    SegmentResponse,
+    error_responses,
+    multipart_body,
+)
 from service.security import require_api_key
 from service.state import ServiceState, get_engine, get_state
 
