@@ -1,4 +1,4 @@
-"""Client input -> arrays, and refined arrays -> response bodies; every failure a 4xx.
+"""Client input -> arrays; every failure a 4xx (the answers are built in service/outputs.py).
 
 The multipart form is read by hand (not with FastAPI ``File``/``Form`` parameters) so that
 ``instances`` may come as a text field or as a file, JSON or PNG, so that the detector check
@@ -15,7 +15,6 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-import cv2
 import numpy as np
 from fastapi import Request
 from PIL import Image
@@ -25,7 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bpr.errors import BprInputError
 from bpr.io.images import decode_image_bytes
-from bpr.io.results import entries_to_masks, refined_entry
+from bpr.io.results import entries_to_masks
 from service.errors import ServiceError, input_error
 from service.schemas import InstanceIn
 from service.settings import Settings
@@ -232,28 +231,6 @@ def id_map_to_masks(
     _check_count(len(ids), height, width, settings)
     masks = ids_map[None] == ids[:, None, None]
     return [{"id": int(k)} for k in ids], masks
-
-
-def refined_entries(entries: list[dict[str, Any]], masks: np.ndarray) -> list[dict[str, Any]]:
-    """Entries with refined RLE, bbox and area; the caller's other fields carried through."""
-    return [refined_entry(e, m) for e, m in zip(entries, masks)]
-
-
-def masks_to_id_png(masks: np.ndarray) -> bytes:
-    """NxHxW bool -> instance-id PNG (k = k-th instance, 1-based; 16-bit above 255 instances).
-
-    Where refined masks overlap, the earlier instance wins (results are usually sorted by
-    score), which is also what reading the map back as ``{"id": k}`` entries expects.
-    """
-    n, h, w = masks.shape
-    dtype = np.uint8 if n <= 255 else np.uint16
-    ids = np.zeros((h, w), dtype=dtype)
-    for k in range(n - 1, -1, -1):
-        ids[masks[k]] = k + 1
-    ok, buf = cv2.imencode(".png", ids)
-    if not ok:  # pragma: no cover - OpenCV always encodes 1-channel 8/16-bit PNG
-        raise RuntimeError("PNG encoding failed")
-    return buf.tobytes()
 
 
 def keep_top_detections(entries: list[dict[str, Any]], min_score: float, limit: int) -> list[dict[str, Any]]:

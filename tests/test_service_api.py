@@ -299,10 +299,10 @@ def test_per_request_passes_and_tta_match_the_cli_flags(server, checkpoint: Path
 def test_answers_are_checked_against_their_declared_model() -> None:
     from pydantic import ValidationError
 
-    from service.routers.common import typed_json
+    from service.outputs import typed_json
     from service.schemas import RefineResponse
 
     good = {"instances": [{"segmentation": {"size": [2, 2], "counts": "04"}, "bbox": [0.0, 0.0, 0.0, 0.0], "area": 0, "mine": 1}]}
-    assert typed_json(RefineResponse, good).body == b'{"instances":[{"segmentation":{"size":[2,2],"counts":"04"},"bbox":[0.0,0.0,0.0,0.0],"area":0,"mine":1}]}'
+    assert typed_json(RefineResponse, good) == b'{"instances":[{"segmentation":{"size":[2,2],"counts":"04"},"bbox":[0.0,0.0,0.0,0.0],"area":0,"mine":1}]}'
     with pytest.raises(ValidationError):
         typed_json(RefineResponse, {"instances": [{"segmentation": {"size": [2, 2], "counts": "04"}, "bbox": [0, 0]}]})

@@ -10,7 +10,6 @@ from typing import TypeVar
 
 import numpy as np
 from fastapi import Request
-from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
 from bpr.refiner import TooManyPatches
@@ -88,15 +87,3 @@ def cost_headers(refined: Refined, stages: dict[str, float]) -> dict[str, str]:
     header (milliseconds per stage, the standard browsers show in their network panel)."""
     timing = ", ".join(f"{name};dur={seconds * 1000:.1f}" for name, seconds in stages.items())
     return {"X-BPR-Patches": str(refined.patches), "X-BPR-Passes": str(refined.passes), "Server-Timing": timing}
-
-
-def typed_json(model: type[BaseModel], body: dict, headers: dict[str, str] | None = None) -> Response:
-    """``body`` checked against the route's declared response model, then sent as JSON.
-
-    Called in the CPU pool (a large answer is real work), so the declared schema is
-    enforced without blocking the event loop: an answer that breaks it is a bug and fails
-    loudly (500) rather than reaching a client. The body goes out as built, keys in their
-    order (the caller's fields first, as bpr-refine writes them), not re-ordered by the model.
-    """
-    model.model_validate(body)
-    return JSONResponse(body, headers=headers)

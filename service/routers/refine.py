@@ -10,20 +10,10 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
 from service.engine import RefineEngine
-from service.inputs import (
-    decode_image,
-    masks_to_id_png,
-    parse_instances,
-    read_form,
-    refined_entries,
-)
+from service.inputs import decode_image, parse_instances, read_form
 from service.options import RefineQuery
-from service.routers.common import (
-    cost_headers,
-    refine_masks,
-    typed_json,
-    within_deadline,
-)
+from service.outputs import masks_to_id_png, refined_entries, typed_json
+from service.routers.common import cost_headers, refine_masks, within_deadline
 from service.schemas import RefineForm, RefineResponse, error_responses, multipart_body
 from service.security import require_api_key
 from service.state import ServiceState, get_engine, get_state
@@ -92,7 +82,8 @@ async def refine(
                 "instances": await engine.cpu(refined_entries, entries, refined.masks),
                 "coarse": await engine.cpu(refined_entries, entries, masks) if include_coarse else None,
             }
-            response = await engine.cpu(typed_json, RefineResponse, body, headers())
+            json = await engine.cpu(typed_json, RefineResponse, body)
+            response = Response(json, media_type="application/json", headers=headers())
         state.metrics.stage.observe(time.perf_counter() - t1, "encode")
         return response
 

@@ -14,14 +14,10 @@ from bpr.io.results import entries_to_masks
 from service.detectors import NO_DETECTOR_HELP
 from service.engine import RefineEngine
 from service.errors import ServiceError, input_error
-from service.inputs import decode_image, keep_top_detections, read_form, refined_entries
+from service.inputs import decode_image, keep_top_detections, read_form
 from service.options import RefineQuery
-from service.routers.common import (
-    cost_headers,
-    refine_masks,
-    typed_json,
-    within_deadline,
-)
+from service.outputs import refined_entries, typed_json
+from service.routers.common import cost_headers, refine_masks, within_deadline
 from service.schemas import (
     SegmentForm,
     SegmentResponse,
@@ -87,7 +83,8 @@ async def segment(
             "detector": detector.kind,
         }
         stages = {"decode": t1 - t0, "detect": detected - t1, "refine": refined.seconds, "encode": time.perf_counter() - t2}
-        response = await engine.cpu(typed_json, SegmentResponse, body, cost_headers(refined, stages))
+        json = await engine.cpu(typed_json, SegmentResponse, body)
+        response = Response(json, media_type="application/json", headers=cost_headers(refined, stages))
         state.metrics.stage.observe(time.perf_counter() - t2, "encode")
         return response
 
