@@ -13,7 +13,7 @@ import io
 import json
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from fastapi import Request
@@ -27,10 +27,34 @@ from bpr.io.images import decode_image_bytes
 from bpr.io.results import entries_to_masks
 from service.errors import ServiceError, input_error
 from service.schemas import InstanceIn
-from service.settings import Settings
+
+if TYPE_CHECKING:
+    from service.settings import Settings
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _instances_adapter = TypeAdapter(list[InstanceIn])
+
+
+@dataclass(frozen=True)
+class InputLimits:
+    """The limits on what one request may send, as the parsers check them.
+
+    Built once from the settings, so that a parser sees the four numbers it enforces and not
+    the whole configuration (API keys included). Each is a ``BPR_*`` variable of the same name.
+    """
+
+    max_upload_bytes: int  # one form part (the guard already bounds the whole body)
+    max_pixels: int  # one image, or one instance-id PNG
+    max_instances: int
+    max_mask_pixels: int  # instances x height x width
+
+    @classmethod
+    def of(cls, settings: Settings) -> InputLimits:
+        return cls(settings.max_upload_bytes, settings.max_pixels, settings.max_instances, settings.max_mask_pixels)
+
+    def instances_for(self, height: int, width: int) -> int:
+        """The most instances an image of this size may carry under both instance limits (at least 1)."""
+        return max(1, min(self.max_instances, self.max_mask_pixels // (height * width)))
 
 
 @dataclass
@@ -39,10 +63,10 @@ class FormPart:
     filename: str | None
 
 
-async def read_form(request: Request, settings: Settings, fields: tuple[str, ...]) -> dict[str, FormPart]:
+async def read_form(request: Request, limits: InputLimits, fields: tuple[str, ...]) -> dict[str, FormPart]:
     """The named parts of a multipart body as bytes; 400 for a broken form, 422 for a missing part."""
     try:
-        async with request.form(max_files=4, max_fields=8, max_part_size=settings.max_upload_bytes) as form:
+        async with request.form(max_files=4, max_fields=8, max_part_size=limits.max_upload_bytes) as form:
             parts: dict[str, FormPart] = {}
             for name in fields:
                 value = form.get(name)
@@ -81,13 +105,13 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
 
 
 def parse_instances(
-    data: bytes, height: int, width: int, settings: Settings
+    data: bytes, height: int, width: int, limits: InputLimits
 ) -> tuple[list[dict[str, Any]], np.ndarray]:
     """The ``instances`` part (JSON or instance-id PNG) -> (entries, NxHxW bool masks)."""
     if data.startswith(PNG_MAGIC):
-        return id_map_to_masks(data, height, width, settings)
+        return id_map_to_masks(data, height, width, limits)
     entries = _parse_json_instances(data)
-    _check_count(len(entries), height, width, settings)
+    _check_count(len(entries), height, width, limits)
     try:
         _instances_adapter.validate_python(entries)
     except ValidationError as exc:
@@ -174,24 +198,24 @@ def _check_one_image(entries: list[dict[str, Any]]) -> None:
             )
 
 
-def _check_count(n: int, height: int, width: int, settings: Settings) -> None:
-    if n > settings.max_instances:
+def _check_count(n: int, height: int, width: int, limits: InputLimits) -> None:
+    if n > limits.max_instances:
         raise ServiceError(
             422,
             "too_many_instances",
-            f"{n} instances is over the limit of {settings.max_instances} (BPR_MAX_INSTANCES)",
+            f"{n} instances is over the limit of {limits.max_instances} (BPR_MAX_INSTANCES)",
         )
-    if n * height * width > settings.max_mask_pixels:
+    if n * height * width > limits.max_mask_pixels:
         raise ServiceError(
             422,
             "too_many_instances",
-            f"{n} instances of {width}x{height} pixels is over the limit of {settings.max_mask_pixels} mask pixels "
+            f"{n} instances of {width}x{height} pixels is over the limit of {limits.max_mask_pixels} mask pixels "
             "(BPR_MAX_MASK_PIXELS)",
         )
 
 
 def id_map_to_masks(
-    data: bytes, height: int, width: int, settings: Settings
+    data: bytes, height: int, width: int, limits: InputLimits
 ) -> tuple[list[dict[str, Any]], np.ndarray]:
     """Instance-id PNG (0 = background, k = instance k) -> entries ``{"id": k}`` in increasing k."""
     try:
@@ -199,11 +223,11 @@ def id_map_to_masks(
             if im.format != "PNG":
                 raise ServiceError(422, "invalid_instances", "instances: an instance-id map must be a PNG")
             w, h = im.size
-            if w * h > settings.max_pixels:
+            if w * h > limits.max_pixels:
                 raise ServiceError(
                     422,
                     "invalid_instances",
-                    f"instances: {w}x{h} pixels is over the limit of {settings.max_pixels} pixels",
+                    f"instances: {w}x{h} pixels is over the limit of {limits.max_pixels} pixels",
                 )
             if (h, w) != (height, width):
                 raise ServiceError(
@@ -222,13 +246,13 @@ def id_map_to_masks(
         raise
     except Image.DecompressionBombError:  # Pillow's own guard, far above ours, fires in open()
         raise ServiceError(
-            422, "invalid_instances", f"instances: the PNG is over the limit of {settings.max_pixels} pixels"
+            422, "invalid_instances", f"instances: the PNG is over the limit of {limits.max_pixels} pixels"
         ) from None
     except Exception as exc:  # Pillow raises many types for truncated / corrupt files
         raise ServiceError(422, "invalid_instances", f"instances: not a readable PNG instance-id map ({exc})") from None
     ids = np.unique(ids_map)
     ids = ids[ids != 0]
-    _check_count(len(ids), height, width, settings)
+    _check_count(len(ids), height, width, limits)
     masks = ids_map[None] == ids[:, None, None]
     return [{"id": int(k)} for k in ids], masks
 

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
 from service.engine import RefineEngine
-from service.inputs import decode_image, parse_instances, read_form
+from service.inputs import InputLimits, decode_image, parse_instances, read_form
 from service.options import RefineQuery
 from service.outputs import masks_to_id_png, refined_entries, typed_json
 from service.routers.common import cost_headers, refine_masks, within_deadline
@@ -56,13 +56,15 @@ async def refine(
     """
     settings = state.settings
 
+    limits = InputLimits.of(settings)
+
     async def work(body_read: asyncio.Event) -> Response:
-        parts = await read_form(request, settings, ("image", "instances"))
+        parts = await read_form(request, limits, ("image", "instances"))
         body_read.set()
         t0 = time.perf_counter()
         image = await engine.cpu(decode_image, parts["image"].data, settings.max_pixels)
         entries, masks = await engine.cpu(
-            parse_instances, parts["instances"].data, image.shape[0], image.shape[1], settings
+            parse_instances, parts["instances"].data, image.shape[0], image.shape[1], limits
         )
         decoded = time.perf_counter()
         state.metrics.stage.observe(decoded - t0, "decode")

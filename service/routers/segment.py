@@ -14,7 +14,7 @@ from bpr.io.results import entries_to_masks
 from service.detectors import NO_DETECTOR_HELP
 from service.engine import RefineEngine
 from service.errors import ServiceError, input_error
-from service.inputs import decode_image, keep_top_detections, read_form
+from service.inputs import InputLimits, decode_image, keep_top_detections, read_form
 from service.options import RefineQuery
 from service.outputs import refined_entries, typed_json
 from service.routers.common import cost_headers, refine_masks, within_deadline
@@ -56,8 +56,10 @@ async def segment(
     if detector is None:
         raise ServiceError(503, "no_detector", NO_DETECTOR_HELP)
 
+    limits = InputLimits.of(settings)
+
     async def work(body_read: asyncio.Event) -> Response:
-        parts = await read_form(request, settings, ("image",))
+        parts = await read_form(request, limits, ("image",))
         body_read.set()
         upload = parts["image"]
         t0 = time.perf_counter()
@@ -68,7 +70,7 @@ async def segment(
         detected = time.perf_counter()
         state.metrics.stage.observe(detected - t1, "detect")
         h, w = image.shape[:2]
-        limit = max(1, min(settings.max_instances, settings.max_mask_pixels // (h * w)))
+        limit = limits.instances_for(h, w)
         threshold = settings.min_score if min_score is None else min_score
         entries = keep_top_detections(detections, threshold, limit)
         try:
