@@ -21,8 +21,10 @@ from service.detectors import Detector, build_detector
 from service.docs_ui import install_docs
 from service.engine import RefineEngine
 from service.errors import install_error_handlers
+from service.inputs import InputLimits
 from service.metrics import ServiceMetrics
 from service.middleware import GuardMiddleware, MetricsMiddleware
+from service.pipeline import RefinePipeline
 from service.routers import health, metrics, models, refine, segment
 from service.settings import Settings
 from service.state import ServiceState
@@ -69,6 +71,9 @@ def create_app(
         state.detector = detector if detector is not None else build_detector(settings)
         engine.start()
         state.engine = engine
+        state.pipeline = RefinePipeline(
+            engine, state.metrics, InputLimits.of(settings), state.detector, settings.min_score
+        )
         log.info("bpr service ready: %s on %s, detector %s", model.checkpoint, model.device, settings.detector)
         try:
             yield

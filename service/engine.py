@@ -95,8 +95,13 @@ class RefineEngine:
         """Run ``fn(*args)`` in the CPU pool (decode, extraction, reassembly, encoding)."""
         return await asyncio.get_running_loop().run_in_executor(self._pool, functools.partial(fn, *args))
 
-    async def refine(self, image: np.ndarray, masks: np.ndarray, options: RefineOptions | None = None) -> Refined:
+    async def refine(
+        self, image: np.ndarray, masks: np.ndarray, options: RefineOptions | None = None, **overrides: Any
+    ) -> Refined:
         """image HxWx3 uint8 RGB, masks NxHxW bool -> refined NxHxW bool (same order) and its cost.
+
+        ``options`` / ``overrides``: this request's options, as :meth:`bpr.refiner.Refiner.refine`
+        takes them (default: the Refiner's; an override of None keeps the default).
 
         Raises QueueFull (-> 429) when the patch queue is full, ShuttingDown (-> 503), TooManyPatches
         (-> 422) when one pass alone needs more patches than the queue holds, OverBudget (-> 422)
@@ -104,7 +109,7 @@ class RefineEngine:
         patch placement and before any crop or queueing, so memory and network time per
         request stay bounded by the limits.
         """
-        options = options or self.refiner.options
+        options = self.refiner.resolve(options, **overrides)
         queue_limit = self.batcher.max_queued_patches
         per_pass = queue_limit
         if self.max_request_patches is not None:

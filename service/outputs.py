@@ -27,14 +27,14 @@ def instances_json(
     entries: list[dict[str, Any]],
     refined: np.ndarray,
     coarse: np.ndarray | None = None,
-    **fields: Any,
+    fields: dict[str, Any] | None = None,
 ) -> bytes:
     """The JSON answer of /refine or /segment: ``instances`` (the refined masks), ``coarse``
     (the input masks, or null when not asked for), then ``fields`` (e.g. ``detector``)."""
     body = {
         "instances": refined_entries(entries, refined),
         "coarse": refined_entries(entries, coarse) if coarse is not None else None,
-        **fields,
+        **(fields or {}),
     }
     return typed_json(model, body)
 

@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
-from service.engine import RefineEngine
-from service.inputs import InputLimits, decode_image, parse_instances, read_form
+from service.deadline import RequestDeadline
+from service.inputs import read_form
 from service.options import RefineQuery
-from service.outputs import masks_to_id_png, refined_entries, typed_json
-from service.routers.common import cost_headers, refine_masks, within_deadline
+from service.pipeline import RefinePipeline
 from service.schemas import RefineForm, RefineResponse, error_responses, multipart_body
 from service.security import require_api_key
-from service.state import ServiceState, get_engine, get_state
+from service.state import ServiceState, get_pipeline, get_state
 
 router = APIRouter(tags=["refine"], dependencies=[Depends(require_api_key)])
 
@@ -38,7 +35,7 @@ router = APIRouter(tags=["refine"], dependencies=[Depends(require_api_key)])
 async def refine(
     request: Request,
     state: Annotated[ServiceState, Depends(get_state)],
-    engine: Annotated[RefineEngine, Depends(get_engine)],
+    pipeline: Annotated[RefinePipeline, Depends(get_pipeline)],
     query: Annotated[RefineQuery, Query()],
     output: Annotated[
         Literal["json", "png"], Query(description="json: RLE per instance; png: one instance-id PNG")
@@ -54,39 +51,9 @@ async def refine(
     the same image, instances and settings. `include_coarse=true` adds the input masks as
     decoded here (polygons rasterised, PNG ids split), for clients that compare before and after.
     """
-    settings = state.settings
-
-    limits = InputLimits.of(settings)
-
-    async def work(body_read: asyncio.Event) -> Response:
-        parts = await read_form(request, limits, ("image", "instances"))
-        body_read.set()
-        t0 = time.perf_counter()
-        image = await engine.cpu(decode_image, parts["image"].data, settings.max_pixels)
-        entries, masks = await engine.cpu(
-            parse_instances, parts["instances"].data, image.shape[0], image.shape[1], limits
+    async with RequestDeadline(request, state.settings.request_timeout_s, state.metrics) as deadline:
+        parts = await deadline.read(read_form(request, pipeline.limits, ("image", "instances")))
+        answer = await deadline.run(
+            pipeline.refine(parts["image"].data, parts["instances"].data, query, output, include_coarse)
         )
-        decoded = time.perf_counter()
-        state.metrics.stage.observe(decoded - t0, "decode")
-        refined = await refine_masks(engine, image, masks, query)
-        t1 = time.perf_counter()
-
-        def headers() -> dict[str, str]:
-            stages = {"decode": decoded - t0, "refine": refined.seconds, "encode": time.perf_counter() - t1}
-            return cost_headers(refined, stages)
-
-        if output == "png":
-            png = await engine.cpu(masks_to_id_png, refined.masks)
-            png_headers = {**headers(), "X-BPR-Instances": str(len(refined.masks))}
-            response: Response = Response(png, media_type="image/png", headers=png_headers)
-        else:
-            body = {
-                "instances": await engine.cpu(refined_entries, entries, refined.masks),
-                "coarse": await engine.cpu(refined_entries, entries, masks) if include_coarse else None,
-            }
-            json = await engine.cpu(typed_json, RefineResponse, body)
-            response = Response(json, media_type="application/json", headers=headers())
-        state.metrics.stage.observe(time.perf_counter() - t1, "encode")
-        return response
-
-    return await within_deadline(work, settings.request_timeout_s, request, state.metrics)
+    return Response(answer.body, media_type=answer.media_type, headers=answer.headers)
