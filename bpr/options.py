@@ -33,7 +33,7 @@ class OptionInfo:
     request_le: float | None = None  # a tighter upper bound for one request
     negative_flag: str | None = None  # an extra CLI flag that turns a boolean option off
 
-    def bounds(self) -> dict[str, float]:
+    def bounds(self) -> dict[str, Any]:
         """The bounds as pydantic ``Field`` keywords."""
         return {k: v for k, v in (("ge", self.ge), ("gt", self.gt), ("le", self.le), ("lt", self.lt)) if v is not None}
 

@@ -66,6 +66,13 @@ def load_batch(data: PatchSet, idx: np.ndarray, rng: np.random.Generator, flip: 
     return images, coarse, target
 
 
+def split_by_image_parity(data: PatchSet, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``idx`` ([shard, row] pairs) split by the parity of each patch's image number: whole
+    images on each side, so the gate is scored on images it did not train on either."""
+    image = np.array([data.meta[shard]["image"][row] for shard, row in idx], dtype=np.int64)
+    return idx[image % 2 == 0], idx[image % 2 == 1]
+
+
 @torch.no_grad()
 def evaluate(net: RefinerNet, data: PatchSet, idx: np.ndarray, args: argparse.Namespace) -> dict[str, float]:
     net.eval()
@@ -98,6 +105,9 @@ def main() -> int:
     p.add_argument("--change-margin", type=float, default=0.0, help="score the change with this margin applied")
     p.add_argument("--harm-weight", type=float, default=1.0,
                    help="weight of a pixel broken relative to a pixel fixed (> 1: do-no-harm first)")
+    p.add_argument("--held-out", action="store_true",
+                   help="train on the patch sets' held-out images only (the refiner never saw them): patches of "
+                   "even-numbered held-out images train the gate, odd-numbered ones score it")
     p.add_argument("--eval-every", type=int, default=200)
     p.add_argument("--eval-patches", type=int, default=4000)
     p.add_argument("--threads", type=int, default=0)
@@ -118,6 +128,8 @@ def main() -> int:
 
     data = PatchSet.open(args.patches)
     train_idx, val_idx = data.indices("train"), data.indices("val")
+    if args.held_out:
+        train_idx, val_idx = split_by_image_parity(data, val_idx)
     rng = np.random.default_rng([args.seed, 1])
     if len(val_idx) > args.eval_patches:
         val_idx = val_idx[np.sort(rng.choice(len(val_idx), args.eval_patches, replace=False))]

@@ -4,7 +4,7 @@ fields of ``/v1/models``. A new option appears in all three without an edit here
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 from pydantic_settings import BaseSettings
@@ -42,14 +42,19 @@ def info_fields() -> dict[str, Any]:
     return {name: (option_types()[name], Field(description=info.help)) for name, info in option_infos().items()}
 
 
-OptionSettings = create_model("OptionSettings", __base__=BaseSettings, **setting_fields())
-
-
 class _QueryBase(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
-RefineQuery = create_model(
-    "RefineQuery", __base__=_QueryBase, __doc__="Per-request refinement settings (query parameters of /refine "
-    "and /segment); None = the server's.", **query_fields(),
-)
+if TYPE_CHECKING:  # the checker sees plain classes; the fields exist at run time
+
+    class OptionSettings(BaseSettings): ...
+
+    class RefineQuery(_QueryBase): ...
+
+else:
+    OptionSettings = create_model("OptionSettings", __base__=BaseSettings, **setting_fields())
+    RefineQuery = create_model(
+        "RefineQuery", __base__=_QueryBase, __doc__="Per-request refinement settings (query parameters of /refine "
+        "and /segment); None = the server's.", **query_fields(),
+    )

@@ -6,7 +6,7 @@ and a response can be written straight into a results file.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, create_model
 
@@ -131,10 +131,13 @@ class LoadedRefiner(BaseModel):
 
 
 # the refiner and then every refine option it applies by default (bpr/options.py)
-_RefinerWithOptions = create_model("_RefinerWithOptions", __base__=LoadedRefiner, **info_fields())
+if TYPE_CHECKING:
+    _RefinerWithOptions = LoadedRefiner
+else:
+    _RefinerWithOptions = create_model("_RefinerWithOptions", __base__=LoadedRefiner, **info_fields())
 
 
-class RefinerInfo(_RefinerWithOptions):  # type: ignore[misc,valid-type]
+class RefinerInfo(_RefinerWithOptions):
     """The loaded refiner, its default refine options (quality_gate: whether a gate applies) and its size."""
 
     parameters: int = Field(description="number of network parameters")
