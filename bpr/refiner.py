@@ -24,7 +24,6 @@ import time
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +32,7 @@ import torch
 
 from bpr.backends import ProbabilityNet, backend_from_env, cpu_has_native_bf16, select_backend
 from bpr.errors import BprInputError, ModelNotAvailableError
-from bpr.feed import PatchBatch, PatchFeed
+from bpr.feed import Job, PatchBatch, PatchFeed
 from bpr.modeling.checkpoint import load_refiner
 from bpr.modeling.refiner_net import RefinerNet
 from bpr.options import RefineOptions, RefineStats, option_infos
@@ -48,27 +47,6 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 def default_checkpoint() -> Path:
     """The bundled default model (override with the BPR_DEFAULT_CHECKPOINT environment variable)."""
     return Path(os.environ.get("BPR_DEFAULT_CHECKPOINT", DEFAULT_CHECKPOINT))
-
-
-@dataclass
-class Job:
-    """One pass over one image: its patches, and the probabilities filled in batch by batch."""
-
-    coarse: torch.Tensor  # (N, Hp, Wp) bool on the device, padded to at least the patch size
-    height: int
-    width: int
-    corners: np.ndarray  # (P, 2) [y0, x0]
-    instance_ids: np.ndarray  # (P,)
-    image_patches: torch.Tensor  # (P, 3, S, S) float 0..255
-    mask_patches: torch.Tensor  # (P, 1, S, S) float {0, 1}
-    probs: torch.Tensor  # (P, S, S)
-    options: RefineOptions  # this pass's rules (flip TTA, the gate, reassembly's overlap and margin rules)
-    remaining: int  # patches whose probabilities are not filled in yet
-    extract_seconds: float = 0.0
-
-    @property
-    def num_patches(self) -> int:
-        return len(self.corners)
 
 
 class TooManyPatches(BprInputError):
