@@ -21,33 +21,47 @@ from __future__ import annotations
 
 import os
 import time
-import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from bpr.backends import ProbabilityNet, backend_from_env, cpu_has_native_bf16, select_backend
-from bpr.errors import BprInputError, ModelNotAvailableError
+from bpr.backends import ProbabilityNet
+from bpr.errors import BprInputError
 from bpr.feed import Job, PatchBatch, PatchFeed
-from bpr.modeling.checkpoint import load_refiner
+from bpr.loading import (
+    DEFAULT_CHECKPOINT,
+    PRECISIONS,
+    check_run_settings,
+    choose_runtime,
+    default_checkpoint,
+    early_reject_margin,
+    load_checkpoint,
+    recommended_options,
+)
 from bpr.modeling.refiner_net import RefinerNet
-from bpr.options import RefineOptions, RefineStats, option_infos
+from bpr.options import RefineOptions, RefineStats
 from bpr.patches import crop_squares, extract_patch_corners, pad_to_patch
 from bpr.reassemble import claim_boxes, coarse_extents, instance_regions, patch_reach, reassemble
 
-# Package data (pyproject.toml), so a wheel refines with it too; its card: the repository's models/MODEL_CARD.md.
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "models" / "bpr_default.pt"
-PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
-
-
-def default_checkpoint() -> Path:
-    """The bundled default model (override with the BPR_DEFAULT_CHECKPOINT environment variable)."""
-    return Path(os.environ.get("BPR_DEFAULT_CHECKPOINT", DEFAULT_CHECKPOINT))
-
+# What callers import from here, the names now defined beside their job included (re-exported).
+__all__ = [
+    "DEFAULT_CHECKPOINT",
+    "PRECISIONS",
+    "Job",
+    "PatchBatch",
+    "PatchFeed",
+    "RefineOptions",
+    "RefineStats",
+    "Refinement",
+    "Refiner",
+    "TooManyPatches",
+    "check_inputs",
+    "default_checkpoint",
+    "pixel_counts",
+]
 
 class TooManyPatches(BprInputError):
     """A pass needs more boundary patches than the caller allows (checked before any crop)."""
@@ -216,11 +230,16 @@ def _union_boxes(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 class Refiner:
     """Boundary Patch Refinement with a trained refiner network.
 
+    Build one from a checkpoint with :meth:`Refiner.from_checkpoint` (as segment-anything's
+    ``build_sam``), or around a network you already hold with ``Refiner(net)``.
+
     Arguments:
-        net: the refiner network; or a checkpoint path, or None: then ``checkpoint`` (default:
-            the bundled model) is loaded, so ``Refiner()`` and ``Refiner("my.pt")`` work.
-        checkpoint: bpr or original-BPR checkpoint to load when no network is given.
-        input_size: override the loaded checkpoint's network input size.
+        net: the refiner network. ``Refiner()``, ``Refiner(path)`` and ``Refiner(checkpoint=path)``
+            (no network) are older spellings of ``Refiner.from_checkpoint(path)`` and load the same.
+        checkpoint: the file ``net`` was loaded from (what ``from_checkpoint`` passes): bpr's own
+            network with its checkpoint gets the automatic backend and fusing below, a module
+            handed in alone runs as it is. Without ``net``: the checkpoint to load.
+        input_size: override the loaded checkpoint's network input size (only when loading).
         device: "cpu", "cuda", "cuda:1"...; fp16 autocast is used on CUDA.
         precision: "auto" (fp16 autocast on CUDA; bf16 with the openvino backend on a CPU with
             native bf16, where the default model's whole dev table stays within 0.05 points of
@@ -231,7 +250,7 @@ class Refiner:
         patch_size: image pixels cut around the boundary (None = the checkpoint's).
         fuse: run a BatchNorm-folded, channels-last copy of the network
             (:meth:`RefinerNet.fused_for_inference`, about 1.5x faster on a CPU, logits equal
-            to ~1e-6). None: when the Refiner loads the checkpoint itself; a network handed in
+            to ~1e-6). None: for a network loaded from its checkpoint; a network handed in
             runs as it is (your module, and later changes to its weights, are what run).
         backend: what runs the network (bpr.backends): "auto" (OpenVINO, else ONNX Runtime,
             else torch on a CPU; torch on CUDA; a network handed in runs in torch), "torch",
@@ -239,7 +258,7 @@ class Refiner:
             None: the ``BPR_BACKEND`` environment variable, else "auto".
         early_reject: with flip TTA and the gate, skip the mirrored forward of patches the gate
             rejects on the plain forward by more than the checkpoint's ``gate_early_reject``
-            logits (measured per gate: see ``run_batch``); False runs every mirror.
+            logits (measured per gate: see :func:`bpr.passes.predict_batch`); False runs every mirror.
         **options: defaults of :class:`RefineOptions` for every call (None = keep); flip_tta,
             iterations, fallback_iou, min_area and change_margin default to what the checkpoint recommends.
     """
@@ -259,69 +278,40 @@ class Refiner:
         early_reject: bool = True,
         **options: Any,
     ) -> None:
-        loaded_here = net is None or isinstance(net, (str, os.PathLike))
-        if loaded_here:
-            checkpoint = net if net is not None else checkpoint
-            path = Path(checkpoint) if checkpoint is not None else default_checkpoint()
-            if checkpoint is None and not path.is_file():
-                raise ModelNotAvailableError(
-                    f"no trained model is bundled ({path} is missing); give a checkpoint "
-                    "(a bpr checkpoint from bpr-train, or an original BPR .pth)"
-                )
-            overrides = {"input_size": input_size} if input_size else None
-            net = load_refiner(path, device=torch.device(device), overrides=overrides)
-            checkpoint = str(path)
+        if net is None or isinstance(net, (str, os.PathLike)):  # the older spellings of from_checkpoint
+            net, checkpoint = load_checkpoint(net if net is not None else checkpoint, input_size=input_size, device=device)
         elif input_size:
             raise BprInputError("input_size applies when loading a checkpoint, not to a given network")
-        self.device = torch.device(device)
-        if precision not in PRECISIONS:
-            raise BprInputError(f"precision must be auto, fp32, bf16, fp16 or int8, got {precision!r}")
-        if precision == "fp16" and self.device.type != "cuda":
-            raise BprInputError("fp16 precision needs a CUDA device; use bf16 on CPU")
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise BprInputError("the CUDA device was asked for, but PyTorch sees no CUDA device")
-        if batch_size < 1:
-            raise BprInputError(f"batch size must be at least 1, got {batch_size}")
-        if precision == "bf16" and self.device.type == "cpu" and not cpu_has_native_bf16():
-            warnings.warn(
-                "bf16 was asked for, but this CPU has no native bf16 (no AVX512-BF16 / AMX): it runs emulated, "
-                "about 10x slower than fp32 (measured on an AVX2 machine); use fp32",
-                RuntimeWarning,
-                stacklevel=2,
-            )
+        self.device = check_run_settings(device, precision, batch_size)
         self.net = net.to(self.device).eval()
         self.patch_size = patch_size or net.config.patch_size
         if self.patch_size < 4:
             raise BprInputError(f"patch size must be at least 4 pixels, got {self.patch_size}")
-        # the network that computes probabilities; self.net stays the checkpoint's module
-        self.infer_net: ProbabilityNet = self.net
-        backend = backend_from_env(backend)
-        if backend == "auto" and not (loaded_here and type(net) is RefinerNet):
-            backend = "torch"  # a module handed in runs as it is
-        self.backend, runtime, self.precision = select_backend(self.net, backend, self.device, self.patch_size, precision)
-        if runtime is not None:
-            self.infer_net = runtime
-        elif fuse or (fuse is None and loaded_here and type(net) is RefinerNet):
-            try:
-                self.infer_net = self.net.fused_for_inference()
-            except Exception as exc:  # noqa: BLE001 - a module torch.fx cannot trace still runs, only slower
-                if fuse:
-                    raise
-                warnings.warn(f"running the unfused network ({type(exc).__name__}: {exc})", RuntimeWarning, stacklevel=2)
+        # infer_net computes the probabilities; self.net stays the checkpoint's module (the gate runs on it)
+        self.infer_net: ProbabilityNet
+        self.backend, self.infer_net, self.precision = choose_runtime(
+            self.net, backend, self.device, self.patch_size, precision, fuse, from_checkpoint=checkpoint is not None
+        )
         self.checkpoint = str(checkpoint) if checkpoint is not None else None
         self.batch_size = batch_size
-        cfg = net.config
-        recommended = RefineOptions().updated(**{k: v for k, v in getattr(net, "recommended", {}).items() if k in option_infos()})
-        self.options = recommended.updated(**options)
-        self.early_reject = getattr(net, "recommended", {}).get("gate_early_reject") if early_reject and cfg.gate else None
+        self.options = recommended_options(net, **options)
+        self.early_reject = early_reject_margin(net, early_reject)
         self.stats = RefineStats()
 
     @classmethod
-    def from_checkpoint(cls, checkpoint: str | os.PathLike | None = None, **kwargs: Any) -> "Refiner":
-        """A Refiner for a bpr or original-BPR checkpoint (None = the bundled default model);
-        the same as ``Refiner(checkpoint=...)``. ``input_size`` overrides the network input
-        size the patch is resized to; every other keyword goes to :class:`Refiner`."""
-        return cls(checkpoint=checkpoint, **kwargs)
+    def from_checkpoint(
+        cls, checkpoint: str | os.PathLike | None = None, *, input_size: int | None = None,
+        device: str | torch.device = "cpu", **kwargs: Any,
+    ) -> "Refiner":
+        """A Refiner for a bpr or original-BPR checkpoint: the one way to build one from a file.
+
+        checkpoint: the file (None = the bundled default model, :func:`bpr.loading.default_checkpoint`).
+        input_size: override the network input size the patch is resized to.
+        Every other keyword goes to :class:`Refiner` (device, precision, backend, options...).
+        :meth:`bpr.spec.RefinerSpec.build` (bpr-refine, the service, Ray workers) builds with it.
+        """
+        net, path = load_checkpoint(checkpoint, input_size=input_size, device=device)
+        return cls(net, checkpoint=path, device=device, **kwargs)
 
     @property
     def input_size(self) -> int:
