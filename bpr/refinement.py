@@ -98,6 +98,7 @@ class Refinement:
         return self.result
 
     def advance(self) -> Job | None:
+        """Finish the pass just run (if any) and extract the next; its Job, or None when done."""
         self.extract_seconds = self.reassemble_seconds = 0.0
         if self.job is not None:
             t0 = time.perf_counter()
@@ -142,6 +143,7 @@ class Refinement:
             return refined
         _, height, width = self.input.shape
         boxes = claim_boxes(coarse_extents(self.input.cpu().numpy()), self.reach_boxes)
+        assert self.input_areas is not None  # counted in __init__ whenever fallback_iou > 0 and there are masks
         areas = self.input_areas.tolist()
         lost = []
         for i, (y0, x0, y1, x1) in enumerate(boxes.tolist()):
