@@ -1,5 +1,7 @@
 """The patch feed: jobs waiting for the network, cut into batches of at most ``batch_size`` patches.
 
+A :class:`Job` is one pass over one image: the boundary patches extraction cut from it and
+the probabilities the network fills in, batch by batch, until reassembly pastes them back.
 Every door that pools patches of several images into shared forward passes (``refine_many``,
 the service's dynamic batcher) queues jobs here and takes batches from the front; the rule of
 what goes into a batch lives only here, so nobody re-derives it.
@@ -10,17 +12,39 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from bpr.refiner import Job
+import numpy as np
+import torch
+
+from bpr.options import RefineOptions
+
+
+@dataclass
+class Job:
+    """One pass over one image: its patches, and the probabilities filled in batch by batch."""
+
+    coarse: torch.Tensor  # (N, Hp, Wp) bool on the device, padded to at least the patch size
+    height: int
+    width: int
+    corners: np.ndarray  # (P, 2) [y0, x0]
+    instance_ids: np.ndarray  # (P,)
+    image_patches: torch.Tensor  # (P, 3, S, S) float 0..255
+    mask_patches: torch.Tensor  # (P, 1, S, S) float {0, 1}
+    probs: torch.Tensor  # (P, S, S)
+    options: RefineOptions  # this pass's rules (flip TTA, the gate, reassembly's overlap and margin rules)
+    remaining: int  # patches whose probabilities are not filled in yet
+    extract_seconds: float = 0.0
+
+    @property
+    def num_patches(self) -> int:
+        return len(self.corners)
 
 
 @dataclass(frozen=True)
 class PatchBatch:
     """One forward pass worth of patches: slices ``[start, end)`` of the jobs' patch arrays."""
 
-    parts: tuple[tuple["Job", int, int], ...]
+    parts: tuple[tuple[Job, int, int], ...]
 
     @property
     def size(self) -> int:
@@ -30,7 +54,7 @@ class PatchBatch:
     def num_jobs(self) -> int:
         return len(self.parts)
 
-    def completed(self) -> list["Job"]:
+    def completed(self) -> list[Job]:
         """Jobs whose last patch was in this batch (valid once the batch has run)."""
         return [job for job, _, end in self.parts if end == job.num_patches]
 
@@ -48,7 +72,7 @@ class PatchFeed:
     def __bool__(self) -> bool:
         return bool(self._queue)
 
-    def add(self, job: "Job") -> None:
+    def add(self, job: Job) -> None:
         """Queue all of a job's patches (a job without patches is not queued)."""
         if job.num_patches:
             self._queue.append((job, 0))
@@ -69,7 +93,7 @@ class PatchFeed:
         self.queued -= batch.size
         return batch
 
-    def discard(self, jobs: Iterable["Job"]) -> int:
+    def discard(self, jobs: Iterable[Job]) -> int:
         """Drop these jobs' untaken patches (their requests gave up); returns how many were dropped."""
         gone = {id(job) for job in jobs}
         dropped = sum(job.num_patches - start for job, start in self._queue if id(job) in gone)

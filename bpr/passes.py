@@ -1,0 +1,166 @@
+"""The three steps of one refinement pass over a :class:`bpr.feed.Job`.
+
+1. :func:`extract_job`: boundary patches of every instance, cropped from image and masks
+   (the geometry is :mod:`bpr.patches`); the Job holds them and room for their probabilities.
+2. :func:`predict_batch`: one network forward over a :class:`bpr.feed.PatchBatch`, patches of
+   one or many Jobs, with flip TTA and the quality gate; fills in the Jobs' probabilities.
+3. :func:`reassemble_job`: once every patch of a Job has run, paste the probabilities back
+   (the rules are :mod:`bpr.reassemble`).
+
+The Refiner's ``prepare``, ``run_batch`` and ``finish`` are these steps with its network,
+device and counters; :class:`bpr.refinement.Refinement` drives them pass after pass.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from bpr.backends import ProbabilityNet
+from bpr.errors import BprInputError
+from bpr.feed import Job, PatchBatch
+from bpr.modeling.refiner_net import RefinerNet
+from bpr.options import RefineOptions
+from bpr.patches import crop_squares, extract_patch_corners, pad_to_patch
+from bpr.reassemble import reassemble
+
+
+class TooManyPatches(BprInputError):
+    """A pass needs more boundary patches than the caller allows (checked before any crop)."""
+
+    def __init__(self, needed: int, limit: int) -> None:
+        super().__init__(f"the masks need {needed} boundary patches, over the limit of {limit}")
+        self.needed, self.limit = needed, limit
+
+
+def extract_job(
+    image: torch.Tensor, masks: torch.Tensor, options: RefineOptions, patch_size: int, device: torch.device,
+    active: np.ndarray | None = None, max_patches: int | None = None,
+) -> Job:
+    """Extraction: boundary patches of every (active) instance, cropped from image and masks.
+
+    image: (3, H, W) uint8 or float 0..255 and masks: (N, H, W) bool, both on ``device``; the
+        boundary search runs on a CPU view of the masks (a copy only when the device is not the CPU).
+    options: this pass's rules (``nms_iou``, ``cover_all`` here; the Job carries them on).
+    active: (N,) bool, the instances to patch (None = all); the others get no patches.
+    max_patches: raise :class:`TooManyPatches` instead of cropping more than this many.
+    Returns the Job, its probabilities not yet filled in and its ``extract_seconds`` set.
+    """
+    t0 = time.perf_counter()
+    s = patch_size
+    _, height, width = image.shape
+    coarse = pad_to_patch(masks, s)  # images smaller than a patch: the edge repeats
+    coarse_np = coarse.cpu().numpy()
+    per_instance = [
+        extract_patch_corners(m, s, options.nms_iou, options.cover_all)
+        if active is None or active[i]
+        else np.zeros((0, 2), dtype=np.int64)
+        for i, m in enumerate(coarse_np)
+    ]
+    corners = np.concatenate(per_instance) if per_instance else np.zeros((0, 2), dtype=np.int64)
+    instance_ids = np.repeat(np.arange(len(per_instance)), [len(c) for c in per_instance])
+    if max_patches is not None and len(corners) > max_patches:
+        raise TooManyPatches(len(corners), max_patches)
+    image_patches = crop_squares(image, corners, s).float()  # (P, 3, S, S)
+    mask_patches = crop_squares(coarse, corners, s, instance_ids)[:, None].float()  # (P, 1, S, S)
+    elapsed = time.perf_counter() - t0
+    return Job(
+        coarse=coarse,
+        height=height,
+        width=width,
+        corners=corners,
+        instance_ids=instance_ids,
+        image_patches=image_patches,
+        mask_patches=mask_patches,
+        probs=torch.empty((len(corners), s, s), device=device),
+        options=options,
+        remaining=len(corners),
+        extract_seconds=elapsed,
+    )
+
+
+def gate_applies(net: RefinerNet, options: RefineOptions) -> bool:
+    """Whether ``options`` get the quality gate: asked for, and ``net`` has one."""
+    return options.quality_gate and net.gate is not None
+
+
+@torch.inference_mode()
+def predict_batch(
+    batch: PatchBatch, net: RefinerNet, infer_net: ProbabilityNet, device: torch.device, precision: str,
+    early_reject: float | None,
+) -> tuple[int, int]:
+    """The network: one forward pass over a batch of patches; fills in their Jobs' probabilities.
+
+    net: the checkpoint's module (its gate judges the patches); infer_net: what computes the
+    probabilities (the same module, a fused copy or an exported graph: :mod:`bpr.backends`).
+    precision: "fp16" / "bf16" run under autocast on ``device``; anything else in float32.
+    Returns (patches the gate rejected, of which rejected before their mirrored forward).
+
+    With flip TTA and the quality gate, the gate first judges each patch on the plain
+    forward alone; a patch it rejects by more than ``early_reject`` logits keeps its
+    coarse mask without its mirrored forward: a margin the checkpoint carries, chosen
+    where the TTA average turned (almost) none of those rejections into acceptances on
+    the dev inputs. Every other patch is averaged with its mirror and judged again on
+    that average, exactly as without the shortcut.
+    """
+    parts = batch.parts
+    images = torch.cat([job.image_patches[a:b] for job, a, b in parts])  # (B, 3, S, S)
+    masks = torch.cat([job.mask_patches[a:b] for job, a, b in parts])  # (B, 1, S, S)
+    wants_tta = _row_mask(parts, lambda options: options.flip_tta, device)
+    wants_gate = _row_mask(parts, lambda options: gate_applies(net, options), device)
+    reject = torch.zeros(len(images), dtype=torch.bool, device=device)
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
+    with torch.autocast(device_type=device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        probs = infer_net.foreground_probability(images, masks)  # (B, S, S)
+        early = wants_tta & wants_gate
+        if early_reject is not None and bool(early.any()):
+            reject[early] = _judge(net, images, masks, probs, early) <= -early_reject
+        early_rejected = int(reject.sum())
+        mirror = wants_tta & ~reject
+        if bool(mirror.any()):
+            every = bool(mirror.all())  # no index copies in the common case
+            im, mk = (images, masks) if every else (images[mirror], masks[mirror])
+            mirrored = infer_net.foreground_probability(im.flip(-1), mk.flip(-1)).flip(-1)
+            if every:
+                probs = 0.5 * (probs + mirrored)
+            else:
+                probs[mirror] = 0.5 * (probs[mirror] + mirrored)
+        judge = wants_gate & ~reject
+        if bool(judge.any()):
+            reject[judge] = _judge(net, images, masks, probs, judge) <= 0
+    # rejected patches get their coarse mask back as their probability
+    probs[reject] = masks[reject, 0].to(probs.dtype)
+    offset = 0
+    for job, a, b in parts:
+        job.probs[a:b] = probs[offset : offset + b - a]
+        job.remaining -= b - a
+        offset += b - a
+    return int(reject.sum()), early_rejected
+
+
+def _row_mask(parts: tuple, wants: Callable[[RefineOptions], bool], device: torch.device) -> torch.Tensor:
+    """(rows,) bool: the batch rows whose job's options ``wants``."""
+    picks = torch.tensor([wants(job.options) for job, _, _ in parts], dtype=torch.bool)
+    sizes = torch.tensor([b - a for _, a, b in parts])
+    return picks.repeat_interleave(sizes).to(device)
+
+
+def _judge(
+    net: RefinerNet, images: torch.Tensor, masks: torch.Tensor, probs: torch.Tensor, rows: torch.Tensor
+) -> torch.Tensor:
+    """The gate's logits for the ``rows`` (bool) of a batch (no index copies when all are)."""
+    if bool(rows.all()):
+        return net.change_helps(images, masks, probs)
+    return net.change_helps(images[rows], masks[rows], probs[rows])
+
+
+def reassemble_job(job: Job) -> torch.Tensor:
+    """Reassembly: paste a Job's probabilities back; (N, H, W) bool, the padding cropped away."""
+    if job.remaining:
+        raise RuntimeError(f"finish() called with {job.remaining} patches of the job not yet run")
+    o = job.options
+    refined = reassemble(job.coarse, job.corners, job.instance_ids, job.probs, o.resolve_overlaps, o.change_margin)
+    return refined[:, : job.height, : job.width]

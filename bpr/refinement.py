@@ -1,0 +1,172 @@
+"""The pass loop: one image through every refinement pass, the loop that every door drives.
+
+A :class:`Refinement` holds one image's state between passes (the masks so far, the pixels
+the first pass reached, the instances left out) and the pass rules (``min_area``,
+``confine_passes``, ``fallback_iou``). It runs no network itself: each ``advance`` finishes
+the pass whose patches the network has filled in and extracts the next pass's
+:class:`bpr.feed.Job`, so the same loop serves one image at a time (``Refiner.refine_torch``),
+a stream sharing batches (``Refiner.refine_many``) and the service, whose network thread pools
+the Jobs of many requests.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from bpr.feed import Job
+from bpr.options import RefineOptions, RefineStats
+from bpr.reassemble import claim_boxes, coarse_extents, instance_regions, patch_reach
+
+
+class PassSteps(Protocol):
+    """What the loop drives: a :class:`bpr.refiner.Refiner`'s extraction and reassembly steps
+    (:mod:`bpr.passes` with its device and counters), its patch size and its counters."""
+
+    patch_size: int
+    stats: RefineStats
+
+    def prepare(
+        self, image: torch.Tensor, masks: torch.Tensor, options: RefineOptions, active: np.ndarray | None = None,
+        max_patches: int | None = None,
+    ) -> Job: ...
+
+    def finish(self, job: Job) -> torch.Tensor: ...
+
+
+def pixel_counts(masks: torch.Tensor) -> torch.Tensor:
+    """(N,) int64 foreground pixels of each (N, H, W) bool mask.
+
+    On the CPU numpy's count_nonzero does it about 8x faster than a torch sum over bools
+    (which widens every element first): 20 full-size 1024x2048 masks take 15 ms, not 120.
+    """
+    if masks.device.type == "cpu":
+        return torch.from_numpy(np.count_nonzero(masks.reshape(masks.shape[0], -1).numpy(), axis=1).astype(np.int64))
+    return masks.flatten(1).sum(1)
+
+
+class Refinement:
+    """One image through every refinement pass: the one pass loop that every door drives.
+
+    ``advance()`` finishes the pass whose patches the network has just filled in (if any),
+    applies the pass rules, and prepares the next pass; it returns that pass's :class:`Job`
+    (queue its patches, run them, call ``advance`` again) or None once ``result`` is ready.
+    Each call is a CPU-side step, so the service runs them in its worker pool while the
+    network thread serves other requests.
+    """
+
+    def __init__(
+        self, refiner: PassSteps, image: torch.Tensor, masks: torch.Tensor, options: RefineOptions,
+        max_patches: int | None = None,
+    ) -> None:
+        self.refiner = refiner
+        self.options = options
+        self.max_patches = max_patches  # a pass needing more patches raises TooManyPatches before any crop
+        self.image = image  # (3, H, W) on the device
+        self.input = masks  # (N, H, W) bool on the device
+        self.masks = masks
+        self.passes = 0
+        self.patches = 0  # boundary patches over all passes (the service reports them per request)
+        self.reach_boxes = np.zeros((masks.shape[0], 4), dtype=np.int64)  # box of every instance's patches, all passes
+        self.job: Job | None = None
+        self.result: torch.Tensor | None = None
+        self.reach: torch.Tensor | None = None  # pixels the first pass's patches covered
+        self.active: np.ndarray | None = None  # instances to refine (None = all)
+        self.extract_seconds = 0.0  # of the last advance, for the service's stage metrics
+        self.reassemble_seconds = 0.0
+        small = 0
+        # the input's pixel counts, once, for the rules that need them (minimum area, fallback)
+        needed = (options.min_area > 0 or options.fallback_iou > 0) and masks.shape[0]
+        self.input_areas = pixel_counts(masks) if needed else None
+        if options.min_area > 0 and self.input_areas is not None:
+            areas = self.input_areas.cpu().numpy()
+            self.active = areas >= options.min_area
+            small = int((~self.active & (areas > 0)).sum())
+        refiner.stats.add(images=1, instances=int(masks.shape[0]), small=small)
+
+    @property
+    def done(self) -> bool:
+        return self.result is not None
+
+    def output(self) -> torch.Tensor:
+        """The refined (N, H, W) bool masks; only once ``advance`` has returned None."""
+        if self.result is None:
+            raise RuntimeError("the refinement is not finished: call advance() until it returns None")
+        return self.result
+
+    def advance(self) -> Job | None:
+        """Finish the pass just run (if any) and extract the next; its Job, or None when done."""
+        self.extract_seconds = self.reassemble_seconds = 0.0
+        if self.job is not None:
+            t0 = time.perf_counter()
+            self._end_pass(self.job, self.refiner.finish(self.job))
+            self.reassemble_seconds = time.perf_counter() - t0
+            self.job = None
+        if self.passes < self.options.iterations:
+            job = self.refiner.prepare(self.image, self.masks, self.options, self.active, self.max_patches)
+            self.extract_seconds = job.extract_seconds
+            if job.num_patches:
+                self.job = job
+                self.patches += job.num_patches
+                self.reach_boxes = _union_boxes(
+                    self.reach_boxes,
+                    instance_regions(job.corners, job.instance_ids, self.refiner.patch_size, len(self.reach_boxes)),
+                )
+                return job
+            # no boundary left to patch: no later pass can change anything either
+        self.result = self._fall_back(self.masks)
+        return None
+
+    def _end_pass(self, job: Job, refined: torch.Tensor) -> None:
+        if self.options.confine_passes and self.options.iterations > 1:
+            if self.passes == 0:
+                self.reach = patch_reach(
+                    job.coarse.shape, job.corners, job.instance_ids, job.probs.shape[-1], job.coarse.device
+                )
+                self.reach = self.reach[:, : job.height, : job.width]
+            elif self.reach is not None:
+                refined = torch.where(self.reach, refined, self.masks)
+        self.masks = refined
+        self.passes += 1
+
+    def _fall_back(self, refined: torch.Tensor) -> torch.Tensor:
+        """Instances the refinement emptied or changed beyond ``fallback_iou`` come back as input.
+
+        Refinement adds pixels only inside an instance's own patches and otherwise only takes
+        pixels away, so each IoU is counted inside the box of its input mask and its patches,
+        not over the whole image (20 full-size 1024x2048 masks: 2 ms instead of 70).
+        """
+        if self.options.fallback_iou <= 0 or refined is self.input or refined.shape[0] == 0:
+            return refined
+        _, height, width = self.input.shape
+        boxes = claim_boxes(coarse_extents(self.input.cpu().numpy()), self.reach_boxes)
+        assert self.input_areas is not None  # counted in __init__ whenever fallback_iou > 0 and there are masks
+        areas = self.input_areas.tolist()
+        lost = []
+        for i, (y0, x0, y1, x1) in enumerate(boxes.tolist()):
+            if areas[i] == 0:
+                continue
+            y1, x1 = min(y1, height), min(x1, width)
+            r, m = refined[i, y0:y1, x0:x1], self.input[i, y0:y1, x0:x1]
+            inter = int(torch.count_nonzero(r & m))
+            union = areas[i] + int(torch.count_nonzero(r)) - inter
+            if inter < self.options.fallback_iou * union:  # emptied: IoU 0
+                lost.append(i)
+        if lost:  # refined is this refinement's own tensor (reassembly's copy): restore in place
+            index = torch.tensor(lost, device=refined.device)
+            refined[index] = self.input[index]
+            self.refiner.stats.add(fallbacks=len(lost))
+        return refined
+
+
+def _union_boxes(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise union of two (N, 4) [y0, x0, y1, x1) box arrays; all-zero rows are empty."""
+    a_empty, b_empty = a[:, 2] <= a[:, 0], b[:, 2] <= b[:, 0]
+    out = np.where(a_empty[:, None], b, a)
+    both = ~a_empty & ~b_empty
+    out[both, :2] = np.minimum(a[both, :2], b[both, :2])
+    out[both, 2:] = np.maximum(a[both, 2:], b[both, 2:])
+    return out
