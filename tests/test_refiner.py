@@ -165,7 +165,7 @@ def test_each_iteration_refines_the_previous_pass_output(data_dir, random_checkp
 
 
 def test_iterations_default_to_the_checkpoint_recommendation_and_must_be_positive():
-    assert Refiner(IdentityNet(RefinerConfig(input_size=64, iterations=2))).options.iterations == 2
-    assert Refiner(IdentityNet(RefinerConfig(input_size=64, iterations=2)), iterations=1).options.iterations == 1
+    assert Refiner(IdentityNet(RefinerConfig(input_size=64), recommended={"iterations": 2})).options.iterations == 2
+    assert Refiner(IdentityNet(RefinerConfig(input_size=64), recommended={"iterations": 2}), iterations=1).options.iterations == 1
     with pytest.raises(BprInputError):
         Refiner(IdentityNet(RefinerConfig(input_size=64)), iterations=0)
