@@ -83,8 +83,13 @@ def check_run_settings(device: str | torch.device, precision: str, batch_size: i
 
 
 def choose_runtime(
-    net: RefinerNet, backend: str | None, device: torch.device, patch_size: int, precision: str,
-    fuse: bool | None, from_checkpoint: bool,
+    net: RefinerNet,
+    backend: str | None,
+    device: torch.device,
+    patch_size: int,
+    precision: str,
+    fuse: bool | None,
+    from_checkpoint: bool,
 ) -> tuple[str, ProbabilityNet, str]:
     """(backend name, the network that computes probabilities, precision) for ``net``.
 

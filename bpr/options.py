@@ -64,50 +64,81 @@ class RefineOptions:
     """How to refine, per call; ``Refiner.options`` holds the defaults of every call."""
 
     nms_iou: float = option(
-        0.25, "patch NMS IoU: 0.25 sparse, 0.55 dense (more patches, slower)", "NMS IoU threshold",
-        gt=0.0, le=1.0, per_request=True,
+        0.25,
+        "patch NMS IoU: 0.25 sparse, 0.55 dense (more patches, slower)",
+        "NMS IoU threshold",
+        gt=0.0,
+        le=1.0,
+        per_request=True,
     )
     cover_all: bool = option(
-        True, "add patches until every boundary pixel lies in one (see bpr/patches.py)", "cover_all",
+        True,
+        "add patches until every boundary pixel lies in one (see bpr/patches.py)",
+        "cover_all",
     )
     resolve_overlaps: bool = option(
-        True, "pixels newly gained by an instance while another claims them go to the more confident one",
-        "resolve_overlaps", negative_flag="--keep-overlaps",
+        True,
+        "pixels newly gained by an instance while another claims them go to the more confident one",
+        "resolve_overlaps",
+        negative_flag="--keep-overlaps",
     )
     flip_tta: bool = option(
-        False, "also run every patch mirrored and average the two (2x network time)", "flip_tta",
-        recommended=True, per_request=True,
+        False,
+        "also run every patch mirrored and average the two (2x network time)",
+        "flip_tta",
+        recommended=True,
+        per_request=True,
     )
     iterations: int = option(
-        1, "refinement passes; each places patches on the previous pass's boundary",
-        "iterations (refinement passes)", ge=1, recommended=True, per_request=True, request_le=3,
+        1,
+        "refinement passes; each places patches on the previous pass's boundary",
+        "iterations (refinement passes)",
+        ge=1,
+        recommended=True,
+        per_request=True,
+        request_le=3,
     )
     confine_passes: bool = option(
-        True, "later passes change only pixels the first pass's patches covered (no compounding)", "confine_passes",
+        True,
+        "later passes change only pixels the first pass's patches covered (no compounding)",
+        "confine_passes",
     )
     fallback_iou: float = option(
-        0.0, "an instance refinement empties, or whose IoU with its input falls below this, is returned as given "
-        "(0 = off)", "fallback IoU", ge=0.0, lt=1.0, recommended=True,
+        0.0,
+        "an instance refinement empties, or whose IoU with its input falls below this, is returned as given (0 = off)",
+        "fallback IoU",
+        ge=0.0,
+        lt=1.0,
+        recommended=True,
     )
     min_area: int = option(
-        0, "instances of fewer pixels than this are returned as given (0 = refine all)",
-        "minimum instance area (pixels)", ge=0, recommended=True,
+        0,
+        "instances of fewer pixels than this are returned as given (0 = refine all)",
+        "minimum instance area (pixels)",
+        ge=0,
+        recommended=True,
     )
     change_margin: float = option(
-        0.0, "a pixel changes from its input value only where the refined probability is beyond 0.5 by more "
+        0.0,
+        "a pixel changes from its input value only where the refined probability is beyond 0.5 by more "
         "than this (0 = plain threshold): where the network is unsure, the detector's mask stands",
-        "change margin", ge=0.0, lt=0.5, recommended=True,
+        "change margin",
+        ge=0.0,
+        lt=0.5,
+        recommended=True,
     )
     quality_gate: bool = option(
-        True, "with a checkpoint that has a patch-quality gate, patches the gate expects to break more pixels "
-        "than they fix keep the coarse mask (no effect without a gate)", "quality_gate",
+        True,
+        "with a checkpoint that has a patch-quality gate, patches the gate expects to break more pixels "
+        "than they fix keep the coarse mask (no effect without a gate)",
+        "quality_gate",
     )
 
     def __post_init__(self) -> None:
         for name, info in option_infos().items():
             info.check(getattr(self, name))
 
-    def updated(self, **changes: Any) -> "RefineOptions":
+    def updated(self, **changes: Any) -> RefineOptions:
         """A copy with the given fields changed; ``None`` values leave a field as it is."""
         changes = {k: v for k, v in changes.items() if v is not None}
         unknown = set(changes) - set(option_infos())

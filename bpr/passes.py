@@ -37,8 +37,13 @@ class TooManyPatches(BprInputError):
 
 
 def extract_job(
-    image: torch.Tensor, masks: torch.Tensor, options: RefineOptions, patch_size: int, device: torch.device,
-    active: np.ndarray | None = None, max_patches: int | None = None,
+    image: torch.Tensor,
+    masks: torch.Tensor,
+    options: RefineOptions,
+    patch_size: int,
+    device: torch.device,
+    active: np.ndarray | None = None,
+    max_patches: int | None = None,
 ) -> Job:
     """Extraction: boundary patches of every (active) instance, cropped from image and masks.
 
@@ -89,7 +94,11 @@ def gate_applies(net: RefinerNet, options: RefineOptions) -> bool:
 
 @torch.inference_mode()
 def predict_batch(
-    batch: PatchBatch, net: RefinerNet, infer_net: ProbabilityNet, device: torch.device, precision: str,
+    batch: PatchBatch,
+    net: RefinerNet,
+    infer_net: ProbabilityNet,
+    device: torch.device,
+    precision: str,
     early_reject: float | None,
 ) -> tuple[int, int]:
     """The network: one forward pass over a batch of patches; fills in their Jobs' probabilities.

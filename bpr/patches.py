@@ -87,7 +87,8 @@ def nms_squares(corners: np.ndarray, scores: np.ndarray, patch_size: int, iou_th
     boxes[:, 0] = corners[:, 1]
     boxes[:, 1] = corners[:, 0]
     boxes[:, 2:] = patch_size
-    keep = cv2.dnn.NMSBoxes(boxes, scores.astype(np.float32), 0.0, float(iou_threshold))
+    # OpenCV takes the arrays as they are; its stubs only name sequences
+    keep = cv2.dnn.NMSBoxes(boxes, scores.astype(np.float32), 0.0, float(iou_threshold))  # type: ignore[arg-type]
     return np.asarray(keep, dtype=np.int64).reshape(-1)
 
 

@@ -33,8 +33,13 @@ def instance_regions(corners: np.ndarray, instance_ids: np.ndarray, patch_size: 
     return regions
 
 
-def patch_reach(shape: tuple[int, ...] | torch.Size, corners: np.ndarray, instance_ids: np.ndarray, size: int,
-                device: torch.device | str = "cpu") -> torch.Tensor:
+def patch_reach(
+    shape: tuple[int, ...] | torch.Size,
+    corners: np.ndarray,
+    instance_ids: np.ndarray,
+    size: int,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
     """(N, H, W) bool: the pixels some patch of each instance covers."""
     n, height, width = shape
     reach = torch.zeros(n * height * width, dtype=torch.bool, device=device)
@@ -94,9 +99,7 @@ def reassemble(
     ar = torch.arange(size, device=device)
     w_t = torch.as_tensor(widths[instance_ids], device=device)
     index = (
-        torch.as_tensor(base, device=device)[:, None, None]
-        + ar[None, :, None] * w_t[:, None, None]
-        + ar[None, None, :]
+        torch.as_tensor(base, device=device)[:, None, None] + ar[None, :, None] * w_t[:, None, None] + ar[None, None, :]
     ).reshape(-1)
     total = int(offsets[-1])
     sums = torch.zeros(total, device=device, dtype=torch.float32).index_add_(0, index, probs.reshape(-1).float())

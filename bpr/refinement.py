@@ -30,7 +30,11 @@ class PassSteps(Protocol):
     stats: RefineStats
 
     def prepare(
-        self, image: torch.Tensor, masks: torch.Tensor, options: RefineOptions, active: np.ndarray | None = None,
+        self,
+        image: torch.Tensor,
+        masks: torch.Tensor,
+        options: RefineOptions,
+        active: np.ndarray | None = None,
         max_patches: int | None = None,
     ) -> Job: ...
 
@@ -59,7 +63,11 @@ class Refinement:
     """
 
     def __init__(
-        self, refiner: PassSteps, image: torch.Tensor, masks: torch.Tensor, options: RefineOptions,
+        self,
+        refiner: PassSteps,
+        image: torch.Tensor,
+        masks: torch.Tensor,
+        options: RefineOptions,
         max_patches: int | None = None,
     ) -> None:
         self.refiner = refiner

@@ -142,7 +142,9 @@ class Refiner:
         **options: Any,
     ) -> None:
         if net is None or isinstance(net, (str, os.PathLike)):  # the older spellings of from_checkpoint
-            net, checkpoint = load_checkpoint(net if net is not None else checkpoint, input_size=input_size, device=device)
+            net, checkpoint = load_checkpoint(
+                net if net is not None else checkpoint, input_size=input_size, device=device
+            )
         elif input_size:
             raise BprInputError("input_size applies when loading a checkpoint, not to a given network")
         self.device = check_run_settings(device, precision, batch_size)
@@ -163,9 +165,13 @@ class Refiner:
 
     @classmethod
     def from_checkpoint(
-        cls, checkpoint: str | os.PathLike | None = None, *, input_size: int | None = None,
-        device: str | torch.device = "cpu", **kwargs: Any,
-    ) -> "Refiner":
+        cls,
+        checkpoint: str | os.PathLike | None = None,
+        *,
+        input_size: int | None = None,
+        device: str | torch.device = "cpu",
+        **kwargs: Any,
+    ) -> Refiner:
         """A Refiner for a bpr or original-BPR checkpoint: the one way to build one from a file.
 
         checkpoint: the file (None = the bundled default model, :func:`bpr.loading.default_checkpoint`).
@@ -181,7 +187,9 @@ class Refiner:
         return self.net.config.input_size
 
     # ------------------------------------------------------------------ numpy door
-    def refine(self, image: np.ndarray, masks: np.ndarray, options: RefineOptions | None = None, **overrides: Any) -> np.ndarray:
+    def refine(
+        self, image: np.ndarray, masks: np.ndarray, options: RefineOptions | None = None, **overrides: Any
+    ) -> np.ndarray:
         """Refine the masks of one image.
 
         image: HxWx3 uint8 RGB; masks: NxHxW bool (or 0/1). Returns NxHxW bool, same order.
@@ -237,8 +245,12 @@ class Refiner:
     ) -> torch.Tensor:
         """image: (3, H, W) uint8 or float 0..255 RGB; masks: (N, H, W) bool. Returns (N, H, W) bool."""
         if image.ndim != 3 or image.shape[0] != 3 or masks.ndim != 3 or masks.shape[1:] != image.shape[1:]:
-            raise BprInputError(f"expected image (3, H, W) and masks (N, H, W), got {tuple(image.shape)}, {tuple(masks.shape)}")
-        flight = Refinement(self, image.to(self.device), masks.to(self.device).bool(), self.resolve(options, **overrides))
+            raise BprInputError(
+                f"expected image (3, H, W) and masks (N, H, W), got {tuple(image.shape)}, {tuple(masks.shape)}"
+            )
+        flight = Refinement(
+            self, image.to(self.device), masks.to(self.device).bool(), self.resolve(options, **overrides)
+        )
         feed = PatchFeed(self.batch_size)
         job = flight.advance()
         while job is not None:
@@ -265,7 +277,11 @@ class Refiner:
         return Refinement(self, image_t, masks_t, options or self.options, max_patches)
 
     def prepare(
-        self, image: torch.Tensor, masks: torch.Tensor, options: RefineOptions, active: np.ndarray | None = None,
+        self,
+        image: torch.Tensor,
+        masks: torch.Tensor,
+        options: RefineOptions,
+        active: np.ndarray | None = None,
         max_patches: int | None = None,
     ) -> Job:
         """Extraction (:func:`bpr.passes.extract_job`) at this Refiner's patch size, counted.
@@ -280,7 +296,9 @@ class Refiner:
         """The network step (:func:`bpr.passes.predict_batch`): one forward pass over a batch of
         patches, flip TTA and the gate as each job's options ask; fills in the jobs' probabilities."""
         t0 = time.perf_counter()
-        gated, early_gated = passes.predict_batch(batch, self.net, self.infer_net, self.device, self.precision, self.early_reject)
+        gated, early_gated = passes.predict_batch(
+            batch, self.net, self.infer_net, self.device, self.precision, self.early_reject
+        )
         self.stats.add("network", time.perf_counter() - t0, batches=1, gated=gated, early_gated=early_gated)
 
     def gate_applies(self, options: RefineOptions) -> bool:

@@ -41,12 +41,18 @@ class RefinerSpec:
         """Load the network and make the Refiner (ModelNotAvailableError / BprInputError on bad input)."""
         options = {name: value for name, value in self.options.items() if value is not None}
         return Refiner.from_checkpoint(
-            self.checkpoint, input_size=self.input_size, device=self.device, precision=self.precision,
-            backend=self.backend, batch_size=self.batch_size, patch_size=self.patch_size, **options,
+            self.checkpoint,
+            input_size=self.input_size,
+            device=self.device,
+            precision=self.precision,
+            backend=self.backend,
+            batch_size=self.batch_size,
+            patch_size=self.patch_size,
+            **options,
         )
 
     @classmethod
-    def from_fields(cls, values: dict[str, Any]) -> "RefinerSpec":
+    def from_fields(cls, values: dict[str, Any]) -> RefinerSpec:
         """A spec from one flat mapping holding loading fields and option names alike (CLI flags)."""
         options = {name: values[name] for name in option_infos() if name in values}
         loading = {name: values[name] for name in cls.__dataclass_fields__ if name != "options" and name in values}

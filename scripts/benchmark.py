@@ -69,7 +69,9 @@ def time_once(refiner: Refiner, image: np.ndarray, masks: np.ndarray) -> dict[st
     return {**stage, "total": total, "patches": refiner.stats.patches - patches}
 
 
-def time_interleaved(refiners: dict[str, Refiner], image: np.ndarray, masks: np.ndarray, repeats: int) -> dict[str, dict]:
+def time_interleaved(
+    refiners: dict[str, Refiner], image: np.ndarray, masks: np.ndarray, repeats: int
+) -> dict[str, dict]:
     """Median per refiner over ``repeats`` rounds, each round running every refiner once in
     turn, so that the machine's drift falls on all of them alike."""
     for refiner in refiners.values():
@@ -88,13 +90,26 @@ def build_refiners(args: argparse.Namespace, size: int) -> dict[str, Refiner]:
             if precision == "int8" and backend == "torch":
                 continue  # int8 runs only as an exported graph
             if args.checkpoint:
-                refiner = Refiner(args.checkpoint, input_size=size, device=args.device, batch_size=args.batch_size,
-                                  fuse=args.fuse, backend=backend, precision=precision)
+                refiner = Refiner(
+                    args.checkpoint,
+                    input_size=size,
+                    device=args.device,
+                    batch_size=args.batch_size,
+                    fuse=args.fuse,
+                    backend=backend,
+                    precision=precision,
+                )
             else:
                 torch.manual_seed(0)
                 net = RefinerNet(RefinerConfig(input_size=size))
-                refiner = Refiner(net, device=args.device, batch_size=args.batch_size, fuse=args.fuse,
-                                  backend=backend, precision=precision)
+                refiner = Refiner(
+                    net,
+                    device=args.device,
+                    batch_size=args.batch_size,
+                    fuse=args.fuse,
+                    backend=backend,
+                    precision=precision,
+                )
             refiners[f"{refiner.backend} {refiner.precision}"] = refiner
     return refiners
 
@@ -104,13 +119,26 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--checkpoint", type=Path, help="a checkpoint, run at the settings it recommends (default: random hr18s weights)")
+    p.add_argument(
+        "--checkpoint",
+        type=Path,
+        help="a checkpoint, run at the settings it recommends (default: random hr18s weights)",
+    )
     p.add_argument("--json", type=Path, help="also write the rows as json")
-    p.add_argument("--no-fuse", dest="fuse", action="store_false",
-                   help="run the torch network as trained (BatchNorm not folded, no channels-last): the before of the fusion")
+    p.add_argument(
+        "--no-fuse",
+        dest="fuse",
+        action="store_false",
+        help="run the torch network as trained (BatchNorm not folded, no channels-last): the before of the fusion",
+    )
     p.add_argument("--input-sizes", type=int, nargs="+", default=[64, 128])
-    p.add_argument("--backends", nargs="+", default=["torch"], choices=list(BACKENDS),
-                   help="backends to time, interleaved round by round (default: torch)")
+    p.add_argument(
+        "--backends",
+        nargs="+",
+        default=["torch"],
+        choices=list(BACKENDS),
+        help="backends to time, interleaved round by round (default: torch)",
+    )
     p.add_argument("--precisions", nargs="+", default=["auto"], choices=list(PRECISIONS))
     args = p.parse_args()
     workloads = {"(a) DAVIS 854x480, 1 OSVOS mask": davis_frame(), "(b) 1024x2048, 20 instances": cityscapes_like()}
@@ -123,14 +151,18 @@ def main() -> None:
     dev = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
     fused = "torch network BatchNorm-folded, channels-last" if args.fuse else "torch network unfused"
     model = args.checkpoint or "random hr18s weights"
-    print(f"device: {dev}; {model}; batch {args.batch_size}; {fused}; median of {args.repeats} interleaved runs; "
-          "times in ms per image\n")
+    print(
+        f"device: {dev}; {model}; batch {args.batch_size}; {fused}; median of {args.repeats} interleaved runs; "
+        "times in ms per image\n"
+    )
     print("| workload | input | backend | patches | extraction | network | reassembly | extr.+reas. / total | total |")
     print("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
         ratio = (r["extract"] + r["reassemble"]) / max(r["total"], 1e-9)
-        print(f"| {r['workload']} | {r['input']} | {r['backend']} | {r['patches']:.0f} | {r['extract'] * 1e3:.1f} | "
-              f"{r['network'] * 1e3:.1f} | {r['reassemble'] * 1e3:.1f} | {ratio:.1%} | {r['total'] * 1e3:.0f} |")
+        print(
+            f"| {r['workload']} | {r['input']} | {r['backend']} | {r['patches']:.0f} | {r['extract'] * 1e3:.1f} | "
+            f"{r['network'] * 1e3:.1f} | {r['reassemble'] * 1e3:.1f} | {ratio:.1%} | {r['total'] * 1e3:.0f} |"
+        )
     if args.json:
         args.json.write_text(json.dumps({"device": dev, "rows": rows}, indent=2))
 

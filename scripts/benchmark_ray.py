@@ -57,17 +57,46 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "one").mkdir()
         one = subset(args.data, args.set, 1, Path(tmp) / "one")
-        startup, _ = run([str(one), "--images", str(root / "images"), "--image-info", str(root / "gt.json"),
-                          "--checkpoint", args.checkpoint, "--out", str(Path(tmp) / "one.json"), "--engine", "ray",
-                          "--num-workers", "1", "--cpus-per-worker", str(cores)])
+        startup, _ = run(
+            [
+                str(one),
+                "--images",
+                str(root / "images"),
+                "--image-info",
+                str(root / "gt.json"),
+                "--checkpoint",
+                args.checkpoint,
+                "--out",
+                str(Path(tmp) / "one.json"),
+                "--engine",
+                "ray",
+                "--num-workers",
+                "1",
+                "--cpus-per-worker",
+                str(cores),
+            ]
+        )
         results = subset(args.data, args.set, args.max_images, Path(tmp))
         n_images = len({e["image_id"] for e in json.loads(results.read_text())})
-        base = [str(results), "--images", str(root / "images"), "--image-info", str(root / "gt.json"),
-                "--checkpoint", args.checkpoint]
+        base = [
+            str(results),
+            "--images",
+            str(root / "images"),
+            "--image-info",
+            str(root / "gt.json"),
+            "--checkpoint",
+            args.checkpoint,
+        ]
         configs = [
             ("local", ["--threads", str(cores)]),
-            (f"ray, 1 worker x {cores} CPUs", ["--engine", "ray", "--num-workers", "1", "--cpus-per-worker", str(cores)]),
-            (f"ray, {cores} workers x 1 CPU", ["--engine", "ray", "--num-workers", str(cores), "--cpus-per-worker", "1"]),
+            (
+                f"ray, 1 worker x {cores} CPUs",
+                ["--engine", "ray", "--num-workers", "1", "--cpus-per-worker", str(cores)],
+            ),
+            (
+                f"ray, {cores} workers x 1 CPU",
+                ["--engine", "ray", "--num-workers", str(cores), "--cpus-per-worker", "1"],
+            ),
         ]
         reference = None
         for label, extra in configs:
@@ -79,8 +108,10 @@ def main() -> int:
             fixed = startup if extra[:2] == ["--engine", "ray"] else 0.0
             rows.append((label, wall, n_images / wall, patches / wall, patches / max(wall - fixed, 1e-9), same))
             print(f"{label}: {summary}", file=sys.stderr)
-    print(f"\n{args.set}, {n_images} images, {Path(args.checkpoint).name}, {cores} cores; Ray's fixed cost "
-          f"(a 1-image run): {startup:.1f} s\n")
+    print(
+        f"\n{args.set}, {n_images} images, {Path(args.checkpoint).name}, {cores} cores; Ray's fixed cost "
+        f"(a 1-image run): {startup:.1f} s\n"
+    )
     print("| engine | wall | images/s | patches/s | patches/s without Ray's fixed cost | same output as local |")
     print("| --- | ---: | ---: | ---: | ---: | --- |")
     for label, wall, ips, pps, steady, same in rows:

@@ -49,8 +49,14 @@ def large_frame(data: Path, out: Path, size: tuple[int, int] = (2048, 1024), ins
         m = mask_utils.decode(e["segmentation"])
         big = cv2.resize(m, size, interpolation=cv2.INTER_NEAREST)
         rle = mask_utils.encode(np.asfortranarray(big))
-        entries.append({"segmentation": {"size": rle["size"], "counts": rle["counts"].decode()},
-                        "category_id": e["category_id"], "score": e["score"], "area": int(big.sum())})
+        entries.append(
+            {
+                "segmentation": {"size": rle["size"], "counts": rle["counts"].decode()},
+                "category_id": e["category_id"],
+                "score": e["score"],
+                "area": int(big.sum()),
+            }
+        )
     entries = sorted(entries, key=lambda e: -e["area"])[:instances]
     (out / "frame.json").write_text(json.dumps(entries))
     return out / "frame.jpg", out / "frame.json"
@@ -75,8 +81,12 @@ def main() -> int:
         image, instances = large_frame(Path(args.data), Path(tmp))
         port = free_port()
         serve = Path(sys.executable).with_name("bpr-serve")
-        proc = subprocess.Popen([str(serve), "--checkpoint", args.checkpoint, "--port", str(port)],
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.Popen(
+            [str(serve), "--checkpoint", args.checkpoint, "--port", str(port)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         try:
             assert proc.stdout is not None
             for line in proc.stdout:

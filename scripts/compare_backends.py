@@ -32,8 +32,12 @@ def build(variant: str, checkpoint: Path | None) -> Refiner:
     """A Refiner for ``backend[/precision]``; ``torch-unfused`` runs the network as trained."""
     backend, _, precision = variant.partition("/")
     unfused = backend == "torch-unfused"
-    refiner = Refiner(checkpoint, backend="torch" if unfused else backend, precision=precision or "auto",
-                      fuse=False if unfused else None)
+    refiner = Refiner(
+        checkpoint,
+        backend="torch" if unfused else backend,
+        precision=precision or "auto",
+        fuse=False if unfused else None,
+    )
     if refiner.backend != backend.removesuffix("-unfused"):
         raise SystemExit(f"{variant}: the Refiner runs {refiner.backend}")
     return refiner
@@ -49,7 +53,10 @@ def main() -> int:
     args = ap.parse_args()
     plain, fused = build(args.a, args.checkpoint), build(args.b, args.checkpoint)
     print(f"{args.a} against {args.b}\n")
-    print(f"| input | images | instances | instances differing | pixels differing | refined pixels | s {args.a} / {args.b} |")
+    print(
+        f"| input | images | instances | instances differing | pixels differing | refined pixels | s {args.a} / "
+        f"{args.b} |"
+    )
     print("| --- | ---: | ---: | ---: | ---: | ---: | --- |")
     for name, (folder, file) in INPUTS.items():
         root = args.data / folder

@@ -81,8 +81,15 @@ def derived_input(gt_path: Path, kind: str, seed: int = 0) -> list[dict[str, Any
         score = float(1.0 - 0.01 * rng.random())
         # with a box, as detectors write them: pycocotools then takes every detection's area
         # from its box, before refinement as after (bpr-refine writes boxes), so AP_S/M/L compare like with like
-        out.append({"image_id": ann["image_id"], "category_id": ann["category_id"], "segmentation": encode_mask(coarse),
-                    "bbox": mask_to_bbox(coarse), "score": score})
+        out.append(
+            {
+                "image_id": ann["image_id"],
+                "category_id": ann["category_id"],
+                "segmentation": encode_mask(coarse),
+                "bbox": mask_to_bbox(coarse),
+                "score": score,
+            }
+        )
     return out
 
 
@@ -107,8 +114,11 @@ def subset(gt_path: Path, coarse_path: Path, max_images: int | None, tmp: Path) 
     gt = load_json(gt_path)
     step = max(1, len(gt["images"]) // max_images)
     keep = {i["id"] for i in gt["images"][::step][:max_images]}
-    small_gt = {**gt, "images": [i for i in gt["images"] if i["id"] in keep],
-                "annotations": [a for a in gt["annotations"] if a["image_id"] in keep]}
+    small_gt = {
+        **gt,
+        "images": [i for i in gt["images"] if i["id"] in keep],
+        "annotations": [a for a in gt["annotations"] if a["image_id"] in keep],
+    }
     coarse = [e for e in load_json(coarse_path) if e["image_id"] in keep]
     gt_out, coarse_out = tmp / f"{coarse_path.stem}.gt.json", tmp / f"{coarse_path.stem}.coarse.json"
     write_json_atomic(gt_out, small_gt)
@@ -128,7 +138,10 @@ def refine_file(refiner: Refiner, gt_path: Path, images: Path, coarse_path: Path
     def items() -> Iterator[tuple[np.ndarray, np.ndarray]]:
         for image_id, idx in groups.items():
             img = info[image_id]
-            yield read_image(images / img["file_name"]), entries_to_masks([entries[k] for k in idx], img["height"], img["width"])
+            yield (
+                read_image(images / img["file_name"]),
+                entries_to_masks([entries[k] for k in idx], img["height"], img["width"]),
+            )
 
     counted = ("fallbacks", "small", "patches", "gated", "early_gated")
     before = {name: getattr(refiner.stats, name) for name in counted}
@@ -148,10 +161,15 @@ def score(gt_path: Path, coarse: Path, refined: Path) -> dict[str, Any]:
     ev = evaluate(gt_path, [coarse, refined], names=["coarse", "refined"])
     b, a = ev.summaries
     row: dict[str, Any] = {"single": ev.single_instance}
-    for key, getter in (("AP", lambda s: s.mask_ap["AP"]), ("bAP", lambda s: s.boundary_ap["AP"]),
-                        ("AP_S", lambda s: s.mask_ap["APs"]), ("AP_M", lambda s: s.mask_ap["APm"]),
-                        ("AP_L", lambda s: s.mask_ap["APl"]), ("bAP_L", lambda s: s.boundary_ap["APl"]),
-                        ("bAP_S", lambda s: s.boundary_ap["APs"])):
+    for key, getter in (
+        ("AP", lambda s: s.mask_ap["AP"]),
+        ("bAP", lambda s: s.boundary_ap["AP"]),
+        ("AP_S", lambda s: s.mask_ap["APs"]),
+        ("AP_M", lambda s: s.mask_ap["APm"]),
+        ("AP_L", lambda s: s.mask_ap["APl"]),
+        ("bAP_L", lambda s: s.boundary_ap["APl"]),
+        ("bAP_S", lambda s: s.boundary_ap["APs"]),
+    ):
         row[key] = [getter(b), getter(a)]
     if ev.single_instance:
         row["J"], row["F"] = [b.single.j, a.single.j], [b.single.f, a.single.f]
@@ -201,20 +219,38 @@ def _gated_cell(run: dict[str, Any]) -> str:
 
 
 def print_table(rows: dict[str, dict[str, Any]], file=sys.stdout) -> None:
-    print("| input | mask AP | boundary AP | AP_S | AP_M | AP_L | boundary AP_L | J | F | worse >1pt | S / M / L worse | emptied | fallbacks | patches gated | s/image |", file=file)
+    print(
+        "| input | mask AP | boundary AP | AP_S | AP_M | AP_L | boundary AP_L | J | F | worse >1pt | S / M / L "
+        "worse | emptied | fallbacks | patches gated | s/image |",
+        file=file,
+    )
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | ---: | --- | ---: | ---: | ---: | ---: |", file=file)
     for name, r in rows.items():
-        def pair(key: str) -> str:
+
+        def pair(key: str, r: dict[str, Any] = r) -> str:
             before, after = r[key]
             if before is None or after is None or before < 0:
                 return "-"
             return f"{_pct(before)} -> {_pct(after)}"
+
         multi = not r["single"]
         size_worse = " / ".join(_pct(r[f"worse_{label}"]) for label, _, _ in SIZES)
-        cells = [pair("AP") if multi else "-", pair("bAP") if multi else "-", pair("AP_S") if multi else "-",
-                 pair("AP_M") if multi else "-", pair("AP_L") if multi else "-", pair("bAP_L") if multi else "-",
-                 pair("J"), pair("F"), f"{100 * r['worse']:.1f}%", size_worse, str(r["emptied"]),
-                 str(r["run"]["fallbacks"]), _gated_cell(r["run"]), f"{r['run']['seconds'] / max(1, r['run']['images']):.2f}"]
+        cells = [
+            pair("AP") if multi else "-",
+            pair("bAP") if multi else "-",
+            pair("AP_S") if multi else "-",
+            pair("AP_M") if multi else "-",
+            pair("AP_L") if multi else "-",
+            pair("bAP_L") if multi else "-",
+            pair("J"),
+            pair("F"),
+            f"{100 * r['worse']:.1f}%",
+            size_worse,
+            str(r["emptied"]),
+            str(r["run"]["fallbacks"]),
+            _gated_cell(r["run"]),
+            f"{r['run']['seconds'] / max(1, r['run']['images']):.2f}",
+        ]
         print(f"| {name} | " + " | ".join(cells) + " |", file=file)
 
 
@@ -232,7 +268,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     args.cache.mkdir(parents=True, exist_ok=True)
     refiner = Refiner.from_checkpoint(
-        args.checkpoint, precision=args.precision, backend=args.backend,
+        args.checkpoint,
+        precision=args.precision,
+        backend=args.backend,
         **{name: getattr(args, name) for name in option_infos()},
     )
     rows: dict[str, dict[str, Any]] = {}
@@ -249,8 +287,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"checkpoint {refiner.checkpoint}; {refiner.backend} backend, {refiner.precision}; {o}\n")
     print_table(rows)
     if args.json:
-        write_json_atomic(args.json, {"checkpoint": refiner.checkpoint, "backend": refiner.backend,
-                                      "precision": refiner.precision, "options": o.__dict__, "rows": rows})
+        write_json_atomic(
+            args.json,
+            {
+                "checkpoint": refiner.checkpoint,
+                "backend": refiner.backend,
+                "precision": refiner.precision,
+                "options": o.__dict__,
+                "rows": rows,
+            },
+        )
     return 0
 
 

@@ -59,7 +59,9 @@ def profile(refiner: Refiner, data: Path, predictor: str) -> dict[str, np.ndarra
         hit_after += np.bincount(which, weights=after, minlength=n)
         to_gt = _distance_to(gb)
         coarse_false, refined_false = cb & (to_gt > tol), rb & (to_gt > tol)
-        kept = refined_false & (_distance_to(coarse_false) <= tol) if coarse_false.any() else np.zeros_like(refined_false)
+        kept = (
+            refined_false & (_distance_to(coarse_false) <= tol) if coarse_false.any() else np.zeros_like(refined_false)
+        )
         precision += [cb.sum(), coarse_false.sum(), rb.sum(), refined_false.sum(), kept.sum()]
     return {"total": total, "before": hit_before, "after": hit_after, "precision": precision}
 
@@ -79,13 +81,21 @@ def main() -> None:
         for k in range(len(BINS) - 1):
             label = f"{BINS[k]:g}-{BINS[k + 1]:g}" if np.isfinite(BINS[k + 1]) else f"> {BINS[k]:g}"
             t = max(r["total"][k], 1)
-            print(f"| {pred} | {label} | {100 * r['total'][k] / r['total'].sum():.1f}% | "
-                  f"{100 * r['before'][k] / t:.1f}% | {100 * r['after'][k] / t:.1f}% |")
-    print("\n| predictor | contour px before | false before | contour px after | false after | false after, at a false coarse contour |")
+            print(
+                f"| {pred} | {label} | {100 * r['total'][k] / r['total'].sum():.1f}% | "
+                f"{100 * r['before'][k] / t:.1f}% | {100 * r['after'][k] / t:.1f}% |"
+            )
+    print(
+        "\n| predictor | contour px before | false before | contour px after | false after | false after, at a "
+        "false coarse contour |"
+    )
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for pred, r in results.items():
         cb, cf, rb, rf, kept = r["precision"]
-        print(f"| {pred} | {cb:.0f} | {100 * cf / max(cb, 1):.1f}% | {rb:.0f} | {100 * rf / max(rb, 1):.1f}% | {100 * kept / max(rf, 1):.1f}% |")
+        print(
+            f"| {pred} | {cb:.0f} | {100 * cf / max(cb, 1):.1f}% | {rb:.0f} | {100 * rf / max(rb, 1):.1f}% | "
+            f"{100 * kept / max(rf, 1):.1f}% |"
+        )
 
 
 if __name__ == "__main__":

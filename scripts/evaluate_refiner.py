@@ -29,34 +29,65 @@ def main() -> None:
     p.add_argument("--nms", type=float, nargs="+", default=[0.25])
     p.add_argument("--data", type=Path, default=DATA)
     p.add_argument("--json", type=Path)
-    p.add_argument("--extra", action="append", default=[],
-                   help="one more bpr-refine flag per use, e.g. --extra=--iterations=2 --extra=--no-flip-tta")
+    p.add_argument(
+        "--extra",
+        action="append",
+        default=[],
+        help="one more bpr-refine flag per use, e.g. --extra=--iterations=2 --extra=--no-flip-tta",
+    )
     args = p.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for pred in args.predictors:
             for nms in args.nms:
                 out = Path(tmp) / f"{pred}.nms{nms}.json"
-                code = refine_main([str(args.data / f"{pred}.json"), "--images", str(args.data / "images"),
-                                    "--image-info", str(args.data / "gt.json"), "--checkpoint", str(args.checkpoint),
-                                    "--nms-iou", str(nms), "--out", str(out), "--quiet", *args.extra])
+                code = refine_main(
+                    [
+                        str(args.data / f"{pred}.json"),
+                        "--images",
+                        str(args.data / "images"),
+                        "--image-info",
+                        str(args.data / "gt.json"),
+                        "--checkpoint",
+                        str(args.checkpoint),
+                        "--nms-iou",
+                        str(nms),
+                        "--out",
+                        str(out),
+                        "--quiet",
+                        *args.extra,
+                    ]
+                )
                 if code:
                     raise SystemExit(code)
                 ev = evaluate(args.data / "gt.json", [args.data / f"{pred}.json", out], names=[pred, "refined"])
                 before, after = ev.summaries
-                rows.append({
-                    "predictor": pred, "nms": nms,
-                    "J": [before.single.j, after.single.j], "F": [before.single.f, after.single.f],
-                    "AF": [before.af, after.af], "mask_AP": [before.mask_ap["AP"], after.mask_ap["AP"]],
-                    "boundary_AP": [before.boundary_ap["AP"], after.boundary_ap["AP"]],
-                    "improved": after.vs_baseline.improved, "worse_by_1pt": after.vs_baseline.worse_by_1pt,
-                })
+                rows.append(
+                    {
+                        "predictor": pred,
+                        "nms": nms,
+                        "J": [before.single.j, after.single.j],
+                        "F": [before.single.f, after.single.f],
+                        "AF": [before.af, after.af],
+                        "mask_AP": [before.mask_ap["AP"], after.mask_ap["AP"]],
+                        "boundary_AP": [before.boundary_ap["AP"], after.boundary_ap["AP"]],
+                        "improved": after.vs_baseline.improved,
+                        "worse_by_1pt": after.vs_baseline.worse_by_1pt,
+                    }
+                )
     print(f"checkpoint: {args.checkpoint}\n")
-    print("| predictor | NMS | J before | J after | F before | F after | AF before | AF after | mask AP before | after | boundary AP before | after | frames improved | worse by >1 pt |")
+    print(
+        "| predictor | NMS | J before | J after | F before | F after | AF before | AF after | mask AP before | "
+        "after | boundary AP before | after | frames improved | worse by >1 pt |"
+    )
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
         cells = [f"{100 * v:.2f}" for k in ("J", "F", "AF", "mask_AP", "boundary_AP") for v in r[k]]
-        print(f"| {r['predictor']} | {r['nms']} | " + " | ".join(cells) + f" | {100 * r['improved']:.1f}% | {100 * r['worse_by_1pt']:.1f}% |")
+        print(
+            f"| {r['predictor']} | {r['nms']} | "
+            + " | ".join(cells)
+            + f" | {100 * r['improved']:.1f}% | {100 * r['worse_by_1pt']:.1f}% |"
+        )
     if args.json:
         args.json.write_text(json.dumps({"checkpoint": str(args.checkpoint), "rows": rows}, indent=2))
 

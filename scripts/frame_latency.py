@@ -41,8 +41,10 @@ def main() -> None:
         start = time.perf_counter()
         list(refiner.refine_many(items))
         ms = 1000 * (time.perf_counter() - start) / len(items)
-        print(f"{checkpoint}: {ms:.0f} ms per frame ({len(items)} OSVOS frames, {args.threads} threads, "
-              f"flip TTA {refiner.options.flip_tta}, {refiner.options.iterations} passes)")
+        print(
+            f"{checkpoint}: {ms:.0f} ms per frame ({len(items)} OSVOS frames, {args.threads} threads, "
+            f"flip TTA {refiner.options.flip_tta}, {refiner.options.iterations} passes)"
+        )
 
 
 if __name__ == "__main__":

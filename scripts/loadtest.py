@@ -222,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"{report['clients']:>3} clients  {report['requests']} requests in {report['seconds']} s  "
         f"statuses {report['statuses']}\n"
-        f"    {report['requests_per_s']} req/s  {report['instances_per_s']} instances/s  {report['patches_per_s']} patches/s  "
+        f"    {report['requests_per_s']} req/s  {report['instances_per_s']} instances/s  "
+        f"{report['patches_per_s']} patches/s  "
         f"batch {report['mean_batch_patches']} patches / {report['mean_requests_per_batch']} requests\n"
         f"    latency p50 {lat['p50']} ms  p95 {lat['p95']} ms  p99 {lat['p99']} ms  max {lat['max']} ms"
     )

@@ -76,13 +76,15 @@ def neighbour_results(dataset: dict, reach: int) -> list[dict]:
                     continue
                 dy, dx = np.round(_centroid(target) - _centroid(source)).astype(int)
                 coarse = _shift(source, int(dy), int(dx))
-                entries.append({
-                    "image_id": image_id,
-                    "category_id": category[image_id],
-                    "segmentation": encode_mask(coarse),
-                    "bbox": mask_to_bbox(coarse),
-                    "score": 1.0,
-                })
+                entries.append(
+                    {
+                        "image_id": image_id,
+                        "category_id": category[image_id],
+                        "segmentation": encode_mask(coarse),
+                        "bbox": mask_to_bbox(coarse),
+                        "score": 1.0,
+                    }
+                )
     return entries
 
 

@@ -4,7 +4,8 @@ the inference it recommends (every RefineOptions field marked ``recommended`` ha
 one not given is left to the library's default), and the evaluation numbers in its meta.
 
     python scripts/package_model.py work/runs/default/model.pt bpr/models/bpr_default.pt --flip-tta \
-        [--iterations 1] [--fallback-iou 0.5] [--min-area 1024] [--change-margin 0.2] [--eval models/bpr_default.eval.json]
+        [--iterations 1] [--fallback-iou 0.5] [--min-area 1024] [--change-margin 0.2] \
+        [--eval models/bpr_default.eval.json]
 """
 
 from __future__ import annotations
@@ -29,13 +30,20 @@ def main() -> None:
             flag = "--" + name.replace("_", "-")
             kind = {"action": argparse.BooleanOptionalAction} if types[name] is bool else {"type": types[name]}
             p.add_argument(flag, default=None, help=f"recommend: {info.help}", **kind)
-    p.add_argument("--gate-threshold", type=float, default=0.0,
-                   help="accept a patch only where the quality gate's logit is above this: folded into the gate's "
-                   "bias (the threshold is chosen on every dev input at once, scripts/dev_table.py)")
-    p.add_argument("--gate-early-reject", type=float,
-                   help="with flip TTA, patches the gate rejects on the plain forward by more than this many logits "
-                   "skip their mirrored forward (measured on the dev inputs: work out how many rejections the TTA "
-                   "average would have overturned at each margin)")
+    p.add_argument(
+        "--gate-threshold",
+        type=float,
+        default=0.0,
+        help="accept a patch only where the quality gate's logit is above this: folded into the gate's "
+        "bias (the threshold is chosen on every dev input at once, scripts/dev_table.py)",
+    )
+    p.add_argument(
+        "--gate-early-reject",
+        type=float,
+        help="with flip TTA, patches the gate rejects on the plain forward by more than this many logits "
+        "skip their mirrored forward (measured on the dev inputs: work out how many rejections the TTA "
+        "average would have overturned at each margin)",
+    )
     p.add_argument("--eval", type=Path, help="evaluation json (scripts/evaluate_refiner.py --json) to embed")
     args = p.parse_args()
     net = load_refiner(args.src)

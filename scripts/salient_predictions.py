@@ -67,8 +67,9 @@ def main() -> int:
     for record in load_image_records(args.dataset / "gt.json"):
         mask = predict(session, read_image(args.dataset / "images" / record["file_name"]))
         if mask.any():
-            results.append({"image_id": record["id"], "category_id": 1, "score": 1.0,
-                            "segmentation": encode_mask(mask)})
+            results.append(
+                {"image_id": record["id"], "category_id": 1, "score": 1.0, "segmentation": encode_mask(mask)}
+            )
     with atomic_path(args.out) as tmp:
         tmp.write_text(json.dumps(results))
     print(f"{len(results)} predictions -> {args.out}", file=sys.stderr)

@@ -62,7 +62,9 @@ def load_batch(data: PatchSet, idx: np.ndarray, rng: np.random.Generator, flip: 
     coarse = torch.from_numpy(coarse)[:, None].float()
     target = torch.from_numpy(target)
     if flip:
-        images, coarse, target = random_flip(images, coarse, target, torch.Generator().manual_seed(int(rng.integers(2**62))))
+        images, coarse, target = random_flip(
+            images, coarse, target, torch.Generator().manual_seed(int(rng.integers(2**62)))
+        )
     return images, coarse, target
 
 
@@ -89,8 +91,13 @@ def evaluate(net: RefinerNet, data: PatchSet, idx: np.ndarray, args: argparse.Na
         broken_kept += float(stake[accept].clamp(max=0).sum())
         kept += int(accept.sum())
     net.gate.train()
-    return {"val_fixed_alone": alone, "val_fixed_gated": gated, "val_fixed_oracle": oracle,
-            "val_broken_kept": broken_kept, "val_kept_share": kept / max(1, len(idx))}
+    return {
+        "val_fixed_alone": alone,
+        "val_fixed_gated": gated,
+        "val_fixed_oracle": oracle,
+        "val_broken_kept": broken_kept,
+        "val_kept_share": kept / max(1, len(idx)),
+    }
 
 
 def main() -> int:
@@ -103,11 +110,18 @@ def main() -> int:
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--flip-tta", action="store_true", help="score the change as flip-TTA inference makes it")
     p.add_argument("--change-margin", type=float, default=0.0, help="score the change with this margin applied")
-    p.add_argument("--harm-weight", type=float, default=1.0,
-                   help="weight of a pixel broken relative to a pixel fixed (> 1: do-no-harm first)")
-    p.add_argument("--held-out", action="store_true",
-                   help="train on the patch sets' held-out images only (the refiner never saw them): patches of "
-                   "even-numbered held-out images train the gate, odd-numbered ones score it")
+    p.add_argument(
+        "--harm-weight",
+        type=float,
+        default=1.0,
+        help="weight of a pixel broken relative to a pixel fixed (> 1: do-no-harm first)",
+    )
+    p.add_argument(
+        "--held-out",
+        action="store_true",
+        help="train on the patch sets' held-out images only (the refiner never saw them): patches of "
+        "even-numbered held-out images train the gate, odd-numbered ones score it",
+    )
     p.add_argument("--eval-every", type=int, default=200)
     p.add_argument("--eval-patches", type=int, default=4000)
     p.add_argument("--threads", type=int, default=0)
@@ -135,8 +149,18 @@ def main() -> int:
         val_idx = val_idx[np.sort(rng.choice(len(val_idx), args.eval_patches, replace=False))]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     log_path = args.out.with_suffix(".log.csv")
-    fields = ["step", "loss", "lr", "patches_per_s", "val_fixed_alone", "val_fixed_gated", "val_fixed_oracle",
-              "val_broken_kept", "val_kept_share", "seconds"]
+    fields = [
+        "step",
+        "loss",
+        "lr",
+        "patches_per_s",
+        "val_fixed_alone",
+        "val_fixed_gated",
+        "val_fixed_oracle",
+        "val_broken_kept",
+        "val_kept_share",
+        "seconds",
+    ]
     t_start = time.perf_counter()
     with open(log_path, "w", newline="") as f:
         log = csv.DictWriter(f, fieldnames=fields)
@@ -162,10 +186,18 @@ def main() -> int:
             opt.step()
             running += loss.item()
             if step % args.eval_every == 0 or step == args.steps:
-                row = {"step": step, "loss": f"{running / args.eval_every:.5f}", "lr": f"{lr:.6f}",
-                       "patches_per_s": f"{args.eval_every * args.batch_size / (time.perf_counter() - t0):.1f}"}
-                row.update({k: f"{v:.4f}" if k == "val_kept_share" else f"{v:.0f}"
-                            for k, v in evaluate(net, data, val_idx, args).items()})
+                row = {
+                    "step": step,
+                    "loss": f"{running / args.eval_every:.5f}",
+                    "lr": f"{lr:.6f}",
+                    "patches_per_s": f"{args.eval_every * args.batch_size / (time.perf_counter() - t0):.1f}",
+                }
+                row.update(
+                    {
+                        k: f"{v:.4f}" if k == "val_kept_share" else f"{v:.0f}"
+                        for k, v in evaluate(net, data, val_idx, args).items()
+                    }
+                )
                 row["seconds"] = f"{time.perf_counter() - t_start:.1f}"
                 log.writerow(row)
                 f.flush()
@@ -173,9 +205,14 @@ def main() -> int:
                 running = 0.0
                 t0 = time.perf_counter()
     meta = torch.load(args.checkpoint, map_location="cpu", weights_only=True).get("meta", {})
-    meta["gate_training"] = {"from": str(args.checkpoint), "patches": args.patches, "steps": args.steps,
-                             "flip_tta": args.flip_tta, "change_margin": args.change_margin,
-                             "harm_weight": args.harm_weight}
+    meta["gate_training"] = {
+        "from": str(args.checkpoint),
+        "patches": args.patches,
+        "steps": args.steps,
+        "flip_tta": args.flip_tta,
+        "change_margin": args.change_margin,
+        "harm_weight": args.harm_weight,
+    }
     net.eval()
     save_refiner(net, args.out, meta=meta, half=False)
     print(f"train_gate: {args.steps} steps in {time.perf_counter() - t_start:.0f} s -> {args.out}", file=sys.stderr)

@@ -63,7 +63,11 @@ def create_app(
             torch.set_num_threads(settings.torch_threads)
         model = refiner or build_refiner(settings)
         engine = RefineEngine(
-            model, state.metrics, settings.cpu_workers, settings.max_wait_ms, settings.max_queued_patches,
+            model,
+            state.metrics,
+            settings.cpu_workers,
+            settings.max_wait_ms,
+            settings.max_queued_patches,
             settings.request_patch_budget(str(model.device)),
         )
         net = model.net.config

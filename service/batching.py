@@ -179,7 +179,11 @@ class Batcher:
         """Is a batch due: full, or its oldest patch waited max_wait, or draining for shutdown?"""
         if not feed:
             return False
-        return feed.queued >= feed.batch_size or self._stopping or time.monotonic() >= tickets[0].enqueued + self.max_wait_s
+        return (
+            feed.queued >= feed.batch_size
+            or self._stopping
+            or time.monotonic() >= tickets[0].enqueued + self.max_wait_s
+        )
 
     def _drop_cancelled(self, feed: PatchFeed, tickets: deque[_Ticket]) -> deque[_Ticket]:
         """Remove jobs whose requests gave up (timeout): their patches never reach the network."""

@@ -63,8 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--mmdet-config", type=Path, help="mmdet detector: config file (BPR_MMDET_CONFIG)")
     p.add_argument("--mmdet-checkpoint", type=Path, help="mmdet detector: weights (BPR_MMDET_CHECKPOINT)")
-    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
-                   help="server and access log verbosity (default info)")
+    p.add_argument(
+        "--log-level",
+        default="info",
+        choices=["critical", "error", "warning", "info", "debug"],
+        help="server and access log verbosity (default info)",
+    )
     return p
 
 

@@ -80,7 +80,9 @@ class RequestDeadline:
             raise ServiceError(499, "client_closed", "the client closed the connection before the answer")
         self.metrics.cancelled.inc("timeout")
         raise ServiceError(
-            503, "timeout", f"the request took longer than {self.seconds:g} s (BPR_REQUEST_TIMEOUT_S)",
+            503,
+            "timeout",
+            f"the request took longer than {self.seconds:g} s (BPR_REQUEST_TIMEOUT_S)",
             {"Retry-After": "1"},
         )
 

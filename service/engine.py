@@ -113,7 +113,9 @@ class RefineEngine:
         queue_limit = self.batcher.max_queued_patches
         per_pass = queue_limit
         if self.max_request_patches is not None:
-            per_pass = min(queue_limit, self.max_request_patches // (options.iterations * (2 if options.flip_tta else 1)))
+            per_pass = min(
+                queue_limit, self.max_request_patches // (options.iterations * (2 if options.flip_tta else 1))
+            )
         try:
             return await self._refine(image, masks, options, per_pass)
         except TooManyPatches as exc:

@@ -239,7 +239,8 @@ def id_map_to_masks(
                 raise ServiceError(
                     422,
                     "invalid_instances",
-                    f"instances: an instance-id PNG must have one channel (8-bit, 16-bit or palette), got mode {im.mode}",
+                    "instances: an instance-id PNG must have one channel (8-bit, 16-bit or palette), got mode "
+                    f"{im.mode}",
                 )
             ids_map = np.asarray(im)
     except ServiceError:

@@ -40,7 +40,7 @@ def _num(v: float) -> str:
 class _Metric:
     kind = ""
 
-    def __init__(self, registry: "Registry", name: str, help: str, labels: Sequence[str] = ()) -> None:
+    def __init__(self, registry: Registry, name: str, help: str, labels: Sequence[str] = ()) -> None:
         self.name, self.help, self.label_names = name, help, tuple(labels)
         self._lock = registry.lock
         registry.metrics.append(self)

@@ -104,7 +104,9 @@ class GuardMiddleware:
         self.state.metrics.rejected.inc("queue_full")
         engine = self.state.engine
         retry = str(engine.batcher.retry_after() if engine else 1)
-        detail = f"busy: {self.state.in_flight} requests in flight (BPR_MAX_QUEUE={settings.max_queue}); retry in {retry} s"
+        detail = (
+            f"busy: {self.state.in_flight} requests in flight (BPR_MAX_QUEUE={settings.max_queue}); retry in {retry} s"
+        )
         return error_response(429, "queue_full", detail, {"Retry-After": retry})
 
     async def _upload(self, scope: Scope, receive: Receive, send: Send) -> deque[Message] | None:
@@ -115,7 +117,10 @@ class GuardMiddleware:
         settings, metrics = self.state.settings, self.state.metrics
         if self.state.uploading >= settings.max_uploads:
             metrics.rejected.inc("uploads_full")
-            detail = f"busy: {self.state.uploading} uploads in progress (BPR_MAX_UPLOADS={settings.max_uploads}); retry in 1 s"
+            detail = (
+                f"busy: {self.state.uploading} uploads in progress "
+                f"(BPR_MAX_UPLOADS={settings.max_uploads}); retry in 1 s"
+            )
             await error_response(429, "uploads_full", detail, {"Retry-After": "1"})(scope, receive, send)
             return None
         self.state.uploading += 1

@@ -18,8 +18,10 @@ def setting_fields() -> dict[str, Any]:
     fields = {}
     for name, info in option_infos().items():
         source = "the checkpoint's recommendation, else the library's" if info.recommended else "the library's"
-        fields[name] = (option_types()[name] | None,
-                        Field(None, **info.bounds(), description=f"{info.help}; default: {source}"))
+        fields[name] = (
+            option_types()[name] | None,
+            Field(None, **info.bounds(), description=f"{info.help}; default: {source}"),
+        )
     return fields
 
 
@@ -32,8 +34,10 @@ def query_fields() -> dict[str, Any]:
         bounds = info.bounds()
         if info.request_le is not None:
             bounds = {k: v for k, v in bounds.items() if k not in ("le", "lt")} | {"le": info.request_le}
-        fields[name] = (option_types()[name] | None,
-                        Field(None, **bounds, description=f"{info.help}; default: the server's (BPR_{name.upper()})"))
+        fields[name] = (
+            option_types()[name] | None,
+            Field(None, **bounds, description=f"{info.help}; default: the server's (BPR_{name.upper()})"),
+        )
     return fields
 
 
@@ -55,6 +59,8 @@ if TYPE_CHECKING:  # the checker sees plain classes; the fields exist at run tim
 else:
     OptionSettings = create_model("OptionSettings", __base__=BaseSettings, **setting_fields())
     RefineQuery = create_model(
-        "RefineQuery", __base__=_QueryBase, __doc__="Per-request refinement settings (query parameters of /refine "
-        "and /segment); None = the server's.", **query_fields(),
+        "RefineQuery",
+        __base__=_QueryBase,
+        __doc__="Per-request refinement settings (query parameters of /refine and /segment); None = the server's.",
+        **query_fields(),
     )

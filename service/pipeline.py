@@ -103,7 +103,11 @@ class RefinePipeline:
         self.min_score = min_score  # /segment's default score threshold (BPR_MIN_SCORE)
 
     async def refine(
-        self, image: bytes, instances: bytes, query: BaseModel, output: OutputFormat = "json",
+        self,
+        image: bytes,
+        instances: bytes,
+        query: BaseModel,
+        output: OutputFormat = "json",
         include_coarse: bool = False,
     ) -> Answer:
         """An encoded image and its instances (JSON or instance-id PNG, as uploaded) -> the
@@ -123,7 +127,11 @@ class RefinePipeline:
         return Answer(body, media_type, len(refined.masks), refined.patches, refined.passes, stages.seconds)
 
     async def segment(
-        self, image: bytes, filename: str | None, query: BaseModel, include_coarse: bool = False,
+        self,
+        image: bytes,
+        filename: str | None,
+        query: BaseModel,
+        include_coarse: bool = False,
         min_score: float | None = None,
     ) -> Answer:
         """An encoded image -> the detector's instances, refined, as JSON. At most as many

@@ -37,11 +37,13 @@ class Settings(OptionSettings):
     checkpoint: Path | None = Field(None, description="refiner checkpoint; None = the bundled default model")
     device: str = Field("cpu", description="cpu, cuda or cuda:N")
     precision: Literal["auto", "fp32", "bf16", "fp16", "int8"] = Field(
-        "auto", description="network precision: auto = fp16 on CUDA, bf16 with OpenVINO on CPUs with native bf16, "
-        "else fp32; int8 = the exported graph statically quantized (openvino / onnxruntime backends)"
+        "auto",
+        description="network precision: auto = fp16 on CUDA, bf16 with OpenVINO on CPUs with native bf16, "
+        "else fp32; int8 = the exported graph statically quantized (openvino / onnxruntime backends)",
     )
     backend: Literal["auto", "torch", "openvino", "onnxruntime"] = Field(
-        "auto", description="what runs the network: auto = OpenVINO, else ONNX Runtime, else torch on a CPU; torch on CUDA"
+        "auto",
+        description="what runs the network: auto = OpenVINO, else ONNX Runtime, else torch on a CPU; torch on CUDA",
     )
     patch_size: int | None = Field(None, ge=4, description="override the checkpoint's patch size (image pixels)")
     input_size: int | None = Field(None, ge=8, description="override the checkpoint's network input size")
@@ -52,12 +54,14 @@ class Settings(OptionSettings):
     max_wait_ms: float = Field(5.0, ge=0.0, description="how long a partly filled batch waits for more patches")
     max_queue: int = Field(32, ge=0, description="requests admitted to /refine and /segment at once; more get 429")
     max_queued_patches: int = Field(
-        8192, ge=1,
+        8192,
+        ge=1,
         description="patches waiting for the network: a request that would exceed it gets 429, one whose pass alone "
         "needs more gets 422 before any patch is cut (bounds memory per request)",
     )
     max_request_patches: int | None = Field(
-        None, ge=1,
+        None,
+        ge=1,
         description="cost budget of one request, in network patch forwards: patches per pass x passes x 2 with "
         "flip_tta; over it, 422 over_budget before any patch is queued. None = 4096 on CPU, 65536 on a GPU; keep it "
         "under the timeout times the measured speed (bpr_patches_total per second)",
@@ -76,7 +80,8 @@ class Settings(OptionSettings):
     # --- limits on client input ---------------------------------------------------------
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1, description="largest request body, in bytes (413 above)")
     max_uploads: int = Field(
-        64, ge=1,
+        64,
+        ge=1,
         description="/refine and /segment bodies read at once, before a request slot is taken; more get 429 "
         "(bounds their memory at max_uploads x max_upload_bytes)",
     )
@@ -86,8 +91,10 @@ class Settings(OptionSettings):
     upload_grace_s: float = Field(5.0, ge=0.0, description="seconds a body may take before the rate rule applies")
     upload_timeout_s: float = Field(60.0, gt=0.0, description="the whole body must arrive within this, else 408")
     max_pixels: int = Field(
-        DEFAULT_MAX_PIXELS, ge=1,
-        description="largest image, in pixels, any format: read from the header before decoding; bpr-refine reads the same variable",
+        DEFAULT_MAX_PIXELS,
+        ge=1,
+        description="largest image, in pixels, any format: read from the header before decoding; bpr-refine "
+        "reads the same variable",
     )
     max_instances: int = Field(256, ge=1, description="most instances in one request")
     max_mask_pixels: int = Field(
@@ -130,8 +137,13 @@ class Settings(OptionSettings):
     def refiner_spec(self) -> RefinerSpec:
         """The Refiner these settings describe (the same builder as bpr-refine's flags)."""
         return RefinerSpec(
-            checkpoint=self.checkpoint, device=self.device, precision=self.precision, backend=self.backend,
-            batch_size=self.max_batch_size, patch_size=self.patch_size, input_size=self.input_size,
+            checkpoint=self.checkpoint,
+            device=self.device,
+            precision=self.precision,
+            backend=self.backend,
+            batch_size=self.max_batch_size,
+            patch_size=self.patch_size,
+            input_size=self.input_size,
             options={name: getattr(self, name) for name in option_infos()},
         )
 
@@ -142,7 +154,7 @@ class Settings(OptionSettings):
         return None if value == "" else value
 
     @model_validator(mode="after")
-    def _detector_needs_its_settings(self) -> "Settings":
+    def _detector_needs_its_settings(self) -> Settings:
         """Fail at startup, naming the missing variable, rather than on the first /segment."""
         needed = {
             "http": ["detector_url"],

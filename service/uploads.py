@@ -35,7 +35,7 @@ class UploadRule:
     timeout_s: float
 
     @classmethod
-    def of(cls, settings: Settings) -> "UploadRule":
+    def of(cls, settings: Settings) -> UploadRule:
         return cls(settings.min_upload_bytes_per_s, settings.upload_grace_s, settings.upload_timeout_s)
 
     def deadline(self, start: float, received: int) -> float:
@@ -61,9 +61,9 @@ async def read_body(receive: Receive, limit: int, rule: UploadRule) -> deque[Mes
         remaining = rule.deadline(start, received) - time.monotonic()
         try:
             if remaining <= 0:
-                raise asyncio.TimeoutError
+                raise TimeoutError
             message = await asyncio.wait_for(receive(), remaining)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise UploadTooSlow(rule.message(received, time.monotonic() - start)) from None
         if message["type"] == "http.disconnect":
             return None

@@ -17,8 +17,15 @@ def tiff_claiming(width: int, height: int) -> bytes:
     """A one-strip deflate TIFF (8-bit grey) that claims width x height: ~1 KB on disk."""
     strip = zlib.compress(b"\0" * 4096)
     entries = [  # (tag, type, count, value); type 3 = SHORT, 4 = LONG
-        (256, 4, 1, width), (257, 4, 1, height), (258, 3, 1, 8), (259, 3, 1, 8), (262, 3, 1, 1),
-        (273, 4, 1, 0), (277, 3, 1, 1), (278, 4, 1, height), (279, 4, 1, len(strip)),
+        (256, 4, 1, width),
+        (257, 4, 1, height),
+        (258, 3, 1, 8),
+        (259, 3, 1, 8),
+        (262, 3, 1, 1),
+        (273, 4, 1, 0),
+        (277, 3, 1, 1),
+        (278, 4, 1, height),
+        (279, 4, 1, len(strip)),
     ]
     ifd_size = 2 + 12 * len(entries) + 4
     strip_offset = 8 + ifd_size

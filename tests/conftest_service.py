@@ -21,10 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from conftest import make_checkpoint  # noqa: F401  (re-exported for the service tests)
-import torch
 import uvicorn
+from conftest import make_checkpoint  # noqa: F401  (re-exported for the service tests)
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("BPR_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -48,7 +46,7 @@ class LiveServer:
         self.thread = threading.Thread(target=self.server.run, name="test-uvicorn", daemon=True)
         self.url = ""
 
-    def __enter__(self) -> "LiveServer":
+    def __enter__(self) -> LiveServer:
         self.thread.start()
         deadline = time.monotonic() + 60
         while not self.server.started:
@@ -95,7 +93,7 @@ class ServerProcess:
         self.lines: list[str] = []
         self.url = ""
 
-    def __enter__(self) -> "ServerProcess":
+    def __enter__(self) -> ServerProcess:
         deadline = time.monotonic() + 90
         assert self.proc.stdout is not None
         while time.monotonic() < deadline:

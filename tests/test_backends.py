@@ -42,8 +42,9 @@ def real_patches(data_dir, count=4):
     images, masks = [], []
     for key in list(entries)[:count]:
         im = info[key]
-        job = cutter.start_numpy(read_image(root / "images" / im["file_name"]),
-                                 entries_to_masks(entries[key], im["height"], im["width"])).advance()
+        job = cutter.start_numpy(
+            read_image(root / "images" / im["file_name"]), entries_to_masks(entries[key], im["height"], im["width"])
+        ).advance()
         images.append(job.image_patches)
         masks.append(job.mask_patches)
     return torch.cat(images), torch.cat(masks)
@@ -62,8 +63,11 @@ def test_the_exported_default_model_gives_the_torch_probabilities_on_real_patche
     assert ((got > 0.5) != (expected > 0.5)).float().mean() < 1e-5
 
 
-@pytest.mark.parametrize("config", [RefinerConfig(arch="effl0", input_size=64), RefinerConfig(arch="hr18s", input_size=128)],
-                         ids=["effl0-64", "hr18s-128-resized"])
+@pytest.mark.parametrize(
+    "config",
+    [RefinerConfig(arch="effl0", input_size=64), RefinerConfig(arch="hr18s", input_size=128)],
+    ids=["effl0-64", "hr18s-128-resized"],
+)
 def test_every_architecture_and_a_resizing_input_exports(config, data_dir):
     """The BPR reference runs 64 px patches at input 128: the resizes live inside the graph."""
     torch.manual_seed(0)
@@ -97,15 +101,43 @@ def test_bpr_refine_writes_the_same_masks_with_every_backend(tmp_path, data_dir)
     (tmp_path / "in.json").write_text(json.dumps([r for r in results if r["image_id"] in first]))
     info = {i["id"]: i for i in load_json(root / "gt.json")["images"]}
     masks = {}
-    variants = [("torch", "fp32"), ("openvino", "fp32"), ("onnxruntime", "fp32"), ("openvino", "bf16"), ("openvino", "int8")]
+    variants = [
+        ("torch", "fp32"),
+        ("openvino", "fp32"),
+        ("onnxruntime", "fp32"),
+        ("openvino", "bf16"),
+        ("openvino", "int8"),
+    ]
     for backend, precision in variants:
         out = tmp_path / f"{backend}-{precision}.json"
-        assert refine_main([str(tmp_path / "in.json"), "--images", str(root / "images"), "--image-info",
-                            str(root / "gt.json"), "--out", str(out), "--backend", backend, "--precision", precision,
-                            "--quiet", "--threads", "1"]) == 0
+        assert (
+            refine_main(
+                [
+                    str(tmp_path / "in.json"),
+                    "--images",
+                    str(root / "images"),
+                    "--image-info",
+                    str(root / "gt.json"),
+                    "--out",
+                    str(out),
+                    "--backend",
+                    backend,
+                    "--precision",
+                    precision,
+                    "--quiet",
+                    "--threads",
+                    "1",
+                ]
+            )
+            == 0
+        )
         entries = load_json(out)
-        masks[backend, precision] = np.concatenate([
-            entries_to_masks([e], info[e["image_id"]]["height"], info[e["image_id"]]["width"]).ravel() for e in entries])
+        masks[backend, precision] = np.concatenate(
+            [
+                entries_to_masks([e], info[e["image_id"]]["height"], info[e["image_id"]]["width"]).ravel()
+                for e in entries
+            ]
+        )
     reference = masks["torch", "fp32"]
     assert reference.sum() > 100_000
     for (backend, precision), got in masks.items():
@@ -163,7 +195,9 @@ def test_a_graph_that_disagrees_with_torch_is_rebuilt_once_then_refused(monkeypa
     assert load_runtime(net, "openvino", 64, "fp32") is not None
     assert len(opened) == 2
     monkeypatch.setattr(backends, "_open", lambda *a: Wrong())
-    with pytest.raises(ModelNotAvailableError, match=r"disagrees with the torch network by 0\.\d+ \(tolerance 0\.001\)") as err:
+    with pytest.raises(
+        ModelNotAvailableError, match=r"disagrees with the torch network by 0\.\d+ \(tolerance 0\.001\)"
+    ) as err:
         load_runtime(net, "openvino", 64, "fp32")
     assert "\n" not in str(err.value)
 

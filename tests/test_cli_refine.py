@@ -32,11 +32,22 @@ def davis_subset(data_dir, tmp_path):
 
 
 def _args(data_dir, path, ckpt, *extra):
-    return [str(path), "--images", str(data_dir / "davis-dev-real" / "images"),
-            "--image-info", str(data_dir / "davis-dev-real" / "gt.json"), "--checkpoint", str(ckpt), "--quiet", *extra]
+    return [
+        str(path),
+        "--images",
+        str(data_dir / "davis-dev-real" / "images"),
+        "--image-info",
+        str(data_dir / "davis-dev-real" / "gt.json"),
+        "--checkpoint",
+        str(ckpt),
+        "--quiet",
+        *extra,
+    ]
 
 
-def test_refines_a_results_file_keeping_order_scores_categories_and_extra_keys(data_dir, davis_subset, random_checkpoint):
+def test_refines_a_results_file_keeping_order_scores_categories_and_extra_keys(
+    data_dir, davis_subset, random_checkpoint
+):
     path, res = davis_subset
     assert main(_args(data_dir, path, random_checkpoint)) == 0
     out = json.loads(path.with_name("res.refined.json").read_text())
@@ -79,8 +90,24 @@ def test_image_ids_as_file_stems_without_image_info(data_dir, tmp_path, random_c
     (images / "17.jpg").write_bytes(src.read_bytes())
     m = np.zeros((480, 854), bool)
     m[100:300, 200:500] = True
-    (tmp_path / "r.json").write_text(json.dumps([{"image_id": 17, "category_id": 1, "score": 1.0, "segmentation": encode_mask(m)}]))
-    assert main([str(tmp_path / "r.json"), "--images", str(images), "--checkpoint", str(random_checkpoint), "--quiet", "--out", str(tmp_path / "o.json")]) == 0
+    (tmp_path / "r.json").write_text(
+        json.dumps([{"image_id": 17, "category_id": 1, "score": 1.0, "segmentation": encode_mask(m)}])
+    )
+    assert (
+        main(
+            [
+                str(tmp_path / "r.json"),
+                "--images",
+                str(images),
+                "--checkpoint",
+                str(random_checkpoint),
+                "--quiet",
+                "--out",
+                str(tmp_path / "o.json"),
+            ]
+        )
+        == 0
+    )
     assert len(json.loads((tmp_path / "o.json").read_text())) == 1
 
 
@@ -133,8 +160,20 @@ def test_bad_input_gives_one_line_and_no_output(case, message, data_dir, tmp_pat
     else:
         path = _write(tmp_path, {"image_id": 1})
     out = tmp_path / "out.json"
-    code = main([str(path), "--images", str(data_dir / "davis-dev-real" / "images"), "--image-info", str(info),
-                 "--checkpoint", str(random_checkpoint), "--quiet", "--out", str(out)])
+    code = main(
+        [
+            str(path),
+            "--images",
+            str(data_dir / "davis-dev-real" / "images"),
+            "--image-info",
+            str(info),
+            "--checkpoint",
+            str(random_checkpoint),
+            "--quiet",
+            "--out",
+            str(out),
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert err.startswith("bpr-refine: error:") and message in err and "\n" not in err
@@ -150,16 +189,20 @@ def test_refuses_to_overwrite_its_input(data_dir, davis_subset, random_checkpoin
 def test_python_dash_m_bpr_is_the_same_command(data_dir, davis_subset, random_checkpoint, tmp_path):
     path, _ = davis_subset
     out = tmp_path / "m.json"
-    proc = subprocess.run([sys.executable, "-m", "bpr", *_args(data_dir, path, random_checkpoint, "--out", str(out))],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bpr", *_args(data_dir, path, random_checkpoint, "--out", str(out))],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     main(_args(data_dir, path, random_checkpoint, "--out", str(tmp_path / "direct.json")))
     assert json.loads(out.read_text()) == json.loads((tmp_path / "direct.json").read_text())
 
 
 @pytest.mark.parametrize("case", ["read-only folder", "parent is a file", "under /proc", "a directory"])
-def test_an_unwritable_output_is_refused_before_any_work(case, data_dir, davis_subset, random_checkpoint, tmp_path,
-                                                          capsys, monkeypatch):
+def test_an_unwritable_output_is_refused_before_any_work(
+    case, data_dir, davis_subset, random_checkpoint, tmp_path, capsys, monkeypatch
+):
     path, _ = davis_subset
     if case == "read-only folder":
         if hasattr(__import__("os"), "geteuid") and __import__("os").geteuid() == 0:
@@ -207,8 +250,9 @@ def test_threads_sets_the_network_threads(data_dir, davis_subset, random_checkpo
     assert "--threads must be at least 1" in capsys.readouterr().err
 
 
-def test_threads_default_to_the_services_setting(data_dir, davis_subset, random_checkpoint, tmp_path, capsys,
-                                                 monkeypatch):
+def test_threads_default_to_the_services_setting(
+    data_dir, davis_subset, random_checkpoint, tmp_path, capsys, monkeypatch
+):
     """BPR_TORCH_THREADS serves bpr-refine as it serves bpr-serve; --threads wins over it."""
     import torch
 
@@ -219,11 +263,18 @@ def test_threads_default_to_the_services_setting(data_dir, davis_subset, random_
         torch.set_num_threads(2)
         assert main(_args(data_dir, path, random_checkpoint, "--out", str(tmp_path / "t.json"), "--quiet")) == 0
         assert torch.get_num_threads() == 1
-        assert main(_args(data_dir, path, random_checkpoint, "--threads", "2", "--out", str(tmp_path / "t.json"),
-                          "--quiet")) == 0
+        assert (
+            main(
+                _args(data_dir, path, random_checkpoint, "--threads", "2", "--out", str(tmp_path / "t.json"), "--quiet")
+            )
+            == 0
+        )
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
     monkeypatch.setenv("BPR_TORCH_THREADS", "many")
     assert main(_args(data_dir, path, random_checkpoint)) == 2
-    assert capsys.readouterr().err.strip() == "bpr-refine: error: BPR_TORCH_THREADS must be a whole number of threads, got 'many'"
+    assert (
+        capsys.readouterr().err.strip()
+        == "bpr-refine: error: BPR_TORCH_THREADS must be a whole number of threads, got 'many'"
+    )

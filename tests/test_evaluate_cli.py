@@ -45,17 +45,36 @@ def assert_real_png(path: Path, min_bytes: int = 15_000) -> None:
 @needs_data
 def test_davis_table_json_and_plots(tmp_path, capsys):
     report, plots = tmp_path / "out" / "report.json", tmp_path / "plots"
-    rc = main([
-        "--gt", str(DAVIS / "gt.json"), str(DAVIS / "osvos.json"), str(DAVIS / "rvos.json"),
-        "--images", str(DAVIS / "images"), "--json", str(report), "--plots", str(plots), "--quiet",
-    ])
+    rc = main(
+        [
+            "--gt",
+            str(DAVIS / "gt.json"),
+            str(DAVIS / "osvos.json"),
+            str(DAVIS / "rvos.json"),
+            "--images",
+            str(DAVIS / "images"),
+            "--json",
+            str(report),
+            "--plots",
+            str(plots),
+            "--quiet",
+        ]
+    )
     out, err = capsys.readouterr()
     assert rc == 0, err
     lines = out.splitlines()
     header = next(line for line in lines if line.startswith("metric"))
     assert header.split() == ["metric", "osvos", "rvos", "rvos", "-", "osvos"]
-    for row in ("mask AP ", "mask AP_L", "boundary AP ", "boundary AP75", "AF (tol 1 px)",
-                "J (mean IoU)", "F (contour, tol 8 px)", "J&F"):
+    for row in (
+        "mask AP ",
+        "mask AP_L",
+        "boundary AP ",
+        "boundary AP75",
+        "AF (tol 1 px)",
+        "J (mean IoU)",
+        "F (contour, tol 8 px)",
+        "J&F",
+    ):
         assert any(line.startswith(row) for line in lines), row
     assert any(line.startswith("bmx-trees") for line in lines)  # per-group table
     assert "worse by >1 pt" in out
@@ -105,8 +124,14 @@ def test_coco_mini_crowds_and_polygons(tmp_path, capsys):
             continue
         mask = decode_segmentation(ann["segmentation"], *sizes[ann["image_id"]]).astype(np.uint8)
         for name, op in (("dilated", cv2.dilate), ("eroded", cv2.erode)):
-            fakes[name].append({"image_id": ann["image_id"], "category_id": ann["category_id"],
-                                "segmentation": encode_mask(op(mask, kernel).astype(bool)), "score": 0.9})
+            fakes[name].append(
+                {
+                    "image_id": ann["image_id"],
+                    "category_id": ann["category_id"],
+                    "segmentation": encode_mask(op(mask, kernel).astype(bool)),
+                    "score": 0.9,
+                }
+            )
     paths = []
     for name, entries in fakes.items():
         paths.append(tmp_path / f"{name}.json")
@@ -131,10 +156,21 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "davis"
 def test_bundled_example_runs_without_shared_data(tmp_path, capsys):
     """The four DAVIS frames shipped in examples/: what CI can always run."""
     report = tmp_path / "r.json"
-    rc = main([
-        "--gt", str(EXAMPLES / "gt.json"), str(EXAMPLES / "osvos.json"), str(EXAMPLES / "rvos.json"),
-        "--images", str(EXAMPLES / "images"), "--json", str(report), "--plots", str(tmp_path / "p"), "--quiet",
-    ])
+    rc = main(
+        [
+            "--gt",
+            str(EXAMPLES / "gt.json"),
+            str(EXAMPLES / "osvos.json"),
+            str(EXAMPLES / "rvos.json"),
+            "--images",
+            str(EXAMPLES / "images"),
+            "--json",
+            str(report),
+            "--plots",
+            str(tmp_path / "p"),
+            "--quiet",
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     data = json.loads(report.read_text())
     assert data["files"][0]["mask_ap"]["AP"] == cocoeval_ap(EXAMPLES / "gt.json", EXAMPLES / "osvos.json")
@@ -265,8 +301,12 @@ def test_console_script_exit_code(tiny):
     exe = Path(sys.executable).with_name("bpr-eval")
     if not exe.is_file():
         pytest.skip("bpr-eval console script not installed")
-    proc = subprocess.run([str(exe), "--gt", str(tiny / "missing.json"), str(tiny / "ok.json")],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [str(exe), "--gt", str(tiny / "missing.json"), str(tiny / "ok.json")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("bpr-eval: error: file not found")
     assert proc.stdout == ""

@@ -120,8 +120,15 @@ def fake_results(gt_path: Path, seed: int, duplicates: bool = True) -> list[dict
             shifted = np.roll(mask, (int(rng.integers(-4, 5)), int(rng.integers(-4, 5))), axis=(0, 1))
             variants.append((shifted, float(rng.random() / 2)))
         for m, score in variants:
-            out.append({"image_id": ann["image_id"], "category_id": ann["category_id"],
-                        "segmentation": encode_mask(m), "bbox": mask_to_bbox(m), "score": score})
+            out.append(
+                {
+                    "image_id": ann["image_id"],
+                    "category_id": ann["category_id"],
+                    "segmentation": encode_mask(m),
+                    "bbox": mask_to_bbox(m),
+                    "score": score,
+                }
+            )
     return out
 
 
@@ -202,8 +209,15 @@ def test_crowd_regions_absorb_detections_in_boundary_ap_too(tmp_path):
         img = images[ann["image_id"]]
         mask = decode_segmentation(ann["segmentation"], img["height"], img["width"])
         if not ann["iscrowd"]:
-            results.append({"image_id": ann["image_id"], "category_id": ann["category_id"],
-                            "segmentation": encode_mask(mask), "bbox": mask_to_bbox(mask), "score": 0.9})
+            results.append(
+                {
+                    "image_id": ann["image_id"],
+                    "category_id": ann["category_id"],
+                    "segmentation": encode_mask(mask),
+                    "bbox": mask_to_bbox(mask),
+                    "score": 0.9,
+                }
+            )
             continue
         depth = cv2.distanceTransform(mask.astype(np.uint8), cv2.DIST_L2, 5)
         y, x = np.unravel_index(int(np.argmax(depth)), depth.shape)
@@ -213,8 +227,15 @@ def test_crowd_regions_absorb_detections_in_boundary_ap_too(tmp_path):
         blob[y - 2 : y + 3, x - 2 : x + 3] = True
         assert (blob & mask).sum() == blob.sum()
         blobs += 1
-        results.append({"image_id": ann["image_id"], "category_id": ann["category_id"],
-                        "segmentation": encode_mask(blob), "bbox": mask_to_bbox(blob), "score": 1.0})
+        results.append(
+            {
+                "image_id": ann["image_id"],
+                "category_id": ann["category_id"],
+                "segmentation": encode_mask(blob),
+                "bbox": mask_to_bbox(blob),
+                "score": 1.0,
+            }
+        )
     assert blobs >= 2
     path = write(tmp_path / "perfect_plus_blobs.json", results)
     ev = evaluate(COCO_MINI / "gt.json", [path])

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from pycocotools import mask as mask_utils
 
 from bpr.evaluate.bands import band_rle, band_width, boundary_band, boundary_iou, iou
 from bpr.evaluate.contours import contour, contour_fscore, tolerance_px
 from bpr.io.coco import encode_mask
-from pycocotools import mask as mask_utils
 
 
 def square(h: int, w: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:

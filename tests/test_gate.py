@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import disk
 
 from bpr.feed import PatchFeed
 from bpr.modeling import RefinerConfig
 from bpr.modeling.checkpoint import load_refiner, save_refiner
 from bpr.modeling.refiner_net import RefinerNet
 from bpr.refiner import Refiner
-from conftest import disk
 
 
 class GrowNet(RefinerNet):
@@ -24,8 +24,9 @@ class GrowNet(RefinerNet):
 
 def _gated(bias: float, weight_on_mask: float = 0.0, early_reject: float | None = None) -> GrowNet:
     """A GrowNet whose gate says ``bias + weight * (share of the patch that is coarse foreground)``."""
-    net = GrowNet(RefinerConfig(input_size=64, gate=True),
-                  recommended=dict(flip_tta=True, gate_early_reject=early_reject)).eval()
+    net = GrowNet(
+        RefinerConfig(input_size=64, gate=True), recommended=dict(flip_tta=True, gate_early_reject=early_reject)
+    ).eval()
     with torch.no_grad():
         net.gate.classifier.weight.zero_()
         net.gate.classifier.bias.fill_(bias)
@@ -85,8 +86,9 @@ def test_the_gate_travels_with_the_checkpoint(tmp_path):
 
 def test_a_refiner_without_a_gate_refuses_to_score():
     with pytest.raises(RuntimeError, match="no patch-quality gate"):
-        RefinerNet(RefinerConfig(input_size=64)).change_helps(torch.zeros(1, 3, 64, 64), torch.zeros(1, 1, 64, 64),
-                                                               torch.zeros(1, 64, 64))
+        RefinerNet(RefinerConfig(input_size=64)).change_helps(
+            torch.zeros(1, 3, 64, 64), torch.zeros(1, 1, 64, 64), torch.zeros(1, 64, 64)
+        )
 
 
 def test_jobs_with_and_without_the_gate_share_a_batch_and_each_get_their_own_answer():

@@ -3,15 +3,15 @@
 import io
 import json
 
+import bombs
 import numpy as np
 import pytest
+from conftest import disk
 from pycocotools import mask as mask_utils
 
 from bpr.errors import BprInputError
 from bpr.io.coco import decode_segmentation, encode_mask, load_json, mask_to_bbox, write_json_atomic
 from bpr.io.images import decode_image_bytes
-import bombs
-from conftest import disk
 
 
 def test_rle_round_trip_with_str_counts():
@@ -145,15 +145,23 @@ def test_encode_mask_round_trips_real_masks(data_dir):
             h, w = sizes[a["image_id"]]
             m = decode_segmentation(a["segmentation"], h, w)
             seg = a["segmentation"]
-            rle = mask_utils.merge(mask_utils.frPyObjects(seg, h, w)) if isinstance(seg, list) else (
-                {**seg, "counts": seg["counts"].encode()} if isinstance(seg["counts"], str) else mask_utils.frPyObjects(seg, h, w))
+            rle = (
+                mask_utils.merge(mask_utils.frPyObjects(seg, h, w))
+                if isinstance(seg, list)
+                else (
+                    {**seg, "counts": seg["counts"].encode()}
+                    if isinstance(seg["counts"], str)
+                    else mask_utils.frPyObjects(seg, h, w)
+                )
+            )
             assert np.array_equal(m, mask_utils.decode(rle).astype(bool))  # what pycocotools decodes
             assert encode_mask(m) == _pycocotools_rle(m)
             assert np.array_equal(decode_segmentation(encode_mask(m), *m.shape), m)
 
 
 @pytest.mark.parametrize(
-    "build", [bombs.tiff_claiming, bombs.jpeg_claiming, bombs.png_claiming, bombs.bmp_claiming],
+    "build",
+    [bombs.tiff_claiming, bombs.jpeg_claiming, bombs.png_claiming, bombs.bmp_claiming],
     ids=["tiff", "jpeg-stray-byte", "png", "bmp"],
 )
 def test_every_format_is_sized_before_decoding(build):

@@ -4,11 +4,11 @@ from collections import OrderedDict
 
 import pytest
 import torch
+from conftest import REPO
 
 from bpr.errors import ModelNotAvailableError
 from bpr.modeling import RefinerConfig, RefinerNet, load_refiner, save_refiner
 from bpr.refiner import DEFAULT_CHECKPOINT
-from conftest import REPO
 
 COMPAT_KEYS = REPO.parent / "shared" / "compat" / "hrnet18s_bpr_mmseg_keys.txt"
 
@@ -65,7 +65,11 @@ def test_original_bpr_checkpoints_load_in_every_wrapping(tmp_path, wrap):
     elif wrap == "module-prefix":
         obj = {"state_dict": OrderedDict((f"module.{k}", v) for k, v in sd.items())}
     else:
-        obj = {"meta": {"mmcv_version": "0.0", "CLASSES": ["bg", "fg"], "iter": 160000}, "state_dict": sd, "optimizer": {}}
+        obj = {
+            "meta": {"mmcv_version": "0.0", "CLASSES": ["bg", "fg"], "iter": 160000},
+            "state_dict": sd,
+            "optimizer": {},
+        }
     path = tmp_path / "bpr.pth"
     torch.save(obj, path)
     net = load_refiner(path)
@@ -130,11 +134,19 @@ def test_the_bundled_model_loads_with_the_settings_its_card_states():
     assert (c.arch, c.patch_size, c.input_size) == ("hr18s", 64, 64)
     assert c.detail_head and c.gate and net.gate is not None
     r = net.recommended
-    assert (r["flip_tta"], r["iterations"], r["fallback_iou"], r["min_area"], r["change_margin"]) == (True, 1, 0.5, 1024, 0.2)
+    assert (r["flip_tta"], r["iterations"], r["fallback_iou"], r["min_area"], r["change_margin"]) == (
+        True,
+        1,
+        0.5,
+        1024,
+        0.2,
+    )
     assert DEFAULT_CHECKPOINT.stat().st_size < 20e6
 
 
-@pytest.mark.parametrize("config", [RefinerConfig(arch="hr18s", input_size=64), RefinerConfig(arch="hr18s", input_size=64, detail_head=True)])
+@pytest.mark.parametrize(
+    "config", [RefinerConfig(arch="hr18s", input_size=64), RefinerConfig(arch="hr18s", input_size=64, detail_head=True)]
+)
 def test_the_fused_inference_copy_computes_what_the_trained_network_does(config):
     """BatchNorm folded into the convolutions, channels-last: the same logits to float rounding."""
     torch.manual_seed(0)

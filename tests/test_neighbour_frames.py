@@ -8,12 +8,14 @@ import json
 
 import numpy as np
 import pytest
+from conftest import REPO
 
 from bpr.cli.build_patches import main as build_main
 from bpr.io.coco import decode_segmentation, encode_mask, load_json
-from conftest import REPO
 
-spec = importlib.util.spec_from_file_location("neighbour_frames_coarse", REPO / "scripts" / "neighbour_frames_coarse.py")
+spec = importlib.util.spec_from_file_location(
+    "neighbour_frames_coarse", REPO / "scripts" / "neighbour_frames_coarse.py"
+)
 neighbour = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(neighbour)
 
@@ -23,7 +25,14 @@ def _video(frames: list[np.ndarray], names: list[str]) -> dict:
     return {
         "images": [{"id": i + 1, "file_name": n, "height": h, "width": w} for i, n in enumerate(names)],
         "annotations": [
-            {"id": i + 1, "image_id": i + 1, "category_id": 3, "segmentation": encode_mask(m), "iscrowd": 0, "area": int(m.sum())}
+            {
+                "id": i + 1,
+                "image_id": i + 1,
+                "category_id": 3,
+                "segmentation": encode_mask(m),
+                "iscrowd": 0,
+                "area": int(m.sum()),
+            }
             for i, m in enumerate(frames)
         ],
         "categories": [{"id": 3, "name": "object"}],
@@ -36,7 +45,9 @@ def test_a_moved_object_comes_back_aligned_on_the_centroid_and_a_changed_pose_do
     moved = np.roll(first, (7, 12), axis=(0, 1))  # same shape, moved: alignment undoes it
     posed = moved.copy()
     posed[37:50, 30:34] = True  # a leg appeared in the third frame
-    entries = neighbour.neighbour_results(_video([first, moved, posed], ["cat_00000.jpg", "cat_00008.jpg", "cat_00016.jpg"]), reach=1)
+    entries = neighbour.neighbour_results(
+        _video([first, moved, posed], ["cat_00000.jpg", "cat_00008.jpg", "cat_00016.jpg"]), reach=1
+    )
     by_image = {}
     for e in entries:
         by_image.setdefault(e["image_id"], []).append(decode_segmentation(e["segmentation"], 60, 80))
@@ -68,8 +79,21 @@ def test_neighbour_masks_build_a_patch_set_from_real_davis_frames(data_dir, tmp_
     (tmp_path / "gt.json").write_text(json.dumps(small))
     assert neighbour.main([str(tmp_path / "gt.json"), str(tmp_path / "coarse.json"), "--reach", "1"]) == 0
     assert len(load_json(tmp_path / "coarse.json")) == 4  # 3 frames: 1 + 2 + 1 neighbours
-    code = build_main(["--gt", str(tmp_path / "gt.json"), "--images", str(data_dir / "davis-train" / "images"),
-                       "--coarse", str(tmp_path / "coarse.json"), "--draws", "0", "--out", str(tmp_path / "patches"), "--quiet"])
+    code = build_main(
+        [
+            "--gt",
+            str(tmp_path / "gt.json"),
+            "--images",
+            str(data_dir / "davis-train" / "images"),
+            "--coarse",
+            str(tmp_path / "coarse.json"),
+            "--draws",
+            "0",
+            "--out",
+            str(tmp_path / "patches"),
+            "--quiet",
+        ]
+    )
     assert code == 0
     manifest = load_json(tmp_path / "patches" / "manifest.json")
     assert manifest["total"] > 0

@@ -20,7 +20,6 @@ import zipfile
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO
 
 WEB_FRAMEWORKS = {"fastapi", "starlette", "uvicorn", "pydantic_settings", "multipart", "httpx"}
@@ -120,19 +119,37 @@ def test_a_wheel_in_a_fresh_venv_refines_the_example_with_the_bundled_model(tmp_
 
     run_dir = tmp_path / "run"  # outside the repository: nothing there to import or read
     shutil.copytree(REPO / "examples" / "davis", run_dir)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON") and k not in {"BPR_CHECKPOINT", "BPR_DEFAULT_CHECKPOINT"}}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("PYTHON") and k not in {"BPR_CHECKPOINT", "BPR_DEFAULT_CHECKPOINT"}
+    }
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", BPR_TORCH_THREADS="1", BPR_CACHE_DIR=str(tmp_path / "cache"))
 
-    where = json.loads(_run([str(py), "-I", "-c", (
-        "import json, sys, bpr, service, bpr.refiner as r; "
-        "print(json.dumps([bpr.__file__, service.__file__, str(r.default_checkpoint()), sys.path]))"
-    )], cwd=run_dir, env=env).stdout)
+    where = json.loads(
+        _run(
+            [
+                str(py),
+                "-I",
+                "-c",
+                (
+                    "import json, sys, bpr, service, bpr.refiner as r; "
+                    "print(json.dumps([bpr.__file__, service.__file__, str(r.default_checkpoint()), sys.path]))"
+                ),
+            ],
+            cwd=run_dir,
+            env=env,
+        ).stdout
+    )
     bpr_file, service_file, checkpoint, path = where
     for f in (bpr_file, service_file, checkpoint):
         assert Path(f).is_relative_to(site), f"{f} does not come from the wheel installed in {site}"
     assert Path(checkpoint).is_file() and Path(checkpoint).name == "bpr_default.pt"
-    assert not any(Path(p).resolve().is_relative_to(REPO) and Path(p).resolve() not in {Path(h).resolve() for h in here}
-                   for p in path if p), f"the repository is on the fresh venv's path: {path}"
+    assert not any(
+        Path(p).resolve().is_relative_to(REPO) and Path(p).resolve() not in {Path(h).resolve() for h in here}
+        for p in path
+        if p
+    ), f"the repository is on the fresh venv's path: {path}"
 
     args = ["osvos.json", "--images", "images", "--image-info", "image_info.json", "--quiet"]
     _run([str(venv / "bin" / "bpr-refine"), *args], cwd=run_dir, env=env)

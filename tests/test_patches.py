@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from conftest import disk
 
 from bpr.io.coco import decode_segmentation, load_json
 from bpr.patches import (
@@ -12,7 +13,6 @@ from bpr.patches import (
     nms_squares_reference,
     squares_inside,
 )
-from conftest import disk
 
 
 def test_boundary_pixels_are_those_with_both_classes_in_3x3():
@@ -68,7 +68,9 @@ def test_opencv_nms_equals_the_greedy_reference_on_real_masks(data_dir):
         ys, xs, scores = boundary_candidates(m)
         corners = squares_inside(ys, xs, 64, h, w)
         for iou in (0.25, 0.55):
-            assert np.array_equal(nms_squares(corners, scores, 64, iou), nms_squares_reference(corners, scores, 64, iou))
+            assert np.array_equal(
+                nms_squares(corners, scores, 64, iou), nms_squares_reference(corners, scores, 64, iou)
+            )
 
 
 def test_kept_squares_overlap_at_most_the_threshold():

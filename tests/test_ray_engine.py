@@ -20,10 +20,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import make_checkpoint
 
 from bpr.cli.refine import main as refine_cli
 from bpr.distributed.shards import WorkDir, plan_shards, refine_shard
-from conftest import make_checkpoint
 
 ray = pytest.importorskip("ray", reason="ray is not installed (the ray extra: pip install '.[ray]')")
 pytest.importorskip("ray.data", reason="ray[data] is not installed (the ray extra: pip install '.[ray]')")
@@ -31,8 +31,10 @@ pytest.importorskip("ray.data", reason="ray[data] is not installed (the ray extr
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("BPR_SHARED_DATA", REPO.parent / "shared" / "data"))
 DAVIS = DATA / "davis-dev-real"
-pytestmark = [pytest.mark.skipif(not (DAVIS / "gt.json").is_file(), reason=f"shared data not found at {DATA}"),
-              pytest.mark.slow]
+pytestmark = [
+    pytest.mark.skipif(not (DAVIS / "gt.json").is_file(), reason=f"shared data not found at {DATA}"),
+    pytest.mark.slow,
+]
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +58,9 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     gt = json.loads((DAVIS / "gt.json").read_text())
     results = json.loads((DAVIS / "osvos.json").read_text())
     ids = list(dict.fromkeys(e["image_id"] for e in results))[::10][:8]
-    entries = [{**e, "id": f"obj-{k}", "track": {"k": k}} for k, e in enumerate(r for r in results if r["image_id"] in ids)]
+    entries = [
+        {**e, "id": f"obj-{k}", "track": {"k": k}} for k, e in enumerate(r for r in results if r["image_id"] in ids)
+    ]
     images = root / "images"
     images.mkdir()
     records = [i for i in gt["images"] if i["id"] in ids]
@@ -68,8 +72,18 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def args_for(data: dict[str, Path], out: Path, checkpoint: Path, *extra: str) -> list[str]:
-    return [str(data["results"]), "--images", str(data["images"]), "--image-info", str(data["info"]),
-            "--checkpoint", str(checkpoint), "--out", str(out), *extra]
+    return [
+        str(data["results"]),
+        "--images",
+        str(data["images"]),
+        "--image-info",
+        str(data["info"]),
+        "--checkpoint",
+        str(checkpoint),
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -109,8 +123,13 @@ def test_images_from_a_uri_prefix(
 
 def _ray_driver(cluster: str, argv: list[str]) -> subprocess.Popen:
     """bpr-refine --engine ray as a separate driver process, joined to the test's Ray instance."""
-    return subprocess.Popen([sys.executable, "-m", "bpr.cli.refine", *argv, "--engine", "ray", "--address", cluster],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "bpr.cli.refine", *argv, "--engine", "ray", "--address", cluster],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def _wait_for_shards(work: Path, n: int, proc: subprocess.Popen, timeout: float = 120) -> None:
@@ -231,15 +250,18 @@ def test_a_work_dir_of_another_run_is_refused(dataset: dict[str, Path], tmp_path
         WorkDir(tmp_path / "x", "fingerprint-a", shards)
 
 
-def test_ray_flags_without_the_ray_engine_are_refused(dataset: dict[str, Path], checkpoint: Path, tmp_path: Path,
-                                                      capsys: Any) -> None:
+def test_ray_flags_without_the_ray_engine_are_refused(
+    dataset: dict[str, Path], checkpoint: Path, tmp_path: Path, capsys: Any
+) -> None:
     assert refine_cli(args_for(dataset, tmp_path / "o.json", checkpoint, "--num-workers", "2")) == 2
     assert capsys.readouterr().err.strip() == "bpr-refine: error: --num-workers only apply with --engine ray"
 
 
 def test_the_local_engine_never_imports_ray() -> None:
     code = "import sys, bpr.cli.refine, bpr.refiner, service.app; print('ray' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO).stdout.strip() == "False"
+    assert (
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO).stdout.strip() == "False"
+    )
 
 
 def test_refine_dataset_door_equals_the_refiner(cluster: str, dataset: dict[str, Path], checkpoint: Path) -> None:
@@ -262,8 +284,10 @@ def test_refine_dataset_door_equals_the_refiner(cluster: str, dataset: dict[str,
     refiner = Refiner.from_checkpoint(checkpoint)
     for kind in rows_by_kind:
         ds = ray.data.from_items(kind)
-        got = {r["key"]: json.loads(r["instances"]) for r in refine_dataset(ds, RefinerSpec(checkpoint=checkpoint),
-                                                                            images_per_call=3).take_all()}
+        got = {
+            r["key"]: json.loads(r["instances"])
+            for r in refine_dataset(ds, RefinerSpec(checkpoint=checkpoint), images_per_call=3).take_all()
+        }
         assert len(got) == len(kind)
         for row in kind:
             image = read_image(dataset["images"] / row["key"])

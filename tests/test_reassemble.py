@@ -8,9 +8,9 @@ corners, widths) or in its rival search shows up as a differing pixel."""
 import numpy as np
 import pytest
 import torch
+from conftest import disk
 
 from bpr.reassemble import patch_reach, reassemble
-from conftest import disk
 
 
 def _dense_reference(coarse, corners, ids, probs, resolve, margin):
@@ -46,14 +46,23 @@ def _scene(seed):
     rng = np.random.default_rng(seed)
     h, w, s = 90, 120, 24
     if seed < 10:
-        coarse = np.stack([disk(h, w, 30, 35, 14), disk(h, w, 40, 55, 12), disk(h, w, 60, 85, 16), disk(h, w, 20, 100, 6)])
+        coarse = np.stack(
+            [disk(h, w, 30, 35, 14), disk(h, w, 40, 55, 12), disk(h, w, 60, 85, 16), disk(h, w, 20, 100, 6)]
+        )
     elif seed >= 20:  # a tall instance near the left edge, crossed low down by a wide one
         yy, xx = np.mgrid[:h, :w]
-        coarse = np.stack([((yy - 50) / 38) ** 2 + ((xx - 12) / 6) ** 2 <= 1, ((yy - 70) / 7) ** 2 + ((xx - 40) / 35) ** 2 <= 1])
+        coarse = np.stack(
+            [((yy - 50) / 38) ** 2 + ((xx - 12) / 6) ** 2 <= 1, ((yy - 70) / 7) ** 2 + ((xx - 40) / 35) ** 2 <= 1]
+        )
     else:  # wide and tall neighbours: boxes whose height and width differ, crossing each other
         yy, xx = np.mgrid[:h, :w]
-        coarse = np.stack([((yy - 45) / 8) ** 2 + ((xx - 60) / 45) ** 2 <= 1, ((yy - 45) / 35) ** 2 + ((xx - 62) / 7) ** 2 <= 1,
-                           ((yy - 20) / 6) ** 2 + ((xx - 30) / 25) ** 2 <= 1])
+        coarse = np.stack(
+            [
+                ((yy - 45) / 8) ** 2 + ((xx - 60) / 45) ** 2 <= 1,
+                ((yy - 45) / 35) ** 2 + ((xx - 62) / 7) ** 2 <= 1,
+                ((yy - 20) / 6) ** 2 + ((xx - 30) / 25) ** 2 <= 1,
+            ]
+        )
     corners, ids = [], []
     for i, m in enumerate(coarse):
         ys, xs = np.nonzero(m)
@@ -63,8 +72,9 @@ def _scene(seed):
             ids.append(i)
     corners, ids = np.array(corners), np.array(ids)
     # smooth random probabilities, leaning towards each patch's coarse mask so gains and losses both occur
-    noise = torch.nn.functional.avg_pool2d(torch.rand(len(ids), 1, s, s, generator=torch.Generator().manual_seed(seed)),
-                                           5, 1, 2, count_include_pad=False)[:, 0].numpy()
+    noise = torch.nn.functional.avg_pool2d(
+        torch.rand(len(ids), 1, s, s, generator=torch.Generator().manual_seed(seed)), 5, 1, 2, count_include_pad=False
+    )[:, 0].numpy()
     base = np.stack([coarse[i, y : y + s, x : x + s] for (y, x), i in zip(corners, ids)]).astype(float)
     probs = np.clip(0.5 * base + 0.25 + 5.0 * (noise - 0.5), 0, 1).astype(np.float32)
     return coarse, corners, ids, probs

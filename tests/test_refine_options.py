@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import IdentityNet, disk
+from test_refiner import _davis
 
 from bpr import BprInputError
 from bpr.cli.refine import build_parser
@@ -18,11 +20,9 @@ from bpr.modeling import RefinerConfig
 from bpr.modeling.checkpoint import load_refiner, save_refiner
 from bpr.modeling.refiner_net import RefinerNet
 from bpr.options import option_infos, option_types
-from bpr.refiner import RefineOptions, Refiner
 from bpr.reassemble import patch_reach
+from bpr.refiner import RefineOptions, Refiner
 from bpr.spec import RefinerSpec
-from conftest import IdentityNet, disk
-from test_refiner import _davis
 
 
 class GrowNet(RefinerNet):
@@ -149,7 +149,9 @@ def test_a_pass_needing_more_patches_than_allowed_is_refused_before_any_crop():
 
     image, masks = _scene()
     refiner = Refiner(IdentityNet(RefinerConfig(input_size=64)))
-    needed = refiner.prepare(torch.from_numpy(image).permute(2, 0, 1), torch.from_numpy(masks), refiner.options).num_patches
+    needed = refiner.prepare(
+        torch.from_numpy(image).permute(2, 0, 1), torch.from_numpy(masks), refiner.options
+    ).num_patches
     before = refiner.stats.patches
     with pytest.raises(TooManyPatches, match=f"need {needed} boundary patches, over the limit of {needed - 1}"):
         refiner.start_numpy(image, masks, max_patches=needed - 1).advance()
@@ -191,22 +193,34 @@ def test_one_refiner_serves_threads_with_different_options(data_dir, random_chec
     image, mask = items[0]
     as_object = refiner.refine(image, mask[None], RefineOptions(nms_iou=0.55))
     assert np.array_equal(as_object, refiner.refine(image, mask[None], nms_iou=0.55))  # options object == keywords
-    assert np.array_equal(as_object, refiner.refine_torch(torch.from_numpy(image).permute(2, 0, 1), torch.from_numpy(mask)[None],
-                                                          RefineOptions(nms_iou=0.55)).numpy())
+    assert np.array_equal(
+        as_object,
+        refiner.refine_torch(
+            torch.from_numpy(image).permute(2, 0, 1), torch.from_numpy(mask)[None], RefineOptions(nms_iou=0.55)
+        ).numpy(),
+    )
 
 
 def test_the_torch_door_refuses_mismatched_shapes(random_checkpoint):
     refiner = Refiner.from_checkpoint(random_checkpoint)
     image = torch.zeros(3, 40, 50, dtype=torch.uint8)
-    for bad_image, bad_masks in ((image, torch.zeros(1, 40, 51, dtype=torch.bool)),
-                                 (image[:2], torch.zeros(1, 40, 50, dtype=torch.bool)),
-                                 (image, torch.zeros(40, 50, dtype=torch.bool))):
+    for bad_image, bad_masks in (
+        (image, torch.zeros(1, 40, 51, dtype=torch.bool)),
+        (image[:2], torch.zeros(1, 40, 50, dtype=torch.bool)),
+        (image, torch.zeros(40, 50, dtype=torch.bool)),
+    ):
         with pytest.raises(BprInputError, match=r"expected image \(3, H, W\) and masks \(N, H, W\)"):
             refiner.refine_torch(bad_image, bad_masks)
 
 
 def test_options_are_checked():
-    for bad in (dict(nms_iou=0.0), dict(iterations=0), dict(fallback_iou=1.0), dict(min_area=-1), dict(change_margin=0.5)):
+    for bad in (
+        dict(nms_iou=0.0),
+        dict(iterations=0),
+        dict(fallback_iou=1.0),
+        dict(min_area=-1),
+        dict(change_margin=0.5),
+    ):
         with pytest.raises(BprInputError):
             RefineOptions(**bad)
     with pytest.raises(TypeError, match="unknown refine option"):
@@ -215,8 +229,10 @@ def test_options_are_checked():
 
 
 def test_checkpoint_recommendations_become_the_defaults():
-    net = IdentityNet(RefinerConfig(input_size=64), recommended=dict(flip_tta=True, iterations=2, fallback_iou=0.4,
-                                                                     min_area=50, change_margin=0.1))
+    net = IdentityNet(
+        RefinerConfig(input_size=64),
+        recommended=dict(flip_tta=True, iterations=2, fallback_iou=0.4, min_area=50, change_margin=0.1),
+    )
     o = Refiner(net).options
     assert (o.flip_tta, o.iterations, o.fallback_iou, o.min_area, o.change_margin) == (True, 2, 0.4, 50, 0.1)
     assert Refiner(net, iterations=1, min_area=0).options.iterations == 1
@@ -230,8 +246,17 @@ def test_a_checkpoint_keeps_its_architecture_and_its_recommendations_apart(tmp_p
     ckpt = torch.load(tmp_path / "new.pt", weights_only=True)
     assert ckpt["recommended"] == {"flip_tta": True, "min_area": 50}
     assert set(ckpt["config"]) == {f.name for f in dataclasses.fields(RefinerConfig)}
-    legacy = {**ckpt, "config": {**ckpt["config"], "flip_tta": True, "min_area": 50, "iterations": 1,
-                                 "gate_early_reject": None, "upsample_mode": "bilinear"}}
+    legacy = {
+        **ckpt,
+        "config": {
+            **ckpt["config"],
+            "flip_tta": True,
+            "min_area": 50,
+            "iterations": 1,
+            "gate_early_reject": None,
+            "upsample_mode": "bilinear",
+        },
+    }
     del legacy["recommended"]
     torch.save(legacy, tmp_path / "old.pt")
     for name in ("new.pt", "old.pt"):
@@ -270,8 +295,12 @@ def test_every_option_has_one_declaration_that_every_door_derives():
             continue
         # a value just outside each bound is refused by the library and the settings alike
         step = 1 if typ is int else 1e-3
-        outside = {"gt": info.gt, "ge": None if info.ge is None else info.ge - step,
-                   "le": None if info.le is None else info.le + step, "lt": info.lt}
+        outside = {
+            "gt": info.gt,
+            "ge": None if info.ge is None else info.ge - step,
+            "le": None if info.le is None else info.le + step,
+            "lt": info.lt,
+        }
         for bad in (typ(v) for v in outside.values() if v is not None):
             with pytest.raises(BprInputError, match=re.escape(info.label)):
                 RefineOptions(**{name: bad})
@@ -299,12 +328,22 @@ def test_a_request_may_set_fewer_passes_than_the_library_allows():
 def test_settings_and_flags_reach_the_refiner_spec():
     from service.settings import Settings
 
-    spec = Settings(nms_iou=0.55, flip_tta=False, iterations=3, fallback_iou=0.3, min_area=9, change_margin=0.15,
-                    max_batch_size=5).refiner_spec()
+    spec = Settings(
+        nms_iou=0.55, flip_tta=False, iterations=3, fallback_iou=0.3, min_area=9, change_margin=0.15, max_batch_size=5
+    ).refiner_spec()
     o = spec.options
-    assert (o["nms_iou"], o["flip_tta"], o["iterations"], o["fallback_iou"], o["min_area"], o["change_margin"],
-            spec.batch_size) == (0.55, False, 3, 0.3, 9, 0.15, 5)
-    args = build_parser().parse_args(["r.json", "--images", ".", "--keep-overlaps", "--no-cover-all", "--min-area", "7"])
+    assert (
+        o["nms_iou"],
+        o["flip_tta"],
+        o["iterations"],
+        o["fallback_iou"],
+        o["min_area"],
+        o["change_margin"],
+        spec.batch_size,
+    ) == (0.55, False, 3, 0.3, 9, 0.15, 5)
+    args = build_parser().parse_args(
+        ["r.json", "--images", ".", "--keep-overlaps", "--no-cover-all", "--min-area", "7"]
+    )
     cli = RefinerSpec.from_fields(vars(args))
     assert (cli.options["resolve_overlaps"], cli.options["cover_all"], cli.options["min_area"]) == (False, False, 7)
     assert cli.options["nms_iou"] is None and cli.batch_size == 64
@@ -372,7 +411,10 @@ def test_mixed_tta_requests_in_one_batch_each_get_their_own_answer(data_dir, ran
     refiner = Refiner.from_checkpoint(random_checkpoint, batch_size=512)
     items = [_davis(data_dir, k) for k in (0, 6)]
     alone = [refiner.refine(img, m[None], flip_tta=t) for (img, m), t in zip(items, (True, False))]
-    flights = [refiner.start_numpy(img, m[None], refiner.resolve(flip_tta=t, iterations=1)) for (img, m), t in zip(items, (True, False))]
+    flights = [
+        refiner.start_numpy(img, m[None], refiner.resolve(flip_tta=t, iterations=1))
+        for (img, m), t in zip(items, (True, False))
+    ]
     feed = PatchFeed(512)
     jobs = [f.advance() for f in flights]
     for job in jobs:

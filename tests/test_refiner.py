@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from conftest import IdentityNet, InvertNet, disk
 
 from bpr import BprInputError, ModelNotAvailableError, Refiner
 from bpr.io.coco import decode_segmentation, load_json
@@ -10,7 +11,6 @@ from bpr.io.images import read_image
 from bpr.modeling import RefinerConfig
 from bpr.patches import boundary_candidates
 from bpr.reassemble import reassemble
-from conftest import IdentityNet, InvertNet, disk
 
 
 def _davis(data_dir, k=0):
@@ -63,7 +63,9 @@ def test_mask_touching_right_and_bottom_edges_is_refined_there():
     m = np.zeros((h, w), bool)
     m[50:, 70:] = True
     m[50:, 99] = False  # a notch ending on the last row
-    out = Refiner(InvertNet(RefinerConfig(input_size=64)), resolve_overlaps=False).refine(np.zeros((h, w, 3), np.uint8), m[None])[0]
+    out = Refiner(InvertNet(RefinerConfig(input_size=64)), resolve_overlaps=False).refine(
+        np.zeros((h, w, 3), np.uint8), m[None]
+    )[0]
     assert out[h - 1, 99] != m[h - 1, 99]  # the last row is inside a patch
 
 
@@ -166,6 +168,11 @@ def test_each_iteration_refines_the_previous_pass_output(data_dir, random_checkp
 
 def test_iterations_default_to_the_checkpoint_recommendation_and_must_be_positive():
     assert Refiner(IdentityNet(RefinerConfig(input_size=64), recommended={"iterations": 2})).options.iterations == 2
-    assert Refiner(IdentityNet(RefinerConfig(input_size=64), recommended={"iterations": 2}), iterations=1).options.iterations == 1
+    assert (
+        Refiner(
+            IdentityNet(RefinerConfig(input_size=64), recommended={"iterations": 2}), iterations=1
+        ).options.iterations
+        == 1
+    )
     with pytest.raises(BprInputError):
         Refiner(IdentityNet(RefinerConfig(input_size=64)), iterations=0)

@@ -10,10 +10,6 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from PIL import Image
-from pycocotools import mask as mask_utils
-
-from bpr.cli.refine import main as refine_cli
 from conftest_service import (  # noqa: F401  (checkpoint is a fixture)
     COCO,
     DAVIS,
@@ -25,6 +21,10 @@ from conftest_service import (  # noqa: F401  (checkpoint is a fixture)
     refine_request,
     serve,
 )
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+from bpr.cli.refine import main as refine_cli
 
 pytestmark = needs_data
 
@@ -249,8 +249,20 @@ def test_iterations_setting_matches_the_cli_flag(checkpoint: Path, tmp_path: Pat
     results = [e for _, entries in items for e in entries]
     src, dst = tmp_path / "in.json", tmp_path / "out.json"
     src.write_text(json.dumps(results))
-    argv = [str(src), "--images", str(DAVIS / "images"), "--image-info", str(DAVIS / "gt.json"),
-            "--checkpoint", str(checkpoint), "--out", str(dst), "--quiet", "--iterations", "2"]
+    argv = [
+        str(src),
+        "--images",
+        str(DAVIS / "images"),
+        "--image-info",
+        str(DAVIS / "gt.json"),
+        "--checkpoint",
+        str(checkpoint),
+        "--out",
+        str(dst),
+        "--quiet",
+        "--iterations",
+        "2",
+    ]
     assert refine_cli(argv) == 0
     cli = json.loads(dst.read_text())
     with serve(checkpoint, iterations=2) as live:
@@ -269,22 +281,44 @@ def test_per_request_passes_and_tta_match_the_cli_flags(server, checkpoint: Path
     items = davis_items(2)
     src, dst = tmp_path / "in.json", tmp_path / "out.json"
     src.write_text(json.dumps([e for _, entries in items for e in entries]))
-    argv = [str(src), "--images", str(DAVIS / "images"), "--image-info", str(DAVIS / "gt.json"),
-            "--checkpoint", str(checkpoint), "--out", str(dst), "--quiet", "--iterations", "2", "--flip-tta"]
+    argv = [
+        str(src),
+        "--images",
+        str(DAVIS / "images"),
+        "--image-info",
+        str(DAVIS / "gt.json"),
+        "--checkpoint",
+        str(checkpoint),
+        "--out",
+        str(dst),
+        "--quiet",
+        "--iterations",
+        "2",
+        "--flip-tta",
+    ]
     assert refine_cli(argv) == 0
     cli = json.loads(dst.read_text())
     got = []
     for img, entries in items:
         before = metric_value(httpx.get(f"{server.url}/metrics").text, "bpr_patches_total")
-        r = refine_request(server.url, DAVIS / "images" / img["file_name"], entries,
-                           params={"iterations": 2, "flip_tta": "true", "include_coarse": "true"})
+        r = refine_request(
+            server.url,
+            DAVIS / "images" / img["file_name"],
+            entries,
+            params={"iterations": 2, "flip_tta": "true", "include_coarse": "true"},
+        )
         assert r.status_code == 200, r.text
         got += r.json()["instances"]
-        assert r.json()["coarse"] == [{**e, **{k: c[k] for k in ("segmentation", "bbox", "area")}}
-                                      for e, c in zip(entries, r.json()["coarse"])]
-        coarse = [mask_utils.decode({**c["segmentation"], "counts": c["segmentation"]["counts"].encode()})
-                  for c in r.json()["coarse"]]
-        given = [mask_utils.decode({**e["segmentation"], "counts": e["segmentation"]["counts"].encode()}) for e in entries]
+        assert r.json()["coarse"] == [
+            {**e, **{k: c[k] for k in ("segmentation", "bbox", "area")}} for e, c in zip(entries, r.json()["coarse"])
+        ]
+        coarse = [
+            mask_utils.decode({**c["segmentation"], "counts": c["segmentation"]["counts"].encode()})
+            for c in r.json()["coarse"]
+        ]
+        given = [
+            mask_utils.decode({**e["segmentation"], "counts": e["segmentation"]["counts"].encode()}) for e in entries
+        ]
         assert all(np.array_equal(a, b) for a, b in zip(coarse, given))
         patches = metric_value(httpx.get(f"{server.url}/metrics").text, "bpr_patches_total") - before
         assert int(r.headers["x-bpr-patches"]) == patches > 0  # this request's patches, both passes
@@ -292,8 +326,12 @@ def test_per_request_passes_and_tta_match_the_cli_flags(server, checkpoint: Path
         stages = dict(part.strip().split(";dur=") for part in r.headers["server-timing"].split(","))
         assert set(stages) == {"decode", "refine", "encode"} and float(stages["refine"]) > 0
     assert got == cli
-    assert refine_request(server.url, DAVIS / "images" / items[0][0]["file_name"], items[0][1],
-                          params={"iterations": 4}).status_code == 422  # at most MAX_PASSES
+    assert (
+        refine_request(
+            server.url, DAVIS / "images" / items[0][0]["file_name"], items[0][1], params={"iterations": 4}
+        ).status_code
+        == 422
+    )  # at most MAX_PASSES
 
 
 def test_answers_are_checked_against_their_declared_model() -> None:
@@ -302,7 +340,14 @@ def test_answers_are_checked_against_their_declared_model() -> None:
     from service.outputs import typed_json
     from service.schemas import RefineResponse
 
-    good = {"instances": [{"segmentation": {"size": [2, 2], "counts": "04"}, "bbox": [0.0, 0.0, 0.0, 0.0], "area": 0, "mine": 1}]}
-    assert typed_json(RefineResponse, good) == b'{"instances":[{"segmentation":{"size":[2,2],"counts":"04"},"bbox":[0.0,0.0,0.0,0.0],"area":0,"mine":1}]}'
+    good = {
+        "instances": [
+            {"segmentation": {"size": [2, 2], "counts": "04"}, "bbox": [0.0, 0.0, 0.0, 0.0], "area": 0, "mine": 1}
+        ]
+    }
+    assert (
+        typed_json(RefineResponse, good)
+        == b'{"instances":[{"segmentation":{"size":[2,2],"counts":"04"},"bbox":[0.0,0.0,0.0,0.0],"area":0,"mine":1}]}'
+    )
     with pytest.raises(ValidationError):
         typed_json(RefineResponse, {"instances": [{"segmentation": {"size": [2, 2], "counts": "04"}, "bbox": [0, 0]}]})

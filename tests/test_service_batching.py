@@ -10,9 +10,9 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest_service import checkpoint  # noqa: F401  (fixture)
 
 from bpr.refiner import Refiner
-from conftest_service import checkpoint  # noqa: F401  (fixture)
 from service.batching import Batcher, QueueFull, ShuttingDown
 from service.metrics import Counter, Histogram, Registry
 

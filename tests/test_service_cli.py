@@ -11,7 +11,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from conftest_service import (  # noqa: F401  (checkpoint is a fixture)
     DAVIS,
     ServerProcess,

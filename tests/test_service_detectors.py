@@ -13,10 +13,6 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
-from pycocotools import mask as mask_utils
-
 from conftest_service import (  # noqa: F401  (checkpoint is a fixture)
     COCO,
     DAVIS,
@@ -30,6 +26,9 @@ from conftest_service import (  # noqa: F401  (checkpoint is a fixture)
     refine_request,
     serve,
 )
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from pycocotools import mask as mask_utils
 
 pytestmark = needs_data
 

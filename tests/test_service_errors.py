@@ -12,12 +12,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import bombs
 import httpx
 import numpy as np
 import pytest
-from PIL import Image
-
-import bombs
 from conftest_service import (  # noqa: F401  (checkpoint is a fixture)
     DAVIS,
     checkpoint,
@@ -27,6 +25,7 @@ from conftest_service import (  # noqa: F401  (checkpoint is a fixture)
     refine_request,
     serve,
 )
+from PIL import Image
 
 pytestmark = needs_data
 UPLOAD_LIMIT = 600_000

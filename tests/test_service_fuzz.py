@@ -17,6 +17,7 @@ import pytest
 # hypothesis keeps a cache folder; keep it out of the work tree
 os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", os.path.join(tempfile.gettempdir(), "bpr-hypothesis"))
 schemathesis = pytest.importorskip("schemathesis", reason="pip install schemathesis (test extra)")
+from conftest_service import DAVIS, checkpoint, needs_data, serve  # noqa: E402,F401
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from schemathesis import GenerationMode  # noqa: E402
@@ -26,8 +27,6 @@ from schemathesis.specs.openapi.checks import (  # noqa: E402
     response_schema_conformance,
     status_code_conformance,
 )
-
-from conftest_service import DAVIS, checkpoint, needs_data, serve  # noqa: E402,F401
 
 pytestmark = needs_data
 MAX_EXAMPLES = 80

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from conftest_service import (  # noqa: F401  (checkpoint is a fixture)
     DAVIS,
     checkpoint,
@@ -62,8 +61,10 @@ def test_the_issues_costly_queries_are_refused_fast_naming_the_budget(checkpoint
             assert r.status_code == 422 and r.json()["code"] == "over_budget", r.text
             assert time.monotonic() - t0 < 5
             detail = r.json()["detail"]
-            assert (f"needs {dense} boundary patches per pass x {passes} pass(es) = {dense * passes} network patch "
-                    "forwards, over the budget of 4096 per request (BPR_MAX_REQUEST_PATCHES)") in detail
+            assert (
+                f"needs {dense} boundary patches per pass x {passes} pass(es) = {dense * passes} network patch "
+                "forwards, over the budget of 4096 per request (BPR_MAX_REQUEST_PATCHES)"
+            ) in detail
             assert "nms_iou nearer the default 0.25, fewer iterations, flip_tta=false" in detail
         text = httpx.get(f"{live.url}/metrics").text
         assert metric_value(text, "bpr_patches_total") == 0  # nothing reached the network
@@ -78,7 +79,10 @@ def test_the_budget_counts_passes_and_tta_together(checkpoint: Path, good) -> No
         assert refine_request(live.url, good[0], good[1]).status_code == 200
         r = refine_request(live.url, good[0], good[1], params={"flip_tta": "true"})
         assert r.status_code == 422 and r.json()["code"] == "over_budget", r.text
-        assert f"{n} boundary patches per pass x 1 pass(es) x 2 (flip_tta) = {2 * n} network patch forwards" in r.json()["detail"]
+        assert (
+            f"{n} boundary patches per pass x 1 pass(es) x 2 (flip_tta) = {2 * n} network patch forwards"
+            in r.json()["detail"]
+        )
         r = refine_request(live.url, good[0], good[1], params={"iterations": 2})
         assert r.status_code == 422 and f"x 2 pass(es) = {2 * n} network" in r.json()["detail"], r.text
     with serve(checkpoint, max_request_patches=2 * n) as live:
@@ -95,8 +99,9 @@ def test_the_budget_defaults_by_device() -> None:
 
 # ---------------------------------------------------------------------- slow uploads
 def _multipart(good) -> tuple[bytes, str]:
-    request = httpx.Request("POST", "http://x/refine", files={"image": ("a.jpg", good[0])},
-                            data={"instances": json.dumps(good[1])})
+    request = httpx.Request(
+        "POST", "http://x/refine", files={"image": ("a.jpg", good[0])}, data={"instances": json.dumps(good[1])}
+    )
     return request.read(), request.headers["content-type"]
 
 
@@ -104,8 +109,9 @@ def _trickle(port: int, body: bytes, content_type: str, out: list, stop_after: f
     """Send the headers, then the body one byte every 0.1 s; record the status line and when it came."""
     t0 = time.monotonic()
     with socket.create_connection(("127.0.0.1", port), timeout=stop_after) as sock:
-        head = (f"POST /refine HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\n"
-                f"Content-Length: {len(body)}\r\n\r\n").encode()
+        head = (
+            f"POST /refine HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n"
+        ).encode()
         sock.sendall(head)
         sock.setblocking(False)
         answer = b""

@@ -16,12 +16,17 @@ import os
 
 import httpx
 import numpy as np
+from conftest_service import ServerProcess, bin_path
 from PIL import Image
 
-from conftest_service import ServerProcess, bin_path
-
-LIMITS = {"BPR_MAX_PIXELS": 250_000, "BPR_MAX_INSTANCES": 16, "BPR_MAX_MASK_PIXELS": 4_000_000,
-          "BPR_MAX_UPLOAD_BYTES": 4_000_000, "BPR_MAX_QUEUED_PATCHES": 2048, "BPR_MAX_QUEUE": 1}
+LIMITS = {
+    "BPR_MAX_PIXELS": 250_000,
+    "BPR_MAX_INSTANCES": 16,
+    "BPR_MAX_MASK_PIXELS": 4_000_000,
+    "BPR_MAX_UPLOAD_BYTES": 4_000_000,
+    "BPR_MAX_QUEUED_PATCHES": 2048,
+    "BPR_MAX_QUEUE": 1,
+}
 PER_PATCH = 350_000  # bytes: crops in float32, probabilities, reassembly indices (docs/service.md)
 MASK_COPIES = 6
 
@@ -52,21 +57,33 @@ def test_the_worst_allowed_request_stays_under_the_memory_bound() -> None:
     buf = io.BytesIO()
     Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(buf, format="PNG")
     image = buf.getvalue()
-    env = {**os.environ, **{k: str(v) for k, v in LIMITS.items()}, "BPR_TORCH_THREADS": "2", "BPR_REQUEST_TIMEOUT_S": "300"}
+    env = {
+        **os.environ,
+        **{k: str(v) for k, v in LIMITS.items()},
+        "BPR_TORCH_THREADS": "2",
+        "BPR_REQUEST_TIMEOUT_S": "300",
+    }
     with ServerProcess([bin_path("bpr-serve"), "--port", "0"], env=env) as server:
-        warm = httpx.post(f"{server.url}/refine", files={"image": ("a.png", image)},
-                          data={"instances": json.dumps(_instances(1, h, w))}, timeout=300)
+        warm = httpx.post(
+            f"{server.url}/refine",
+            files={"image": ("a.png", image)},
+            data={"instances": json.dumps(_instances(1, h, w))},
+            timeout=300,
+        )
         assert warm.status_code == 200
         base = _rss(server.proc.pid)
         worst = json.dumps(_instances(LIMITS["BPR_MAX_INSTANCES"], h, w)).encode()
-        r = httpx.post(f"{server.url}/refine", files={"image": ("a.png", image), "instances": ("i.json", worst)},
-                       timeout=300)
+        r = httpx.post(
+            f"{server.url}/refine", files={"image": ("a.png", image), "instances": ("i.json", worst)}, timeout=300
+        )
         assert r.status_code == 200 and len(r.json()["instances"]) == LIMITS["BPR_MAX_INSTANCES"]
         grown = _peak_rss(server.proc.pid) - base
-        patches = next(float(line.split()[1]) for line in httpx.get(f"{server.url}/metrics").text.splitlines()
-                       if line.startswith("bpr_patches_total"))
+        patches = next(
+            float(line.split()[1])
+            for line in httpx.get(f"{server.url}/metrics").text.splitlines()
+            if line.startswith("bpr_patches_total")
+        )
     upload = len(image) + len(worst)
-    bound = (2 * upload + 3 * h * w + MASK_COPIES * LIMITS["BPR_MAX_MASK_PIXELS"]
-             + PER_PATCH * patches)
+    bound = 2 * upload + 3 * h * w + MASK_COPIES * LIMITS["BPR_MAX_MASK_PIXELS"] + PER_PATCH * patches
     assert grown < bound, (grown / 1e6, bound / 1e6)
     assert grown > 50e6  # the request really was heavy (the measurement measures something)

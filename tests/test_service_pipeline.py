@@ -12,13 +12,13 @@ from typing import Any, TypeVar
 
 import numpy as np
 import pytest
+from conftest_service import DAVIS, checkpoint, load_json, needs_data  # noqa: F401  (checkpoint is a fixture)
 from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from bpr.io.images import decode_image_bytes
 from bpr.refiner import Refiner
-from conftest_service import DAVIS, checkpoint, load_json, needs_data  # noqa: F401  (checkpoint is a fixture)
 from service.detectors.base import Detector
 from service.engine import RefineEngine
 from service.errors import ServiceError

@@ -23,8 +23,6 @@ from typing import Any
 
 import httpx
 import pytest
-
-from bpr.cli.refine import main as refine_cli
 from conftest_service import (  # noqa: F401  (checkpoint is a fixture)
     COCO,
     DAVIS,
@@ -37,6 +35,8 @@ from conftest_service import (  # noqa: F401  (checkpoint is a fixture)
     needs_data,
     refine_request,
 )
+
+from bpr.cli.refine import main as refine_cli
 
 pytestmark = [needs_data, pytest.mark.slow]
 ADDRESS_SPACE = 4 << 30
@@ -68,8 +68,23 @@ def expected(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> list
     for name, items, root in (("davis", davis_items(4), DAVIS), ("coco", coco_items(2), COCO)):
         src, dst = tmp / f"{name}.json", tmp / f"{name}.out.json"
         src.write_text(json.dumps([e for _, entries in items for e in entries]))
-        assert refine_cli([str(src), "--images", str(root / "images"), "--image-info", str(root / "gt.json"),
-                           "--checkpoint", str(checkpoint), "--out", str(dst), "--quiet"]) == 0
+        assert (
+            refine_cli(
+                [
+                    str(src),
+                    "--images",
+                    str(root / "images"),
+                    "--image-info",
+                    str(root / "gt.json"),
+                    "--checkpoint",
+                    str(checkpoint),
+                    "--out",
+                    str(dst),
+                    "--quiet",
+                ]
+            )
+            == 0
+        )
         refined = json.loads(dst.read_text())
         start = 0
         for img, entries in items:
@@ -88,17 +103,40 @@ def hostile_requests(image: Path, entries: list[dict]) -> list[tuple[str, dict[s
         "polygon of 300k vertices": [[float(i % 500) for i in range(600_000)]],
     }
     out: list[tuple[str, dict[str, Any]]] = [
-        (name, {"files": {"image": ("x.jpg", image.read_bytes())}, "data": {"instances": json.dumps([{**e, "segmentation": poly}])}})
+        (
+            name,
+            {
+                "files": {"image": ("x.jpg", image.read_bytes())},
+                "data": {"instances": json.dumps([{**e, "segmentation": poly}])},
+            },
+        )
         for name, poly in bad_polygons.items()
     ]
     out += [
         ("text as image", {"files": {"image": ("x.jpg", b"not an image")}, "data": {"instances": json.dumps(entries)}}),
-        ("truncated jpeg", {"files": {"image": ("x.jpg", image.read_bytes()[:300])}, "data": {"instances": json.dumps(entries)}}),
+        (
+            "truncated jpeg",
+            {"files": {"image": ("x.jpg", image.read_bytes()[:300])}, "data": {"instances": json.dumps(entries)}},
+        ),
         ("instances not json", {"files": {"image": ("x.jpg", image.read_bytes())}, "data": {"instances": "[{"}}),
-        ("score a string", {"files": {"image": ("x.jpg", image.read_bytes())}, "data": {"instances": json.dumps([{**e, "score": "high"}])}}),
-        ("too many instances", {"files": {"image": ("x.jpg", image.read_bytes())}, "data": {"instances": json.dumps([e] * 65)}}),
-        ("rle of another size", {"files": {"image": ("x.jpg", image.read_bytes())},
-                                 "data": {"instances": json.dumps([{**e, "segmentation": {"size": [9, 9], "counts": "PP"}}])}}),
+        (
+            "score a string",
+            {
+                "files": {"image": ("x.jpg", image.read_bytes())},
+                "data": {"instances": json.dumps([{**e, "score": "high"}])},
+            },
+        ),
+        (
+            "too many instances",
+            {"files": {"image": ("x.jpg", image.read_bytes())}, "data": {"instances": json.dumps([e] * 65)}},
+        ),
+        (
+            "rle of another size",
+            {
+                "files": {"image": ("x.jpg", image.read_bytes())},
+                "data": {"instances": json.dumps([{**e, "segmentation": {"size": [9, 9], "counts": "PP"}}])},
+            },
+        ),
         ("upload too large", {"files": {"image": ("x.jpg", b"\xff" * 8_100_000)}, "data": {"instances": "[]"}}),
         ("no form at all", {"content": b"garbage", "headers": {"content-type": "multipart/form-data; boundary=zz"}}),
     ]
@@ -125,9 +163,24 @@ def test_cli_worst_polygons_under_a_memory_limit(tmp_path: Path, checkpoint: Pat
         src = tmp_path / "bad.json"
         src.write_text(json.dumps([{**entries[0], "segmentation": poly}]))
         t0 = time.monotonic()
-        run = subprocess.run([bin_path("bpr-refine"), str(src), "--images", str(image.parent), "--image-info",
-                              str(DAVIS / "gt.json"), "--checkpoint", str(checkpoint), "--out", str(tmp_path / "o.json")],
-                             capture_output=True, text=True, preexec_fn=_limit_address_space, timeout=120)
+        run = subprocess.run(
+            [
+                bin_path("bpr-refine"),
+                str(src),
+                "--images",
+                str(image.parent),
+                "--image-info",
+                str(DAVIS / "gt.json"),
+                "--checkpoint",
+                str(checkpoint),
+                "--out",
+                str(tmp_path / "o.json"),
+            ],
+            capture_output=True,
+            text=True,
+            preexec_fn=_limit_address_space,
+            timeout=120,
+        )
         assert run.returncode == 2 and time.monotonic() - t0 < 60
         assert run.stderr.strip().startswith("bpr-refine: error: ") and "\n" not in run.stderr.strip()
         assert not (tmp_path / "o.json").exists()
@@ -158,8 +211,12 @@ def test_eight_clients_for_a_minute(checkpoint: Path, expected: list) -> None:
                     elif r_.random() < 0.1:  # a client that gives up: the server must drop the work
                         image, entries, _ = r_.choice(expected)
                         try:
-                            http.post(f"{url}/refine", files={"image": (image.name, image.read_bytes())},
-                                      data={"instances": json.dumps(entries * 8)}, timeout=0.3)
+                            http.post(
+                                f"{url}/refine",
+                                files={"image": (image.name, image.read_bytes())},
+                                data={"instances": json.dumps(entries * 8)},
+                                timeout=0.3,
+                            )
                         except httpx.TimeoutException:
                             pass
                         statuses["abandoned"] += 1

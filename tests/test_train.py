@@ -7,6 +7,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import IdentityNet
 
 from bpr.cli.build_patches import main as build_main
 from bpr.cli.refine import main as refine_main
@@ -19,14 +20,30 @@ from bpr.train.build_patches import crop_training_patches
 from bpr.train.loop import TrainConfig, Trainer, boundary_band
 from bpr.train.patch_store import PatchSet
 from bpr.train.synth import LARGE_MIX, RECIPES, parse_mix, synthesize, thin_parts_lost
-from conftest import IdentityNet
 
 
 @pytest.fixture(scope="module")
 def patch_dir(tmp_path_factory, data_dir):
     out = tmp_path_factory.mktemp("patches") / "davis"
-    code = build_main(["--gt", str(data_dir / "davis-train" / "gt.json"), "--images", str(data_dir / "davis-train" / "images"),
-                       "--out", str(out), "--max-images", "6", "--draws", "2", "--workers", "1", "--quiet", "--val-fraction", "0.3"])
+    code = build_main(
+        [
+            "--gt",
+            str(data_dir / "davis-train" / "gt.json"),
+            "--images",
+            str(data_dir / "davis-train" / "images"),
+            "--out",
+            str(out),
+            "--max-images",
+            "6",
+            "--draws",
+            "2",
+            "--workers",
+            "1",
+            "--quiet",
+            "--val-fraction",
+            "0.3",
+        ]
+    )
     assert code == 0
     return out
 
@@ -109,6 +126,7 @@ def test_thin_parts_lost_drops_a_leg_far_from_the_body_and_keeps_the_body():
 
 def _share_of_boundary_within(mask: np.ndarray, gt: np.ndarray, px: float) -> float:
     from bpr.evaluate.contours import contour
+
     dist = cv2.distanceTransform((~contour(gt)).view(np.uint8), cv2.DIST_L2, 5)
     return float((dist[contour(mask)] <= px).mean())
 
@@ -119,8 +137,12 @@ def test_large_recipes_make_errors_beyond_the_f_score_tolerance(small, large, da
     info, ann = gt["images"][3], gt["annotations"][3]
     image = read_image(data_dir / "davis-train" / "images" / info["file_name"])
     g = decode_segmentation(ann["segmentation"], info["height"], info["width"])
-    near = {name: np.mean([_share_of_boundary_within(RECIPES[name](image, g, np.random.default_rng(s)), g, 8)
-                           for s in range(4)]) for name in (small, large)}
+    near = {
+        name: np.mean(
+            [_share_of_boundary_within(RECIPES[name](image, g, np.random.default_rng(s)), g, 8) for s in range(4)]
+        )
+        for name in (small, large)
+    }
     assert near[large] < near[small]
 
 
@@ -148,8 +170,20 @@ def test_boundary_band_marks_pixels_near_a_class_change():
 
 
 def _cfg(patch_dir, **kw):
-    base = dict(patches=[str(patch_dir)], input_size=64, batch_size=8, iters=30, optimizer="adamw", lr=1e-3,
-                warmup_iters=0, eval_every=15, eval_patches=64, ckpt_every=10, seed=0, threads=2)
+    base = dict(
+        patches=[str(patch_dir)],
+        input_size=64,
+        batch_size=8,
+        iters=30,
+        optimizer="adamw",
+        lr=1e-3,
+        warmup_iters=0,
+        eval_every=15,
+        eval_patches=64,
+        ckpt_every=10,
+        seed=0,
+        threads=2,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -181,22 +215,56 @@ def test_resume_continues_from_the_same_step_with_the_same_weights(patch_dir, tm
 
 def test_train_cli_writes_log_plot_and_a_checkpoint_bpr_refine_accepts(patch_dir, tmp_path, data_dir):
     run = tmp_path / "cli"
-    assert train_main(["--patches", str(patch_dir), "--out", str(run), "--iters", "12", "--batch-size", "4",
-                       "--eval-every", "6", "--input-size", "64", "--quiet"]) == 0
+    assert (
+        train_main(
+            [
+                "--patches",
+                str(patch_dir),
+                "--out",
+                str(run),
+                "--iters",
+                "12",
+                "--batch-size",
+                "4",
+                "--eval-every",
+                "6",
+                "--input-size",
+                "64",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert (run / "curves.png").stat().st_size > 1000
     rows = (run / "log.csv").read_text().splitlines()
     assert rows[0].startswith("step,loss") and len(rows) >= 3
-    assert train_main(["--patches", str(patch_dir), "--out", str(run), "--iters", "12", "--quiet"]) == 2  # no silent overwrite
+    assert (
+        train_main(["--patches", str(patch_dir), "--out", str(run), "--iters", "12", "--quiet"]) == 2
+    )  # no silent overwrite
     res = json.loads((data_dir / "davis-dev-real" / "osvos.json").read_text())[:2]
     (tmp_path / "r.json").write_text(json.dumps(res))
-    assert refine_main([str(tmp_path / "r.json"), "--images", str(data_dir / "davis-dev-real" / "images"),
-                        "--image-info", str(data_dir / "davis-dev-real" / "gt.json"), "--checkpoint", str(run / "model.pt"),
-                        "--quiet"]) == 0
+    assert (
+        refine_main(
+            [
+                str(tmp_path / "r.json"),
+                "--images",
+                str(data_dir / "davis-dev-real" / "images"),
+                "--image-info",
+                str(data_dir / "davis-dev-real" / "gt.json"),
+                "--checkpoint",
+                str(run / "model.pt"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert len(json.loads((tmp_path / "r.refined.json").read_text())) == 2
 
 
 def test_fine_tuning_adds_a_detail_head_to_a_checkpoint_without_one(patch_dir, tmp_path, random_checkpoint):
-    trainer = Trainer(_cfg(patch_dir, iters=3, detail_head=True, init_checkpoint=str(random_checkpoint)), tmp_path / "run")
+    trainer = Trainer(
+        _cfg(patch_dir, iters=3, detail_head=True, init_checkpoint=str(random_checkpoint)), tmp_path / "run"
+    )
     base = load_refiner(random_checkpoint)
     for k, v in base.state_dict().items():  # every original weight carried over
         assert torch.allclose(trainer.net.state_dict()[k].float(), v.float()), k
@@ -258,8 +326,25 @@ def test_neighbour_draws_run_into_touching_instances(data_dir):
 
 def test_scene_patches_keep_small_objects_and_show_their_neighbours(data_dir, tmp_path):
     out = tmp_path / "cs"
-    code = build_main(["--gt", str(data_dir / "cityscapes-train" / "gt.json"), "--images", str(data_dir / "cityscapes-train" / "images"),
-                       "--out", str(out), "--max-images", "2", "--draws", "1", "--mix", "scene", "--workers", "1", "--quiet"])
+    code = build_main(
+        [
+            "--gt",
+            str(data_dir / "cityscapes-train" / "gt.json"),
+            "--images",
+            str(data_dir / "cityscapes-train" / "images"),
+            "--out",
+            str(out),
+            "--max-images",
+            "2",
+            "--draws",
+            "1",
+            "--mix",
+            "scene",
+            "--workers",
+            "1",
+            "--quiet",
+        ]
+    )
     assert code == 0
     ps = PatchSet.open([out])
     gt = load_json(data_dir / "cityscapes-train" / "gt.json")
@@ -276,7 +361,10 @@ def test_scene_patches_keep_small_objects_and_show_their_neighbours(data_dir, tm
     assert len(small) > 5 and small_seen >= 0.8 * len(small)  # small objects get patches (a draw of every one)
     target = np.concatenate([t for t in ps.target])
     # a whole small object inside one patch: the target holds all of it with background around
-    whole = [(t.sum() > 0) and not t[0].any() and not t[-1].any() and not t[:, 0].any() and not t[:, -1].any() for t in target]
+    whole = [
+        (t.sum() > 0) and not t[0].any() and not t[-1].any() and not t[:, 0].any() and not t[:, -1].any()
+        for t in target
+    ]
     assert sum(whole) > 5
 
 

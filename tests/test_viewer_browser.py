@@ -19,15 +19,16 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest_service import DATA, checkpoint, load_json, refine_request, serve  # noqa: F401  (checkpoint: fixture)
 from PIL import Image
 from pycocotools import mask as mask_utils
-
-from conftest_service import DATA, checkpoint, load_json, refine_request, serve  # noqa: F401  (checkpoint: fixture)
 
 CS = DATA / "cityscapes-dev"
 CHROMIUM = os.environ.get("BPR_CHROMIUM", shutil.which("chromium") or "/usr/bin/chromium")
 
-playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
+playwright_api = pytest.importorskip(
+    "playwright.sync_api", reason="playwright is not installed (pip install playwright)"
+)
 pytestmark = [
     pytest.mark.skipif(not Path(CHROMIUM).is_file(), reason=f"no Chromium at {CHROMIUM} (apt-get install chromium)"),
     pytest.mark.skipif(not (CS / "gt.json").is_file(), reason=f"shared data not found at {DATA}"),
@@ -80,7 +81,9 @@ def page(browser: Any, server: Any) -> Iterator[Any]:
     assert not errors, f"uncaught errors in the page: {errors}"
 
 
-def submit(page: Any, image: Path, instances: Path | None = None, gt: Path | None = None, detector: bool = False) -> str:
+def submit(
+    page: Any, image: Path, instances: Path | None = None, gt: Path | None = None, detector: bool = False
+) -> str:
     """Fill the form, press Refine, wait for the page to finish; returns the final state."""
     page.set_input_files("#image-file", str(image))
     if detector:
@@ -122,7 +125,9 @@ def decode(entries: list[dict]) -> np.ndarray:
 
 
 def api_answer(server: Any, image: dict, entries: list[dict], **params: Any) -> dict:
-    r = refine_request(server.url, CS / "images" / image["file_name"], entries, params={"include_coarse": "true", **params})
+    r = refine_request(
+        server.url, CS / "images" / image["file_name"], entries, params={"include_coarse": "true", **params}
+    )
     assert r.status_code == 200, r.text
     return r.json()
 
@@ -212,7 +217,7 @@ def test_toggle_zoom_pan_and_jump_to_an_instance(page: Any) -> None:
     px = np.array(block).reshape(16, 16, 4)
     for by in (0, 8):
         for bx in (0, 8):
-            assert (px[by:by + 8, bx:bx + 8] == px[by, bx]).all()
+            assert (px[by : by + 8, bx : bx + 8] == px[by, bx]).all()
 
     page.locator("#rows tr").nth(0).click()
     page.wait_for_timeout(100)
@@ -264,8 +269,10 @@ def test_an_instance_id_png_dropped_on_the_page(page: Any, server: Any, tmp_path
         ids[mask_utils.decode(a["segmentation"]).astype(bool)] = 3 * k  # ids need not be consecutive
     png = tmp_path / "ids.png"
     Image.fromarray(ids).save(png)
-    for zone, path, kind in (("image-file", CS / "images" / image["file_name"], "image/jpeg"),
-                             ("instances-file", png, "image/png")):
+    for zone, path, kind in (
+        ("image-file", CS / "images" / image["file_name"], "image/jpeg"),
+        ("instances-file", png, "image/png"),
+    ):
         transfer = page.evaluate_handle(
             """([b64, name, kind]) => { const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
                 const dt = new DataTransfer(); dt.items.add(new File([bytes], name, {type: kind})); return dt; }""",

@@ -82,12 +82,14 @@ def probe_batch(patch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
     images = torch.rand(4, 3, patch_size, patch_size, generator=g) * 255
     ramp = torch.arange(patch_size, dtype=torch.float32)
-    masks = torch.stack([
-        (ramp[None, :] < patch_size / 2).expand(patch_size, patch_size),
-        (ramp[:, None] < patch_size / 3).expand(patch_size, patch_size),
-        (ramp[None, :] + ramp[:, None] < patch_size),
-        torch.rand(patch_size, patch_size, generator=g) > 0.5,
-    ]).float()[:, None]
+    masks = torch.stack(
+        [
+            (ramp[None, :] < patch_size / 2).expand(patch_size, patch_size),
+            (ramp[:, None] < patch_size / 3).expand(patch_size, patch_size),
+            (ramp[None, :] + ramp[:, None] < patch_size),
+            torch.rand(patch_size, patch_size, generator=g) > 0.5,
+        ]
+    ).float()[:, None]
     return images, masks
 
 
@@ -116,7 +118,9 @@ def _graph(net: RefinerNet, patch_size: int, precision: str) -> Path:
     return quantized_graph(graph, patch_size) if precision == "int8" else graph
 
 
-def load_runtime(net: RefinerNet, runtime: str, patch_size: int, precision: str, threads: int | None = None) -> ProbabilityNet:
+def load_runtime(
+    net: RefinerNet, runtime: str, patch_size: int, precision: str, threads: int | None = None
+) -> ProbabilityNet:
     """``net`` exported (or found in the cache) and opened by ``runtime``, checked on the probe
     batch; a graph that fails the check is exported again once, then refused."""
     if not installed(runtime):
@@ -166,5 +170,7 @@ def select_backend(
     except (ModelNotAvailableError, BprInputError) as exc:
         if name != "auto":
             raise
-        warnings.warn(f"running the torch network: the {chosen} backend did not load ({exc})", RuntimeWarning, stacklevel=3)
+        warnings.warn(
+            f"running the torch network: the {chosen} backend did not load ({exc})", RuntimeWarning, stacklevel=3
+        )
         return "torch", None, automatic_precision("torch", device) if precision == "auto" else precision

@@ -43,8 +43,13 @@ class ProbabilityGraph(nn.Module):
 def graph_key(net: RefinerNet, patch_size: int) -> str:
     """A hash of everything the exported graph depends on (weights included)."""
     digest = hashlib.sha256()
-    recipe = {"export": EXPORT_VERSION, "opset": OPSET, "torch": torch.__version__, "patch": patch_size,
-              "config": net.config.to_dict()}
+    recipe = {
+        "export": EXPORT_VERSION,
+        "opset": OPSET,
+        "torch": torch.__version__,
+        "patch": patch_size,
+        "config": net.config.to_dict(),
+    }
     digest.update(json.dumps(recipe, sort_keys=True).encode())
     for name, tensor in net.state_dict().items():
         digest.update(name.encode())
@@ -69,8 +74,13 @@ def export_onnx(net: RefinerNet, patch_size: int, path: Path, key: str) -> Path:
     with atomic_path(path) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about the fixed patch size: intended
         torch.onnx.export(
-            graph, (images, masks), str(tmp), input_names=["image_patches", "mask_patches"],
-            output_names=["probability"], opset_version=OPSET, dynamo=False,
+            graph,
+            (images, masks),
+            str(tmp),
+            input_names=["image_patches", "mask_patches"],
+            output_names=["probability"],
+            opset_version=OPSET,
+            dynamo=False,
             dynamic_axes={"image_patches": {0: "batch"}, "mask_patches": {0: "batch"}, "probability": {0: "batch"}},
         )
         model = onnx.load(str(tmp))

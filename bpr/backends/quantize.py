@@ -67,8 +67,15 @@ def quantized_graph(graph: Path, patch_size: int) -> Path:
     root.setLevel(logging.ERROR)  # the quantizer advises on the root logger (pre-processing, BN axes)
     try:
         with atomic_path(path) as tmp:
-            quantize_static(str(graph), str(tmp), Patches(), quant_format=QuantFormat.QDQ, per_channel=True,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+            quantize_static(
+                str(graph),
+                str(tmp),
+                Patches(),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+            )
     finally:
         root.setLevel(level)
     return path

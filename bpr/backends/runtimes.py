@@ -58,7 +58,9 @@ class OnnxRuntimeNet:
         try:
             import onnxruntime as ort
         except ImportError:
-            raise ModelNotAvailableError("the onnxruntime backend needs ONNX Runtime: pip install onnxruntime") from None
+            raise ModelNotAvailableError(
+                "the onnxruntime backend needs ONNX Runtime: pip install onnxruntime"
+            ) from None
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1

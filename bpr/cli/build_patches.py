@@ -20,7 +20,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="output patch directory")
     p.add_argument("--draws", type=int, default=4, help="synthetic coarse masks per instance (0: real only; default 4)")
     default_mix = ",".join(f"{k}={v}" for k, v in DEFAULT_MIX.items())
-    p.add_argument("--mix", default=default_mix, help=f"recipe weights, e.g. 'grid=2,warp=1', or a named mix: {', '.join(NAMED_MIXES)} (default {default_mix})")
+    p.add_argument(
+        "--mix",
+        default=default_mix,
+        help=f"recipe weights, e.g. 'grid=2,warp=1', or a named mix: {', '.join(NAMED_MIXES)} (default {default_mix})",
+    )
     p.add_argument("--patch-size", type=int, default=64)
     p.add_argument("--nms-iou", type=float, default=0.25)
     p.add_argument("--val-fraction", type=float, default=0.05, help="share of images held out for validation")
@@ -41,11 +45,20 @@ def main(argv: list[str] | None = None) -> int:
     if (args.out / "manifest.json").exists():
         raise BprInputError(f"{args.out} already holds a patch set; choose a new --out")
     config = BuildConfig(
-        patch_size=args.patch_size, nms_iou=args.nms_iou, draws=args.draws, mix=mix,
-        val_fraction=args.val_fraction, seed=args.seed, workers=args.workers, max_images=args.max_images,
+        patch_size=args.patch_size,
+        nms_iou=args.nms_iou,
+        draws=args.draws,
+        mix=mix,
+        val_fraction=args.val_fraction,
+        seed=args.seed,
+        workers=args.workers,
+        max_images=args.max_images,
     )
     manifest = build_patches(args.gt, args.images, args.out, config, coarse_path=args.coarse, progress=not args.quiet)
-    print(f"bpr-build-patches: {manifest['total']} patches in {len(manifest['shards'])} shards -> {args.out}", file=sys.stderr)
+    print(
+        f"bpr-build-patches: {manifest['total']} patches in {len(manifest['shards'])} shards -> {args.out}",
+        file=sys.stderr,
+    )
     return 0
 
 

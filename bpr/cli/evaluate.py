@@ -37,19 +37,41 @@ def build_parser() -> argparse.ArgumentParser:
         "baseline; the others are also shown as deltas against it. Definitions: docs/metrics.md.",
     )
     p.add_argument("--gt", type=Path, required=True, help="COCO ground-truth json (images, annotations, categories)")
-    p.add_argument("results", type=Path, nargs="+", help="COCO results json files: [{image_id, category_id, segmentation, score}]")
-    p.add_argument("--images", type=Path, help="image directory (file_name of the ground truth is relative to it); "
-                   "needed by --plots for the gallery")
-    p.add_argument("--boundary-ratio", type=_positive_float, default=DEFAULT_BOUNDARY_RATIO,
-                   help="Boundary IoU band width as a fraction of the image diagonal, at least 1 px "
-                   f"(default {DEFAULT_BOUNDARY_RATIO}; 0.005 for Cityscapes-size images)")
-    p.add_argument("--af-ratio", type=_positive_float, default=DEFAULT_AF_RATIO,
-                   help=f"AF match tolerance as a fraction of the diagonal, rounded up (default {DEFAULT_AF_RATIO})")
-    p.add_argument("--f-ratio", type=_positive_float, default=DEFAULT_F_RATIO,
-                   help=f"DAVIS contour accuracy F tolerance as a fraction of the diagonal, rounded up (default {DEFAULT_F_RATIO})")
-    p.add_argument("--single-instance", choices=("auto", "on", "off"), default="auto",
-                   help="per-image J / F (DAVIS-style): auto = when every image has exactly one non-crowd "
-                   "annotation; on = merge all GT and all predictions of an image into one mask each")
+    p.add_argument(
+        "results", type=Path, nargs="+", help="COCO results json files: [{image_id, category_id, segmentation, score}]"
+    )
+    p.add_argument(
+        "--images",
+        type=Path,
+        help="image directory (file_name of the ground truth is relative to it); needed by --plots for the gallery",
+    )
+    p.add_argument(
+        "--boundary-ratio",
+        type=_positive_float,
+        default=DEFAULT_BOUNDARY_RATIO,
+        help="Boundary IoU band width as a fraction of the image diagonal, at least 1 px "
+        f"(default {DEFAULT_BOUNDARY_RATIO}; 0.005 for Cityscapes-size images)",
+    )
+    p.add_argument(
+        "--af-ratio",
+        type=_positive_float,
+        default=DEFAULT_AF_RATIO,
+        help=f"AF match tolerance as a fraction of the diagonal, rounded up (default {DEFAULT_AF_RATIO})",
+    )
+    p.add_argument(
+        "--f-ratio",
+        type=_positive_float,
+        default=DEFAULT_F_RATIO,
+        help="DAVIS contour accuracy F tolerance as a fraction of the diagonal, rounded up (default "
+        f"{DEFAULT_F_RATIO})",
+    )
+    p.add_argument(
+        "--single-instance",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="per-image J / F (DAVIS-style): auto = when every image has exactly one non-crowd "
+        "annotation; on = merge all GT and all predictions of an image into one mask each",
+    )
     p.add_argument("--names", nargs="+", help="column names for the results files (default: file stems)")
     p.add_argument("--json", type=Path, help="write every number to this json file")
     p.add_argument("--plots", type=Path, help="write PNG plots to this directory")
@@ -68,7 +90,9 @@ def _check_args(args: argparse.Namespace) -> None:
     if args.gallery < 1:
         raise BprInputError("--gallery must be at least 1")
     if args.plots is not None and len(args.results) > 1 and args.images is None:
-        raise BprInputError("--plots draws a gallery of image crops: pass --images DIR (the ground truth's image folder)")
+        raise BprInputError(
+            "--plots draws a gallery of image crops: pass --images DIR (the ground truth's image folder)"
+        )
     if args.images is not None and not args.images.is_dir():
         raise BprInputError(f"image directory not found: {args.images}")
     if args.plots is not None and args.plots.exists() and not args.plots.is_dir():
@@ -79,7 +103,9 @@ def _check_args(args: argparse.Namespace) -> None:
 
 def _progress(quiet: bool) -> Callable[[int], Callable[[], None]]:
     def start(total: int) -> Callable[[], None]:
-        bar = tqdm(total=total, unit="img", desc="bpr-eval", disable=True if quiet else None, file=sys.stderr, leave=False)
+        bar = tqdm(
+            total=total, unit="img", desc="bpr-eval", disable=True if quiet else None, file=sys.stderr, leave=False
+        )
         return lambda: bar.update(1)
 
     return start
@@ -99,8 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     _check_args(args)
     single = {"auto": None, "on": True, "off": False}[args.single_instance]
     settings = Settings(boundary_ratio=args.boundary_ratio, af_ratio=args.af_ratio, f_ratio=args.f_ratio)
-    ev = evaluate(args.gt, args.results, settings, single_instance=single, names=args.names,
-                  progress=_progress(args.quiet))
+    ev = evaluate(
+        args.gt, args.results, settings, single_instance=single, names=args.names, progress=_progress(args.quiet)
+    )
     _print_report(format_report(ev))
     if args.json is not None:
         write_json_atomic(args.json, report_json(ev))

@@ -32,30 +32,64 @@ def build_parser() -> argparse.ArgumentParser:
         description="Refine the instance masks of a COCO results file (any detector) with BPR.",
     )
     p.add_argument("results", type=Path, help="COCO results json: [{image_id, category_id, segmentation, score}]")
-    p.add_argument("--images", required=True,
-                   help="directory holding the images (with --engine ray also a URI prefix such as s3://bucket/images)")
-    p.add_argument("--image-info", type=Path, help="COCO json whose 'images' map image_id to file_name "
-                   "(annotations not needed); without it image_id must be a file stem in --images")
+    p.add_argument(
+        "--images",
+        required=True,
+        help="directory holding the images (with --engine ray also a URI prefix such as s3://bucket/images)",
+    )
+    p.add_argument(
+        "--image-info",
+        type=Path,
+        help="COCO json whose 'images' map image_id to file_name "
+        "(annotations not needed); without it image_id must be a file stem in --images",
+    )
     p.add_argument("--out", type=Path, help="output json (default: <input stem>.refined.json beside the input)")
     p.add_argument("--checkpoint", type=Path, help="refiner checkpoint (default: the bundled model)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (fp16 autocast on CUDA)")
-    p.add_argument("--precision", default="auto", choices=list(PRECISIONS),
-                   help="auto: fp16 on CUDA, bf16 with OpenVINO on CPUs with native bf16, else fp32; "
-                   "int8: the exported graph statically quantized (openvino / onnxruntime backends)")
-    p.add_argument("--backend", choices=list(BACKENDS), default=None,
-                   help="what runs the network: auto (default, or BPR_BACKEND): OpenVINO, else ONNX Runtime, else torch "
-                   "on a CPU, torch on CUDA; the ONNX graph is exported once and cached (BPR_CACHE_DIR)")
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=list(PRECISIONS),
+        help="auto: fp16 on CUDA, bf16 with OpenVINO on CPUs with native bf16, else fp32; "
+        "int8: the exported graph statically quantized (openvino / onnxruntime backends)",
+    )
+    p.add_argument(
+        "--backend",
+        choices=list(BACKENDS),
+        default=None,
+        help="what runs the network: auto (default, or BPR_BACKEND): OpenVINO, else ONNX Runtime, else torch "
+        "on a CPU, torch on CUDA; the ONNX graph is exported once and cached (BPR_CACHE_DIR)",
+    )
     p.add_argument("--batch-size", type=int, default=64, help="patches per network pass (default 64)")
-    p.add_argument("--patch-size", type=int, default=None, help="square cut around the boundary, in image pixels (default: the checkpoint's, 64)")
-    p.add_argument("--input-size", type=int, default=None, help="network input size the patch is resized to (default: the checkpoint's)")
+    p.add_argument(
+        "--patch-size",
+        type=int,
+        default=None,
+        help="square cut around the boundary, in image pixels (default: the checkpoint's, 64)",
+    )
+    p.add_argument(
+        "--input-size",
+        type=int,
+        default=None,
+        help="network input size the patch is resized to (default: the checkpoint's)",
+    )
     add_option_flags(p)
-    p.add_argument("--threads", type=int, default=None,
-                   help="CPU threads for the network (torch.set_num_threads; default BPR_TORCH_THREADS, else one per core). Two torch "
-                   "jobs sharing the cores each run >10x slower: give each a share")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads for the network (torch.set_num_threads; default BPR_TORCH_THREADS, else one per "
+        "core). Two torch "
+        "jobs sharing the cores each run >10x slower: give each a share",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
-    p.add_argument("--engine", choices=["local", "ray"], default="local",
-                   help="local: this process (default); ray: Ray Data actors on this machine or a cluster "
-                   "(same output file, resumable; see docs/ray.md)")
+    p.add_argument(
+        "--engine",
+        choices=["local", "ray"],
+        default="local",
+        help="local: this process (default); ray: Ray Data actors on this machine or a cluster "
+        "(same output file, resumable; see docs/ray.md)",
+    )
     add_ray_arguments(p)
     return p
 
@@ -70,14 +104,27 @@ def add_option_flags(parser: argparse.ArgumentParser) -> None:
         default = getattr(DEFAULT_OPTIONS, name)
         if types[name] is bool:
             shown = "on" if default else "off"
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
-                                help=f"{info.help} (default: {_default_source(info, shown)})")
+            parser.add_argument(
+                flag,
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=f"{info.help} (default: {_default_source(info, shown)})",
+            )
             if info.negative_flag:
-                parser.add_argument(info.negative_flag, dest=name, action="store_false", default=None,
-                                    help=f"the same as --no-{flag[2:]}")
+                parser.add_argument(
+                    info.negative_flag,
+                    dest=name,
+                    action="store_false",
+                    default=None,
+                    help=f"the same as --no-{flag[2:]}",
+                )
         else:
-            parser.add_argument(flag, type=types[name], default=None,
-                                help=f"{info.help} (default: {_default_source(info, f'{default:g}')})")
+            parser.add_argument(
+                flag,
+                type=types[name],
+                default=None,
+                help=f"{info.help} (default: {_default_source(info, f'{default:g}')})",
+            )
 
 
 def _default_source(info: OptionInfo, shown: str) -> str:
@@ -136,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
         seconds = time.perf_counter() - start
         print(
             f"bpr-refine: {s.images} images, {s.instances} instances, {s.patches} patches in "
-            f"{seconds:.1f} s ({s.images / max(seconds, 1e-9):.2f} images/s, {refiner.backend} backend); {s.fallbacks} instances kept as given by the fallback "
+            f"{seconds:.1f} s ({s.images / max(seconds, 1e-9):.2f} images/s, {refiner.backend} backend); "
+            f"{s.fallbacks} instances kept as given by the fallback "
             f"rule, {s.small} under the minimum area, {s.gated} patches kept coarse by the quality gate "
             f"({s.early_gated} of them without a mirrored forward) -> {out}",
             file=sys.stderr,

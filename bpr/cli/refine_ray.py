@@ -26,21 +26,42 @@ RAY_FLAGS = ("address", "num_workers", "cpus_per_worker", "gpus_per_worker", "wo
 
 def add_ray_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("ray engine (--engine ray; needs the 'ray' extra: pip install '<bpr checkout>[ray]')")
-    g.add_argument("--address", default=None,
-                   help="Ray cluster to join: 'auto', ray://head:10001 or host:port (default: start a local Ray "
-                   "instance on this machine)")
-    g.add_argument("--num-workers", type=int, default=None,
-                   help="refiner actors, each loading the model once (default: the cluster's CPUs / --cpus-per-worker, "
-                   "or GPUs / --gpus-per-worker)")
-    g.add_argument("--cpus-per-worker", type=float, default=None, help="CPUs per actor, also its torch threads (default 1)")
-    g.add_argument("--gpus-per-worker", type=float, default=None,
-                   help="GPU share per actor, e.g. 0.5 for two actors per GPU (default 0: CPU actors); above 0 the "
-                   "actors run on CUDA")
-    g.add_argument("--work-dir", type=Path, default=None,
-                   help="finished shards are kept here, so a rerun after a crash or Ctrl-C skips them (default: "
-                   "<out>.parts beside the output, removed after success)")
-    g.add_argument("--images-per-shard", type=int, default=None,
-                   help="images per shard: the unit of work, retry and resume (default 8)")
+    g.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster to join: 'auto', ray://head:10001 or host:port (default: start a local Ray "
+        "instance on this machine)",
+    )
+    g.add_argument(
+        "--num-workers",
+        type=int,
+        default=None,
+        help="refiner actors, each loading the model once (default: the cluster's CPUs / --cpus-per-worker, "
+        "or GPUs / --gpus-per-worker)",
+    )
+    g.add_argument(
+        "--cpus-per-worker", type=float, default=None, help="CPUs per actor, also its torch threads (default 1)"
+    )
+    g.add_argument(
+        "--gpus-per-worker",
+        type=float,
+        default=None,
+        help="GPU share per actor, e.g. 0.5 for two actors per GPU (default 0: CPU actors); above 0 the "
+        "actors run on CUDA",
+    )
+    g.add_argument(
+        "--work-dir",
+        type=Path,
+        default=None,
+        help="finished shards are kept here, so a rerun after a crash or Ctrl-C skips them (default: "
+        "<out>.parts beside the output, removed after success)",
+    )
+    g.add_argument(
+        "--images-per-shard",
+        type=int,
+        default=None,
+        help="images per shard: the unit of work, retry and resume (default 8)",
+    )
 
 
 def check_engine_flags(args: argparse.Namespace) -> None:

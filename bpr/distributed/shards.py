@@ -57,7 +57,12 @@ def plan_shards(
     if images_per_shard < 1:
         raise BprInputError(f"--images-per-shard must be at least 1, got {images_per_shard}")
     images = [
-        {"image_id": image_id, "path": str(paths[image_id]), "indices": indices, "entries": [results[i] for i in indices]}
+        {
+            "image_id": image_id,
+            "path": str(paths[image_id]),
+            "indices": indices,
+            "entries": [results[i] for i in indices],
+        }
         for image_id, indices in groups.items()
     ]
     return [

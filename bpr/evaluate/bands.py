@@ -38,9 +38,7 @@ def _bbox(mask: np.ndarray) -> tuple[int, int, int, int] | None:
     return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
 
 
-def _band_crop(
-    mask: np.ndarray, d: int, box: tuple[int, int, int, int]
-) -> tuple[np.ndarray, int, int]:
+def _band_crop(mask: np.ndarray, d: int, box: tuple[int, int, int, int]) -> tuple[np.ndarray, int, int]:
     """The band inside the foreground box ``box`` grown by d + 1 px: (crop, y0, x0).
 
     Pixels of that crop outside the box are background anyway, so eroding with "outside =

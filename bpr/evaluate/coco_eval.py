@@ -104,8 +104,6 @@ class BoundaryCOCOeval(COCOeval):
         return ious
 
 
-def boundary_ap(
-    gt: COCO, dt: COCO, gt_bands: dict[Any, dict], dt_bands: dict[int, dict]
-) -> dict[str, float | None]:
+def boundary_ap(gt: COCO, dt: COCO, gt_bands: dict[Any, dict], dt_bands: dict[int, dict]) -> dict[str, float | None]:
     """Boundary AP stats by name (same layout as :func:`mask_ap`)."""
     return _stats(BoundaryCOCOeval(gt, dt, gt_bands, dt_bands))

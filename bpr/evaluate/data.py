@@ -43,9 +43,7 @@ class GroundTruth:
 
     def is_single_instance(self) -> bool:
         """True when every image has exactly one non-crowd annotation (DAVIS-style data)."""
-        return all(
-            sum(1 for a in self.anns_by_image.get(i, []) if not a["iscrowd"]) == 1 for i in self.images
-        )
+        return all(sum(1 for a in self.anns_by_image.get(i, []) if not a["iscrowd"]) == 1 for i in self.images)
 
     @property
     def n_instances(self) -> int:

@@ -113,7 +113,9 @@ def _unit_masks(ev: Evaluation, unit: int, files: tuple[int, int]) -> tuple[np.n
     if ann_id is None:  # single-instance data: all non-crowd GT, all predictions, merged
         gt = _decode_union([a["segmentation"] for a in anns if not a["iscrowd"]], h, w)
         preds = [
-            _decode_union([ev.files[k].entries[i]["segmentation"] for i in ev.files[k].by_image.get(image_id, [])], h, w)
+            _decode_union(
+                [ev.files[k].entries[i]["segmentation"] for i in ev.files[k].by_image.get(image_id, [])], h, w
+            )
             for k in files
         ]
     else:

@@ -116,8 +116,13 @@ def format_report(ev: Evaluation) -> str:
                 body.append([f.name, "-", "-", "-", "-"])
             else:
                 body.append(
-                    [f.name, f"{100 * c.improved:.1f}%", f"{100 * c.worsened:.1f}%",
-                     f"{100 * c.worse_by_1pt:.1f}%", f"{100 * c.mean_delta_iou:+.2f}"]
+                    [
+                        f.name,
+                        f"{100 * c.improved:.1f}%",
+                        f"{100 * c.worsened:.1f}%",
+                        f"{100 * c.worse_by_1pt:.1f}%",
+                        f"{100 * c.mean_delta_iou:+.2f}",
+                    ]
                 )
         lines += _table(header, body)
     return "\n".join(lines)

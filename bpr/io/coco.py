@@ -47,16 +47,11 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
 
 
 def _check_size(rle_size: Any, height: int, width: int, what: str) -> None:
-    if (
-        not isinstance(rle_size, (list, tuple))
-        or len(rle_size) != 2
-        or not all(isinstance(v, int) for v in rle_size)
-    ):
+    if not isinstance(rle_size, (list, tuple)) or len(rle_size) != 2 or not all(isinstance(v, int) for v in rle_size):
         raise BprInputError(f"{what}: RLE 'size' must be [height, width], got {rle_size!r}")
     if (rle_size[0], rle_size[1]) != (height, width):
         raise BprInputError(
-            f"{what}: mask size {rle_size[0]}x{rle_size[1]} (HxW) does not match "
-            f"the image size {height}x{width}"
+            f"{what}: mask size {rle_size[0]}x{rle_size[1]} (HxW) does not match the image size {height}x{width}"
         )
 
 
@@ -96,9 +91,7 @@ def _checked_rle(seg: Any, height: int, width: int, what: str) -> dict | None:
             if not all(isinstance(c, int) and c >= 0 for c in counts):
                 raise BprInputError(f"{what}: uncompressed RLE counts must be non-negative ints")
             if sum(counts) != height * width:
-                raise BprInputError(
-                    f"{what}: uncompressed RLE counts sum to {sum(counts)}, expected {height * width}"
-                )
+                raise BprInputError(f"{what}: uncompressed RLE counts sum to {sum(counts)}, expected {height * width}")
             rle = mask_utils.frPyObjects(seg, height, width)
         elif isinstance(counts, (str, bytes)):
             rle = {"size": [height, width], "counts": counts.encode() if isinstance(counts, str) else counts}

@@ -21,8 +21,15 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import BmpImagePlugin, GifImagePlugin, JpegImagePlugin, PngImagePlugin, PpmImagePlugin, TiffImagePlugin
-from PIL import ImageFile
+from PIL import (
+    BmpImagePlugin,
+    GifImagePlugin,
+    ImageFile,
+    JpegImagePlugin,
+    PngImagePlugin,
+    PpmImagePlugin,
+    TiffImagePlugin,
+)
 
 from bpr.errors import BprInputError
 from bpr.io.limits import default_max_pixels, over_pixel_limit
@@ -134,7 +141,7 @@ def read_image_any(path: str) -> np.ndarray:
     pyarrow's filesystems (s3, gs, hdfs), which Ray Data brings along.
     """
     if not is_uri(path):
-        return read_image(path[len("file://"):] if path.startswith("file://") else path)
+        return read_image(path[len("file://") :] if path.startswith("file://") else path)
     try:
         data = _read_uri(path)
     except FileNotFoundError:

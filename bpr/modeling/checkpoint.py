@@ -43,9 +43,7 @@ def infer_config(state_dict: dict[str, torch.Tensor]) -> RefinerConfig:
     try:
         width = state_dict["backbone.transition1.0.0.weight"].shape[0]
     except KeyError:
-        raise ModelNotAvailableError(
-            "not a BPR/HRNet checkpoint: no 'backbone.transition1.0.0.weight' key"
-        ) from None
+        raise ModelNotAvailableError("not a BPR/HRNet checkpoint: no 'backbone.transition1.0.0.weight' key") from None
     stage3_modules = {k.split(".")[2] for k in state_dict if k.startswith("backbone.stage3.")}
     if width == 48:
         arch = "hr48"
@@ -112,13 +110,21 @@ def load_refiner(
     return net.to(device).eval()
 
 
-def save_refiner(net: RefinerNet, path: str | os.PathLike, meta: dict[str, Any] | None = None, half: bool = True) -> None:
+def save_refiner(
+    net: RefinerNet, path: str | os.PathLike, meta: dict[str, Any] | None = None, half: bool = True
+) -> None:
     """Write a bpr checkpoint atomically; fp16 weights by default (BN statistics included)."""
     state = {
         k: (v.detach().half() if half and v.is_floating_point() else v.detach()).cpu()
         for k, v in net.state_dict().items()
     }
-    payload = {"format": FORMAT, "version": 1, "config": net.config.to_dict(), "recommended": dict(net.recommended),
-               "state_dict": state, "meta": meta or {}}
+    payload = {
+        "format": FORMAT,
+        "version": 1,
+        "config": net.config.to_dict(),
+        "recommended": dict(net.recommended),
+        "state_dict": state,
+        "meta": meta or {},
+    }
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)

@@ -132,8 +132,15 @@ class EfficientNetLite0WithMask(nn.Module):
         blocks = []
         for stage in LITE0_STAGES:
             for i in range(stage.repeats):
-                blocks.append(MBConv(stage.cin if i == 0 else stage.cout, stage.cout, stage.kernel,
-                                     stage.stride if i == 0 else 1, stage.expand))
+                blocks.append(
+                    MBConv(
+                        stage.cin if i == 0 else stage.cout,
+                        stage.cout,
+                        stage.kernel,
+                        stage.stride if i == 0 else 1,
+                        stage.expand,
+                    )
+                )
         self._blocks = nn.ModuleList(blocks)
 
     def forward(self, image: torch.Tensor, mask: torch.Tensor) -> list[torch.Tensor]:

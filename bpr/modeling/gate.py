@@ -23,9 +23,15 @@ class PatchGate(nn.Module):
     def __init__(self, width: int = 16) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(6, width, 3, stride=2, padding=1), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
-            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), nn.BatchNorm2d(2 * width), nn.ReLU(inplace=True),
-            nn.Conv2d(2 * width, 4 * width, 3, stride=2, padding=1), nn.BatchNorm2d(4 * width), nn.ReLU(inplace=True),
+            nn.Conv2d(6, width, 3, stride=2, padding=1),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1),
+            nn.BatchNorm2d(2 * width),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(2 * width, 4 * width, 3, stride=2, padding=1),
+            nn.BatchNorm2d(4 * width),
+            nn.ReLU(inplace=True),
             ConvBNReLU(4 * width, 4 * width),
         )
         self.classifier = nn.Linear(8 * width + 3, 1)
@@ -40,7 +46,8 @@ class PatchGate(nn.Module):
         stats = torch.stack(
             [
                 flips.mean(dim=(1, 2, 3)),  # share of the patch the change moves
-                (flips * (prob - 0.5).abs()).sum(dim=(1, 2, 3)) / flips.sum(dim=(1, 2, 3)).clamp(min=1),  # its confidence
+                (flips * (prob - 0.5).abs()).sum(dim=(1, 2, 3))
+                / flips.sum(dim=(1, 2, 3)).clamp(min=1),  # its confidence
                 mask.mean(dim=(1, 2, 3)),
             ],
             dim=1,

@@ -35,8 +35,7 @@ class FCNHead(nn.Module):
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
         size = features[0].shape[-2:]
         x = torch.cat(
-            [features[0]]
-            + [F.interpolate(f, size=size, mode="bilinear", align_corners=False) for f in features[1:]],
+            [features[0]] + [F.interpolate(f, size=size, mode="bilinear", align_corners=False) for f in features[1:]],
             dim=1,
         )
         return self.conv_seg(self.dropout(self.convs(x)))
@@ -58,7 +57,7 @@ class DetailHead(nn.Module):
         self.conv2 = nn.Conv2d(width, width, 3, padding=1)
         self.conv_out = nn.Conv2d(width, num_classes, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
-        nn.init.zeros_(self.conv_out.bias)
+        nn.init.zeros_(self.conv_out.bias)  # type: ignore[arg-type]  # a Conv2d made with bias=True
 
     def forward(self, logits: torch.Tensor, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         x = torch.cat([logits, image.to(logits.dtype), mask.to(logits.dtype)], dim=1)

@@ -93,9 +93,7 @@ class HRModule(nn.Module):
     def __init__(self, widths: tuple[int, ...], num_blocks: int, upsample_mode: str) -> None:
         super().__init__()
         self.upsample_mode = upsample_mode
-        self.branches = nn.ModuleList(
-            nn.Sequential(*[BasicBlock(w) for _ in range(num_blocks)]) for w in widths
-        )
+        self.branches = nn.ModuleList(nn.Sequential(*[BasicBlock(w) for _ in range(num_blocks)]) for w in widths)
         fuse_layers = []
         for i, wi in enumerate(widths):
             row: list[nn.Module | None] = []
@@ -136,9 +134,7 @@ def _transition(pre: tuple[int, ...], cur: tuple[int, ...]) -> nn.ModuleList:
     for i, c in enumerate(cur):
         if i < len(pre):
             layers.append(
-                None
-                if pre[i] == c
-                else nn.Sequential(conv3x3(pre[i], c), nn.BatchNorm2d(c), nn.ReLU(inplace=True))
+                None if pre[i] == c else nn.Sequential(conv3x3(pre[i], c), nn.BatchNorm2d(c), nn.ReLU(inplace=True))
             )
         else:
             steps = []
@@ -167,9 +163,7 @@ class HRNetWithMask(nn.Module):
         self.bn1 = nn.BatchNorm2d(64)
         self.conv2 = conv3x3(64, 64, stride=2)
         self.bn2 = nn.BatchNorm2d(64)
-        self.layer1 = nn.Sequential(
-            Bottleneck(64, 64), *[Bottleneck(256, 64) for _ in range(spec.stem_blocks - 1)]
-        )
+        self.layer1 = nn.Sequential(Bottleneck(64, 64), *[Bottleneck(256, 64) for _ in range(spec.stem_blocks - 1)])
         w = spec.widths
         self.transition1 = _transition((256,), w[:2])
         self.stage2 = nn.Sequential(

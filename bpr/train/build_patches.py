@@ -91,7 +91,9 @@ def _image_task(task: dict[str, Any]) -> dict[str, Any]:
             else:
                 skipped += 1
         for draw, (coarse, name) in enumerate(coarse_list):
-            corners = extract_patch_corners(pad_to_patch(torch.from_numpy(coarse), s).numpy(), s, cfg.nms_iou, cover_all=False)
+            corners = extract_patch_corners(
+                pad_to_patch(torch.from_numpy(coarse), s).numpy(), s, cfg.nms_iou, cover_all=False
+            )
             if len(corners) == 0:
                 continue
             meta = np.zeros(len(corners), META_DTYPE)
@@ -127,12 +129,20 @@ def _match_coarse(gt_anns: list[dict], preds: list[dict], h: int, w: int, min_io
 
 
 def build_patches(
-    gt_path: str | Path, images_dir: str | Path, out: str | Path, config: BuildConfig,
-    coarse_path: str | Path | None = None, progress: bool = True,
+    gt_path: str | Path,
+    images_dir: str | Path,
+    out: str | Path,
+    config: BuildConfig,
+    coarse_path: str | Path | None = None,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Build a patch directory; returns its manifest."""
     gt = load_json(gt_path)
-    if not isinstance(gt, dict) or not isinstance(gt.get("images"), list) or not isinstance(gt.get("annotations"), list):
+    if (
+        not isinstance(gt, dict)
+        or not isinstance(gt.get("images"), list)
+        or not isinstance(gt.get("annotations"), list)
+    ):
         raise BprInputError(f"{gt_path}: expected a COCO json with 'images' and 'annotations'")
     if config.draws == 0 and coarse_path is None:
         raise BprInputError("nothing to build: --draws 0 and no --coarse predictions")
@@ -166,7 +176,9 @@ def build_patches(
                 "path": str(path),
                 "image_index": index,
                 "gt": anns,
-                "coarse_by_gt": _match_coarse(anns, preds_by_image.get(img["id"], []), img["height"], img["width"], config.min_iou),
+                "coarse_by_gt": _match_coarse(
+                    anns, preds_by_image.get(img["id"], []), img["height"], img["width"], config.min_iou
+                ),
                 "split": SPLITS["val" if val else "train"],
                 "recipes": recipes,
             }
@@ -187,7 +199,9 @@ def build_patches(
     bar.close()
     return writer.close(
         {
-            "sources": [{"gt": str(gt_path), "images": str(images_dir), "coarse": str(coarse_path) if coarse_path else None}],
+            "sources": [
+                {"gt": str(gt_path), "images": str(images_dir), "coarse": str(coarse_path) if coarse_path else None}
+            ],
             "image_files": [img["file_name"] for img in images],
             "recipes": recipes,
             "mix": config.mix,
@@ -204,7 +218,7 @@ def build_patches(
 class _InlinePool:
     """Pool stand-in for workers=1 (debuggable, no fork)."""
 
-    def __enter__(self) -> "_InlinePool":
+    def __enter__(self) -> _InlinePool:
         return self
 
     def __exit__(self, *exc: Any) -> None:

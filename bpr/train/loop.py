@@ -77,8 +77,12 @@ def boundary_band(target: torch.Tensor, width: int) -> torch.Tensor:
 
 
 def refinement_loss(
-    logits: torch.Tensor, target: torch.Tensor, boundary_weight: float, width: int,
-    coarse: torch.Tensor | None = None, keep_weight: float = 0.0,
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    boundary_weight: float,
+    width: int,
+    coarse: torch.Tensor | None = None,
+    keep_weight: float = 0.0,
 ) -> torch.Tensor:
     """Cross-entropy, with pixels near the true boundary weighted up: that is where the errors are.
 
@@ -112,8 +116,9 @@ class Trainer:
         if len(self.train_idx) == 0:
             raise BprInputError("the patch set has no training patches")
         torch.manual_seed(cfg.seed)
-        config = RefinerConfig(arch=cfg.arch, input_size=cfg.input_size, patch_size=self.data.patch_size,
-                               detail_head=cfg.detail_head)
+        config = RefinerConfig(
+            arch=cfg.arch, input_size=cfg.input_size, patch_size=self.data.patch_size, detail_head=cfg.detail_head
+        )
         if cfg.init_checkpoint:
             init = load_refiner(cfg.init_checkpoint)
             self.net = RefinerNet(config)
@@ -123,8 +128,10 @@ class Trainer:
             missing, unexpected = self.net.load_state_dict(weights, strict=False)
             # A checkpoint without a detail head may seed one with it: that head starts as identity.
             if unexpected or any(not k.startswith("detail_head.") for k in missing):
-                raise BprInputError(f"{cfg.init_checkpoint} does not fit a {cfg.arch} refiner "
-                                    f"(missing {missing[:2]}, unexpected {unexpected[:2]})")
+                raise BprInputError(
+                    f"{cfg.init_checkpoint} does not fit a {cfg.arch} refiner "
+                    f"(missing {missing[:2]}, unexpected {unexpected[:2]})"
+                )
         else:
             self.net = RefinerNet(config)
             if cfg.pretrained:
@@ -164,16 +171,27 @@ class Trainer:
         self.seconds = state.get("seconds", 0.0)
 
     def save_state(self) -> None:
-        state = {"model": self.net.state_dict(), "optimizer": self.opt.state_dict(), "step": self.step,
-                 "seconds": self.seconds, "config": asdict(self.cfg)}
+        state = {
+            "model": self.net.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "step": self.step,
+            "seconds": self.seconds,
+            "config": asdict(self.cfg),
+        }
         with atomic_path(self.out / "last.pt") as tmp:
             torch.save(state, tmp)
 
     def export(self, path: Path | None = None, extra: dict[str, Any] | None = None) -> Path:
         """The deployable bpr checkpoint (fp16 weights) that bpr-refine --checkpoint takes."""
         path = path or self.out / "model.pt"
-        meta = {"step": self.step, "train_seconds": round(self.seconds, 1), "train_config": asdict(self.cfg),
-                "patch_manifests": [{k: m[k] for k in ("sources", "mix", "draws", "total", "nms_iou")} for m in self.data.manifests]}
+        meta = {
+            "step": self.step,
+            "train_seconds": round(self.seconds, 1),
+            "train_config": asdict(self.cfg),
+            "patch_manifests": [
+                {k: m[k] for k in ("sources", "mix", "draws", "total", "nms_iou")} for m in self.data.manifests
+            ],
+        }
         save_refiner(self.net, path, meta={**meta, **(extra or {})})
         return path
 
@@ -207,8 +225,9 @@ class Trainer:
             logits = self.net(*self.net.preprocess(images, coarse))
         if logits.shape[-1] != target.shape[-1]:
             logits = F.interpolate(logits.float(), size=target.shape[-2:], mode="bilinear", align_corners=False)
-        loss = refinement_loss(logits, target, self.cfg.boundary_weight, self.cfg.boundary_width,
-                               coarse[:, 0], self.cfg.keep_weight)
+        loss = refinement_loss(
+            logits, target, self.cfg.boundary_weight, self.cfg.boundary_width, coarse[:, 0], self.cfg.keep_weight
+        )
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
@@ -232,14 +251,20 @@ class Trainer:
             pred = self.net.foreground_probability(img, cm) > 0.5
             c = cm[:, 0].bool()
             band = boundary_band(t.to(torch.uint8), self.cfg.boundary_width)
-            inter += float((pred & t).sum()); union += float((pred | t).sum())
-            c_inter += float((c & t).sum()); c_union += float((c | t).sum())
-            b_inter += float((pred & t & band).sum()); b_union += float(((pred | t) & band).sum())
-            cb_inter += float((c & t & band).sum()); cb_union += float(((c | t) & band).sum())
+            inter += float((pred & t).sum())
+            union += float((pred | t).sum())
+            c_inter += float((c & t).sum())
+            c_union += float((c | t).sum())
+            b_inter += float((pred & t & band).sum())
+            b_union += float(((pred | t) & band).sum())
+            cb_inter += float((c & t & band).sum())
+            cb_union += float(((c | t) & band).sum())
         self.net.train()
         return {
-            "val_iou": inter / max(union, 1), "coarse_iou": c_inter / max(c_union, 1),
-            "val_band_iou": b_inter / max(b_union, 1), "coarse_band_iou": cb_inter / max(cb_union, 1),
+            "val_iou": inter / max(union, 1),
+            "coarse_iou": c_inter / max(c_union, 1),
+            "val_band_iou": b_inter / max(b_union, 1),
+            "coarse_band_iou": cb_inter / max(cb_union, 1),
         }
 
     def run(self, progress: bool = True, until_step: int | None = None, max_seconds: float | None = None) -> Path:
@@ -251,7 +276,17 @@ class Trainer:
         deadline = time.monotonic() + max_seconds if max_seconds else None
 
         log_path = self.out / "log.csv"
-        fields = ["step", "loss", "lr", "samples_per_s", "val_iou", "coarse_iou", "val_band_iou", "coarse_band_iou", "seconds"]
+        fields = [
+            "step",
+            "loss",
+            "lr",
+            "samples_per_s",
+            "val_iou",
+            "coarse_iou",
+            "val_band_iou",
+            "coarse_band_iou",
+            "seconds",
+        ]
         new_log = not log_path.exists()
         log = open(log_path, "a", newline="")
         writer = csv.DictWriter(log, fieldnames=fields)
@@ -272,8 +307,13 @@ class Trainer:
                     now = time.perf_counter()
                     sps = steps_since * self.cfg.batch_size / max(now - t_last, 1e-9)
                     t_last, steps_since = now, 0
-                    row = {"step": self.step, "loss": f"{np.mean(losses):.5f}", "lr": f"{_lr_at(self.cfg, self.step):.6f}",
-                           "samples_per_s": f"{sps:.1f}", "seconds": f"{self.seconds:.1f}"}
+                    row = {
+                        "step": self.step,
+                        "loss": f"{np.mean(losses):.5f}",
+                        "lr": f"{_lr_at(self.cfg, self.step):.6f}",
+                        "samples_per_s": f"{sps:.1f}",
+                        "seconds": f"{self.seconds:.1f}",
+                    }
                     bar.set_postfix(loss=row["loss"], sps=row["samples_per_s"])
                     losses = []
                     if self.step % self.cfg.eval_every == 0 or self.step == self.cfg.iters:
@@ -305,13 +345,19 @@ def plot_curves(log_path: Path, png: Path) -> None:
     steps = [int(r["step"]) for r in rows]
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
     a.plot(steps, [float(r["loss"]) for r in rows])
-    a.set_xlabel("step"); a.set_ylabel("training loss"); a.set_yscale("log"); a.grid(alpha=0.3)
+    a.set_xlabel("step")
+    a.set_ylabel("training loss")
+    a.set_yscale("log")
+    a.grid(alpha=0.3)
     ev = [r for r in rows if r.get("val_iou")]
     if ev:
         s = [int(r["step"]) for r in ev]
         for key, style in (("val_iou", "-"), ("coarse_iou", "--"), ("val_band_iou", "-"), ("coarse_band_iou", "--")):
             b.plot(s, [float(r[key]) for r in ev], style, label=key)
-        b.legend(); b.set_xlabel("step"); b.set_ylabel("IoU on held-out patches"); b.grid(alpha=0.3)
+        b.legend()
+        b.set_xlabel("step")
+        b.set_ylabel("IoU on held-out patches")
+        b.grid(alpha=0.3)
     fig.tight_layout()
     with atomic_path(png) as tmp:
         fig.savefig(tmp, format="png", dpi=100)

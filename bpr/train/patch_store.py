@@ -28,7 +28,15 @@ from bpr.io.coco import write_json_atomic
 
 FORMAT = "bpr-patches"
 META_DTYPE = np.dtype(
-    [("image", "<i4"), ("instance", "<i4"), ("draw", "<i2"), ("recipe", "<i2"), ("split", "u1"), ("y0", "<i4"), ("x0", "<i4")]
+    [
+        ("image", "<i4"),
+        ("instance", "<i4"),
+        ("draw", "<i2"),
+        ("recipe", "<i2"),
+        ("split", "u1"),
+        ("y0", "<i4"),
+        ("x0", "<i4"),
+    ]
 )
 SPLITS = {"train": 0, "val": 1}
 
@@ -90,14 +98,16 @@ class PatchSet:
     manifests: list[dict[str, Any]]
 
     @classmethod
-    def open(cls, dirs: list[str | os.PathLike]) -> "PatchSet":
+    def open(cls, dirs: list[str | os.PathLike]) -> PatchSet:
         images, coarse, target, meta, manifests = [], [], [], [], []
         patch_size = None
         for d in dirs:
             d = Path(d)
             manifest_path = d / "manifest.json"
             if not manifest_path.is_file():
-                raise BprInputError(f"{d} is not a patch directory (no manifest.json); build one with bpr-build-patches")
+                raise BprInputError(
+                    f"{d} is not a patch directory (no manifest.json); build one with bpr-build-patches"
+                )
             manifest = json.loads(manifest_path.read_text())
             if manifest.get("format") != FORMAT:
                 raise BprInputError(f"{manifest_path}: not a bpr patch manifest")

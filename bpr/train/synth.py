@@ -56,7 +56,9 @@ def grid_resample(image: np.ndarray, gt: np.ndarray, rng: np.random.Generator) -
     return out
 
 
-def _warp(gt: np.ndarray, rng: np.random.Generator, amplitude_px: tuple[float, float], cell_px: tuple[float, float]) -> np.ndarray:
+def _warp(
+    gt: np.ndarray, rng: np.random.Generator, amplitude_px: tuple[float, float], cell_px: tuple[float, float]
+) -> np.ndarray:
     h, w = gt.shape
     scale = max(h, w) / 480
     amplitude = rng.uniform(*amplitude_px) * scale
@@ -339,7 +341,10 @@ SCENE_MIX: dict[str, float] = {
 SALIENT_MIX: dict[str, float] = {**{name: 0.75 * weight for name, weight in LARGE_MIX.items()}, "near": 0.25}
 
 NAMED_MIXES: dict[str, dict[str, float]] = {
-    "default": DEFAULT_MIX, "large": LARGE_MIX, "scene": SCENE_MIX, "salient": SALIENT_MIX,
+    "default": DEFAULT_MIX,
+    "large": LARGE_MIX,
+    "scene": SCENE_MIX,
+    "salient": SALIENT_MIX,
 }
 
 
@@ -361,8 +366,12 @@ def parse_mix(text: str) -> dict[str, float]:
 
 
 def synthesize(
-    image: np.ndarray, gt: np.ndarray, rng: np.random.Generator, mix: dict[str, float] | None = None,
-    second_error: float = 0.5, others: np.ndarray | None = None,
+    image: np.ndarray,
+    gt: np.ndarray,
+    rng: np.random.Generator,
+    mix: dict[str, float] | None = None,
+    second_error: float = 0.5,
+    others: np.ndarray | None = None,
 ) -> tuple[np.ndarray, str]:
     """One coarse mask for ``gt``: a recipe drawn from ``mix``, sometimes followed by a second,
     lighter one (warp or noise). ``others``: the scene's other instances (for the scene

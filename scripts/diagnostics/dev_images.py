@@ -1,6 +1,7 @@
 """What the diagnostics share: a few real images of a dev input, and the patches the refiner
 cuts from them, through the library's own door (so a diagnostic measures the patches that
 ``bpr-refine`` runs, minimum area and all)."""
+
 from __future__ import annotations
 
 import sys
@@ -17,7 +18,6 @@ from bpr.io.images import read_image  # noqa: E402
 from bpr.io.results import entries_to_masks  # noqa: E402
 from bpr.refiner import Job, Refiner  # noqa: E402
 
-
 Example = tuple[dict[str, Any], np.ndarray, np.ndarray]  # (image info, image, coarse masks)
 
 
@@ -30,8 +30,14 @@ def spread_images(name: str, count: int, data: Path = DATA, cache: Path = CACHE)
     for entry in load_json(coarse_path):
         groups.setdefault(entry["image_id"], []).append(entry)
     keys = list(groups)[:: max(1, len(groups) // count)][:count]
-    return [(info[k], read_image(images / info[k]["file_name"]), entries_to_masks(groups[k], info[k]["height"], info[k]["width"]))
-            for k in keys]
+    return [
+        (
+            info[k],
+            read_image(images / info[k]["file_name"]),
+            entries_to_masks(groups[k], info[k]["height"], info[k]["width"]),
+        )
+        for k in keys
+    ]
 
 
 def first_pass(refiner: Refiner, image: np.ndarray, masks: np.ndarray) -> Job | None:

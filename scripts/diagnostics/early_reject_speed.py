@@ -7,6 +7,7 @@ skipped their mirrored forward.
 (scripts/benchmark.py's workload (b) cannot show this: its synthetic ellipses are accepted by
 the gate almost everywhere.)
 """
+
 from __future__ import annotations
 
 import sys
@@ -36,6 +37,8 @@ for name in ("cs-maskrcnn28", "davis-osvos"):
             network[on] += refiner.stats.seconds["network"] - before
     n = ROUNDS * len(data)
     stats = refiners[True].stats
-    print(f"{name}: network s/image early on {network[True] / n:.3f}, off {network[False] / n:.3f}; "
-          f"total s/image on {total[True] / n:.3f}, off {total[False] / n:.3f}; "
-          f"{stats.early_gated} of {stats.patches} patches early-rejected, {stats.gated} gated")
+    print(
+        f"{name}: network s/image early on {network[True] / n:.3f}, off {network[False] / n:.3f}; "
+        f"total s/image on {total[True] / n:.3f}, off {total[False] / n:.3f}; "
+        f"{stats.early_gated} of {stats.patches} patches early-rejected, {stats.gated} gated"
+    )

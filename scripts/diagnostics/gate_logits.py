@@ -5,6 +5,7 @@ any final gate decision changing?
 
     python scripts/diagnostics/gate_logits.py [checkpoint] [--save logits.npz]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,7 +36,7 @@ for name in ("cs-maskrcnn28", "cs-near", "cs-bottomup", "davis-osvos", "davis-rv
             continue
         with torch.inference_mode():
             for b in range(0, job.num_patches, BATCH):
-                i, m = job.image_patches[b:b + BATCH], job.mask_patches[b:b + BATCH]
+                i, m = job.image_patches[b : b + BATCH], job.mask_patches[b : b + BATCH]
                 p1 = net.foreground_probability(i, m)
                 p2 = 0.5 * (p1 + net.foreground_probability(i.flip(-1), m.flip(-1)).flip(-1))
                 plain_logits.append(net.change_helps(i, m, p1))

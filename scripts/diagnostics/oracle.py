@@ -1,7 +1,8 @@
 """Diagnostics on cs-maskrcnn28: what our patches could give (GT pasted), and what the refiner gives per patch.
 
-    python scripts/diagnostics/oracle.py --checkpoint bpr/models/bpr_default.pt --out work/oracle [--max-images 10]
+python scripts/diagnostics/oracle.py --checkpoint bpr/models/bpr_default.pt --out work/oracle [--max-images 10]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,8 +45,9 @@ def main() -> None:
     a = p.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(2)
-    refiner = Refiner.from_checkpoint(a.checkpoint, quality_gate=False, change_margin=a.margin, min_area=a.min_area,
-                                      backend="torch")  # as its recorded numbers were made
+    refiner = Refiner.from_checkpoint(
+        a.checkpoint, quality_gate=False, change_margin=a.margin, min_area=a.min_area, backend="torch"
+    )  # as its recorded numbers were made
     opts = refiner.options
     gt = load_json(DATA / "gt.json")
     info = {i["id"]: i for i in gt["images"]}
@@ -79,14 +81,24 @@ def main() -> None:
         with torch.inference_mode():
             probs = []
             for b in range(0, len(job.corners), BATCH):
-                im, mk = job.image_patches[b:b + BATCH], job.mask_patches[b:b + BATCH]
+                im, mk = job.image_patches[b : b + BATCH], job.mask_patches[b : b + BATCH]
                 probs.append(refined_probability(refiner.infer_net, im, mk, flip_tta=True))
             probs = torch.cat(probs) if probs else torch.zeros((0, s, s))
         cm = job.mask_patches[:, 0] > 0.5
         gm = gt_p > 0.5
         rm = probs > 0.5
-        stats.append(np.stack([areas[job.instance_ids], _iou(cm, gm), _iou(rm, gm),
-                               (cm ^ gm).flatten(1).sum(1).numpy(), (rm ^ gm).flatten(1).sum(1).numpy()], axis=1))
+        stats.append(
+            np.stack(
+                [
+                    areas[job.instance_ids],
+                    _iou(cm, gm),
+                    _iou(rm, gm),
+                    (cm ^ gm).flatten(1).sum(1).numpy(),
+                    (rm ^ gm).flatten(1).sum(1).numpy(),
+                ],
+                axis=1,
+            )
+        )
         job.probs = gt_p
         job.remaining = 0
         oracle = refiner.finish(job).numpy()
@@ -103,8 +115,11 @@ def main() -> None:
     gt_path = DATA / "gt.json"
     if a.max_images:
         ids = set(groups)
-        small = {**gt, "images": [i for i in gt["images"] if i["id"] in ids],
-                 "annotations": [x for x in gt["annotations"] if x["image_id"] in ids]}
+        small = {
+            **gt,
+            "images": [i for i in gt["images"] if i["id"] in ids],
+            "annotations": [x for x in gt["annotations"] if x["image_id"] in ids],
+        }
         gt_path = a.out / "gt.json"
         write_json_atomic(gt_path, small)
     st = np.concatenate(stats) if stats else np.zeros((0, 5))
@@ -116,10 +131,13 @@ def main() -> None:
     for lo, hi in ((0, 1024), (1024, 9216), (9216, 1e9)):
         sel = (st[:, 0] >= lo) & (st[:, 0] < hi)
         if sel.any():
-            print(f"area [{lo},{hi}): patches {sel.sum()}, "
-                  f"patch IoU coarse {st[sel, 1].mean():.4f} refined {st[sel, 2].mean():.4f}, "
-                  f"wrong px coarse {st[sel, 3].sum():.0f} refined {st[sel, 4].sum():.0f}, "
-                  f"improved {np.mean(st[sel, 2] > st[sel, 1] + 1e-9):.3f} worse {np.mean(st[sel, 2] < st[sel, 1] - 1e-9):.3f}")
+            print(
+                f"area [{lo},{hi}): patches {sel.sum()}, "
+                f"patch IoU coarse {st[sel, 1].mean():.4f} refined {st[sel, 2].mean():.4f}, "
+                f"wrong px coarse {st[sel, 3].sum():.0f} refined {st[sel, 4].sum():.0f}, "
+                f"improved {np.mean(st[sel, 2] > st[sel, 1] + 1e-9):.3f} worse "
+                f"{np.mean(st[sel, 2] < st[sel, 1] - 1e-9):.3f}"
+            )
     np.save(a.out / "patch_stats.npy", st)
 
 

@@ -35,7 +35,12 @@ def build_detector(settings: Settings) -> Detector | None:
         from service.detectors.http import HttpDetector
 
         key = settings.detector_api_key.get_secret_value() if settings.detector_api_key else None
-        return HttpDetector(_needed(settings.detector_url, "BPR_DETECTOR_URL"), settings.detector_health_url, settings.detector_timeout_s, key)
+        return HttpDetector(
+            _needed(settings.detector_url, "BPR_DETECTOR_URL"),
+            settings.detector_health_url,
+            settings.detector_timeout_s,
+            key,
+        )
     if settings.detector == "results":
         from service.detectors.results import ResultsDetector
 

@@ -35,5 +35,5 @@ class Detector(ABC):
         """What /v1/models shows about this detector (no secrets)."""
         return {"kind": self.kind}
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027 - an optional hook: most detectors hold nothing
         """Release connections, threads, GPU memory."""
