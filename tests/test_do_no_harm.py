@@ -6,6 +6,8 @@ import json
 
 import numpy as np
 
+from bpr.cli.dev_table import main as dev_table_main
+from bpr.evaluate import dev_table
 from bpr.io.coco import decode_segmentation, load_json
 from bpr.io.images import read_image
 from bpr.refiner import Refiner
@@ -59,16 +61,9 @@ def test_masks_that_are_already_right_stay_right(data_dir):
         assert iou(refined) >= iou(near) - 0.003, (info["file_name"], iou(near), iou(refined))
 
 
-def test_dev_table_runs_on_a_tiny_subset(data_dir, tmp_path, random_checkpoint):
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parent.parent / "scripts" / "dev_table.py"
-    spec = importlib.util.spec_from_file_location("dev_table", path)
-    dev_table = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(dev_table)
+def test_dev_table_runs_on_a_tiny_subset(data_dir, tmp_path, random_checkpoint, capsys):
     out = tmp_path / "table.json"
-    code = dev_table.main(
+    code = dev_table_main(
         [
             "--checkpoint",
             str(random_checkpoint),
@@ -91,6 +86,10 @@ def test_dev_table_runs_on_a_tiny_subset(data_dir, tmp_path, random_checkpoint):
         ]
     )
     assert code == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].startswith(f"checkpoint {random_checkpoint};")
+    names = [line.split(" | ")[0] for line in table[-5:]]  # the markdown table: one row per input, in order
+    assert names == ["| cs-maskrcnn28", "| cs-near", "| cs-bottomup", "| davis-osvos", "| davis-near"]
     rows = json.loads(out.read_text())["rows"]
     assert set(rows) == {"cs-maskrcnn28", "cs-near", "cs-bottomup", "davis-osvos", "davis-near"}
     near = rows["cs-near"]
@@ -102,3 +101,14 @@ def test_dev_table_runs_on_a_tiny_subset(data_dir, tmp_path, random_checkpoint):
     # the table's gate cell names the early rejections only when there were some
     assert dev_table._gated_cell({"gated": 12, "patches": 40, "early_gated": 0}) == "12 / 40"
     assert dev_table._gated_cell({"gated": 12, "patches": 40, "early_gated": 5}) == "12 / 40 (5 early)"
+
+
+def test_dev_table_reads_the_data_sets_from_bpr_shared_data(monkeypatch):
+    from pathlib import Path
+
+    from bpr.cli.dev_table import build_parser
+
+    monkeypatch.setenv("BPR_SHARED_DATA", "/elsewhere/data")
+    assert build_parser().parse_args([]).data == Path("/elsewhere/data")
+    monkeypatch.delenv("BPR_SHARED_DATA")
+    assert build_parser().parse_args([]).data == Path("../shared/data")  # beside the checkout, run from it

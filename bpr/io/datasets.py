@@ -1,4 +1,5 @@
-"""Finding the image behind each ``image_id`` of a COCO results file."""
+"""Finding the image behind each ``image_id`` of a COCO results file, and where bpr's shared
+data sets live."""
 
 from __future__ import annotations
 
@@ -10,6 +11,16 @@ from typing import Any
 from bpr.errors import BprInputError
 from bpr.io.coco import load_image_records
 from bpr.io.images import find_image_by_stem
+
+SHARED_DATA_ENV = "BPR_SHARED_DATA"
+
+
+def shared_data_root() -> Path:
+    """The folder of the shared data sets (``cityscapes-dev``, ``davis-dev-real``, ``davis-train``,
+    ...) that the dev table, the scripts and the tests read: ``BPR_SHARED_DATA``, else
+    ``../shared/data`` relative to the current directory (the checkout's sibling, for commands
+    run from the checkout, as ``scripts/train_effl0.sh`` has it)."""
+    return Path(os.environ.get(SHARED_DATA_ENV, "").strip() or "../shared/data")
 
 
 def image_paths(

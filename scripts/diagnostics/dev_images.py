@@ -4,27 +4,26 @@ cuts from them, through the library's own door (so a diagnostic measures the pat
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from dev_table import CACHE, DATA, input_files  # noqa: E402
-
-from bpr.io.coco import load_json  # noqa: E402
-from bpr.io.images import read_image  # noqa: E402
-from bpr.io.results import entries_to_masks  # noqa: E402
-from bpr.refiner import Job, Refiner  # noqa: E402
+from bpr.evaluate.dev_table import CACHE, input_files
+from bpr.io.coco import load_json
+from bpr.io.datasets import shared_data_root
+from bpr.io.images import read_image
+from bpr.io.results import entries_to_masks
+from bpr.refiner import Job, Refiner
 
 Example = tuple[dict[str, Any], np.ndarray, np.ndarray]  # (image info, image, coarse masks)
 
 
-def spread_images(name: str, count: int, data: Path = DATA, cache: Path = CACHE) -> list[Example]:
+def spread_images(name: str, count: int, data: Path | None = None, cache: Path = CACHE) -> list[Example]:
     """``count`` images of dev input ``name`` as (image info, image, coarse masks): every k-th
-    image in the order the coarse file lists them, so DAVIS frames span all sequences."""
-    gt_path, images, coarse_path = input_files(name, data, cache)
+    image in the order the coarse file lists them, so DAVIS frames span all sequences.
+    ``data`` defaults to the shared data sets (``BPR_SHARED_DATA``, else ``../shared/data``)."""
+    gt_path, images, coarse_path = input_files(name, data or shared_data_root(), cache)
     info = {i["id"]: i for i in load_json(gt_path)["images"]}
     groups: dict[Any, list[dict[str, Any]]] = {}
     for entry in load_json(coarse_path):
