@@ -225,15 +225,51 @@ def test_an_unwritable_output_is_refused_before_any_work(
 
 
 def test_every_command_has_a_version(capsys):
-    from bpr import __version__
-    from bpr.cli import build_patches, evaluate, refine, train
-    from service import cli as serve  # bpr-serve lives with the service
+    """Every console script of pyproject.toml answers --version with its own name."""
+    import importlib
+    import re
 
-    for module in (build_patches, evaluate, refine, serve, train):
+    from conftest import REPO
+
+    from bpr import __version__
+
+    pyproject = (REPO / "pyproject.toml").read_text()
+    section = pyproject.split("[project.scripts]\n", 1)[1].split("\n[", 1)[0]
+    scripts = dict(re.findall(r'^(bpr-[\w-]+) = "([\w.]+):main"', section, re.MULTILINE))
+    assert set(scripts) == {
+        "bpr-refine",
+        "bpr-eval",
+        "bpr-build-patches",
+        "bpr-train",
+        "bpr-train-gate",
+        "bpr-package",
+        "bpr-dev-table",
+        "bpr-serve",  # lives with the service: service.cli
+    }
+    for name, module in scripts.items():
         with pytest.raises(SystemExit) as info:
-            module.build_parser().parse_args(["--version"])
+            importlib.import_module(module).build_parser().parse_args(["--version"])
         assert info.value.code == 0
-        assert capsys.readouterr().out.strip().endswith(__version__)
+        assert capsys.readouterr().out.strip() == f"{name} {__version__}"
+
+
+@pytest.mark.parametrize(
+    "script, command",
+    [("train_gate", "bpr-train-gate"), ("package_model", "bpr-package"), ("dev_table", "bpr-dev-table")],
+)
+def test_the_old_script_paths_run_the_commands(script, command, monkeypatch, capsys):
+    """scripts/<tool>.py, which older command lines and jobs call, runs the package command."""
+    import runpy
+
+    from conftest import REPO
+
+    from bpr import __version__
+
+    monkeypatch.setattr(sys, "argv", [f"scripts/{script}.py", "--version"])
+    with pytest.raises(SystemExit) as info:
+        runpy.run_path(str(REPO / "scripts" / f"{script}.py"), run_name="__main__")
+    assert info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"{command} {__version__}"
 
 
 def test_threads_sets_the_network_threads(data_dir, davis_subset, random_checkpoint, tmp_path, capsys):

@@ -1,4 +1,5 @@
-"""The refiner network: mmsegmentation-compatible names, shapes, and checkpoint loading."""
+"""The refiner network: mmsegmentation-compatible names, shapes, checkpoint loading, and
+packaging a checkpoint to ship (bpr-package)."""
 
 from collections import OrderedDict
 
@@ -6,6 +7,7 @@ import pytest
 import torch
 from conftest import REPO
 
+from bpr.cli.package import main as package_main
 from bpr.errors import ModelNotAvailableError
 from bpr.modeling import RefinerConfig, RefinerNet, load_refiner, save_refiner
 from bpr.refiner import DEFAULT_CHECKPOINT
@@ -142,6 +144,37 @@ def test_the_bundled_model_loads_with_the_settings_its_card_states():
         0.2,
     )
     assert DEFAULT_CHECKPOINT.stat().st_size < 20e6
+
+
+def test_packaging_writes_fp16_weights_and_exactly_the_settings_given(random_checkpoint, tmp_path, capsys):
+    dst = tmp_path / "shipped.pt"
+    args = [str(random_checkpoint), str(dst), "--flip-tta", "--min-area", "50", "--change-margin", "0.1"]
+    assert package_main(args) == 0
+    assert capsys.readouterr().out.startswith(f"{dst}: ")
+    net = load_refiner(dst)
+    assert net.recommended == {"flip_tta": True, "min_area": 50, "change_margin": 0.1}  # flags not given: none
+    saved = torch.load(dst, weights_only=True)["state_dict"]
+    for k, v in load_refiner(random_checkpoint).state_dict().items():
+        if v.is_floating_point():
+            assert saved[k].dtype == torch.float16 and torch.equal(saved[k], v.half()), k
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--change-margin", "0.7"], "change margin must be in [0, 0.5), got 0.7"),
+        (["--gate-threshold", "1.5"], "has no quality gate; --gate-threshold needs one"),
+        (["--flip-tta", "--gate-early-reject", "1"], "--gate-early-reject needs a quality gate and --flip-tta"),
+    ],
+)
+def test_packaging_refuses_bad_settings_in_one_line_and_writes_nothing(
+    random_checkpoint, tmp_path, capsys, flags, message
+):
+    dst = tmp_path / "shipped.pt"
+    assert package_main([str(random_checkpoint), str(dst), *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("bpr-package: error: ") and message in err and "\n" not in err
+    assert not dst.exists() and list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize(

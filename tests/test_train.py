@@ -1,6 +1,7 @@
-"""Training: patch building, synthesis, the loop (loss goes down, resume is exact), and the
-trained checkpoint working in bpr-refine."""
+"""Training: patch building, synthesis, the loop (loss goes down, resume is exact), the
+trained checkpoint working in bpr-refine, and the quality gate trained on it (bpr-train-gate)."""
 
+import csv
 import json
 
 import cv2
@@ -12,6 +13,7 @@ from conftest import IdentityNet
 from bpr.cli.build_patches import main as build_main
 from bpr.cli.refine import main as refine_main
 from bpr.cli.train import main as train_main
+from bpr.cli.train_gate import main as train_gate_main
 from bpr.io.coco import decode_segmentation, load_json
 from bpr.io.images import read_image
 from bpr.modeling import RefinerConfig, load_refiner
@@ -274,7 +276,7 @@ def test_fine_tuning_adds_a_detail_head_to_a_checkpoint_without_one(patch_dir, t
 
 def test_fine_tuning_from_the_packaged_default_keeps_its_refiner_and_drops_its_gate(patch_dir, tmp_path):
     """The shipped model carries a quality gate trained on its own refiner; a fine-tuned refiner
-    needs a new one (scripts/train_gate.py), so training starts from every refiner weight only."""
+    needs a new one (bpr-train-gate), so training starts from every refiner weight only."""
     shipped = default_checkpoint()
     trainer = Trainer(_cfg(patch_dir, iters=2, detail_head=True, init_checkpoint=str(shipped)), tmp_path / "run")
     base = load_refiner(shipped)
@@ -284,6 +286,66 @@ def test_fine_tuning_from_the_packaged_default_keeps_its_refiner_and_drops_its_g
     assert carried and all(torch.equal(own[k].float(), base.state_dict()[k].float()) for k in carried)
     trainer.run(progress=False)
     assert load_refiner(trainer.export()).gate is None
+
+
+def _gate_args(checkpoint, patches, out, *flags):
+    """A bpr-train-gate run of 4 steps of batch 8, scored on 32 held-out patches."""
+    short = ["--steps", "4", "--batch-size", "8", "--eval-patches", "32"]
+    return [str(checkpoint), "--patches", str(patches), "--out", str(out), *short, *flags]
+
+
+def test_train_gate_adds_a_trained_gate_and_keeps_every_refiner_weight(patch_dir, tmp_path, random_checkpoint):
+    out = tmp_path / "gate" / "gated.pt"
+    assert train_gate_main(_gate_args(random_checkpoint, patch_dir, out, "--eval-every", "2", "--flip-tta")) == 0
+    base, gated = load_refiner(random_checkpoint), load_refiner(out)
+    assert not base.config.gate and gated.config.gate and gated.gate is not None
+    assert gated.recommended == base.recommended
+    own = gated.state_dict()
+    added = set(own) - set(base.state_dict())
+    assert added and added == {k for k in own if k.startswith("gate.")}
+    for k, v in base.state_dict().items():  # the refiner frozen: every weight as it came (fp32 written)
+        assert torch.equal(own[k], v), k
+    with open(out.with_suffix(".log.csv"), newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == [
+        "step",
+        "loss",
+        "lr",
+        "patches_per_s",
+        "val_fixed_alone",
+        "val_fixed_gated",
+        "val_fixed_oracle",
+        "val_broken_kept",
+        "val_kept_share",
+        "seconds",
+    ]
+    assert [r["step"] for r in rows] == ["2", "4"]  # every --eval-every steps and at the end
+    for r in rows:  # no gate beats the oracle; broken_kept counts pixels lost (<= 0); a share is a share
+        assert float(r["val_fixed_oracle"]) >= max(float(r["val_fixed_gated"]), float(r["val_fixed_alone"]))
+        assert float(r["val_broken_kept"]) <= 0 and 0 <= float(r["val_kept_share"]) <= 1
+    meta = torch.load(out, weights_only=True)["meta"]["gate_training"]
+    assert meta == {
+        "from": str(random_checkpoint),
+        "patches": [str(patch_dir)],
+        "steps": 4,
+        "flip_tta": True,
+        "change_margin": 0.0,
+        "harm_weight": 1.0,
+    }
+
+
+def test_train_gate_on_held_out_images_needs_held_out_patches(data_dir, tmp_path, random_checkpoint, capsys):
+    no_val = tmp_path / "no_val"
+    gt, images = data_dir / "davis-train" / "gt.json", data_dir / "davis-train" / "images"
+    build = ["--gt", str(gt), "--images", str(images), "--out", str(no_val), "--max-images", "2", "--draws", "1"]
+    assert build_main([*build, "--workers", "1", "--quiet", "--val-fraction", "0"]) == 0
+    capsys.readouterr()
+    out = tmp_path / "gated.pt"
+    assert train_gate_main(_gate_args(random_checkpoint, no_val, out, "--held-out")) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("bpr-train-gate: error: --held-out: ") and "no held-out patches" in err
+    assert "\n" not in err
+    assert not out.exists() and not out.with_suffix(".log.csv").exists()
 
 
 def _cityscapes_scene(data_dir, index=3):

@@ -7,24 +7,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from dev_table import DATA as SHARED_DATA  # noqa: E402
-from dev_table import score  # noqa: E402
-from train_gate import refined_probability  # noqa: E402
+from bpr.evaluate.dev_table import score
+from bpr.io.coco import decode_segmentation, load_json, write_json_atomic
+from bpr.io.datasets import shared_data_root
+from bpr.io.images import read_image
+from bpr.io.results import entries_to_masks, refined_entry
+from bpr.patches import crop_squares, pad_to_patch
+from bpr.refiner import Refiner
+from bpr.train.gate import refined_probability
 
-from bpr.io.coco import decode_segmentation, load_json, write_json_atomic  # noqa: E402
-from bpr.io.images import read_image  # noqa: E402
-from bpr.io.results import entries_to_masks, refined_entry  # noqa: E402
-from bpr.patches import crop_squares, pad_to_patch  # noqa: E402
-from bpr.refiner import Refiner  # noqa: E402
-
-DATA = SHARED_DATA / "cityscapes-dev"
+DATA = shared_data_root() / "cityscapes-dev"
 BATCH = 64
 
 

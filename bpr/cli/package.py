@@ -1,0 +1,84 @@
+"""bpr-package: turn a training run's model.pt into a shippable checkpoint: fp16 weights, the
+inference settings it recommends (every RefineOptions field marked ``recommended`` has a flag;
+one not given is left to the library's default), and the evaluation numbers in its meta.
+
+    bpr-package work/runs/default/model.pt bpr/models/bpr_default.pt --flip-tta \\
+        [--iterations 1] [--fallback-iou 0.5] [--min-area 1024] [--change-margin 0.2] \\
+        [--eval models/bpr_default.eval.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bpr.cli.common import command_parser, run_cli
+from bpr.errors import BprInputError
+from bpr.modeling.checkpoint import load_refiner, save_refiner
+from bpr.options import RefineOptions, option_infos, option_types
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = command_parser(prog="bpr-package", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("src", type=Path)
+    p.add_argument("dst", type=Path)
+    types = option_types()
+    for name, info in option_infos().items():
+        if info.recommended:
+            flag = "--" + name.replace("_", "-")
+            kind: dict[str, Any] = (
+                {"action": argparse.BooleanOptionalAction} if types[name] is bool else {"type": types[name]}
+            )
+            p.add_argument(flag, default=None, help=f"recommend: {info.help}", **kind)
+    p.add_argument(
+        "--gate-threshold",
+        type=float,
+        default=0.0,
+        help="accept a patch only where the quality gate's logit is above this: folded into the gate's "
+        "bias (the threshold is chosen on every dev input at once, bpr-dev-table)",
+    )
+    p.add_argument(
+        "--gate-early-reject",
+        type=float,
+        help="with flip TTA, patches the gate rejects on the plain forward by more than this many logits "
+        "skip their mirrored forward (measured on the dev inputs: work out how many rejections the TTA "
+        "average would have overturned at each margin)",
+    )
+    p.add_argument("--eval", type=Path, help="evaluation json (scripts/evaluate_refiner.py --json) to embed")
+    return p
+
+
+@run_cli("bpr-package")
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    net = load_refiner(args.src)
+    recommended = {name: getattr(args, name) for name, info in option_infos().items() if info.recommended}
+    recommended["gate_early_reject"] = args.gate_early_reject
+    RefineOptions().updated(**{k: v for k, v in recommended.items() if k in option_infos()})  # bounds checked
+    net.recommended = {k: v for k, v in recommended.items() if v is not None}
+    if args.gate_early_reject is not None and (net.gate is None or not args.flip_tta):
+        raise BprInputError("--gate-early-reject needs a quality gate and --flip-tta")
+    meta = torch.load(args.src, map_location="cpu", weights_only=True).get("meta", {})
+    if args.gate_threshold:
+        if net.gate is None:
+            raise BprInputError(f"{args.src} has no quality gate; --gate-threshold needs one")
+        with torch.no_grad():
+            net.gate.classifier.bias.sub_(args.gate_threshold)
+        meta["gate_threshold"] = args.gate_threshold
+    if args.eval:
+        try:
+            meta["evaluation"] = json.loads(args.eval.read_text())
+        except json.JSONDecodeError as exc:
+            raise BprInputError(f"{args.eval} is not valid JSON: {exc}") from None
+    save_refiner(net, args.dst, meta=meta)
+    print(f"{args.dst}: {args.dst.stat().st_size / 1e6:.1f} MB, config {net.config}, recommended {net.recommended}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

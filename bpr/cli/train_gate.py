@@ -1,0 +1,64 @@
+"""bpr-train-gate: train the patch-quality gate of a trained refiner (the training: bpr/train/gate.py)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+import torch
+
+from bpr.cli.common import command_parser, run_cli
+from bpr.train import gate
+from bpr.train.gate import GateTrainConfig, train_gate
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = command_parser(
+        prog="bpr-train-gate", description=gate.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("checkpoint", type=Path, help="the trained refiner")
+    p.add_argument("--patches", nargs="+", required=True, help="patch directories (bpr-build-patches --out)")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--steps", type=int, default=GateTrainConfig.steps)
+    p.add_argument("--batch-size", type=int, default=GateTrainConfig.batch_size)
+    p.add_argument("--lr", type=float, default=GateTrainConfig.lr)
+    p.add_argument("--flip-tta", action="store_true", help="score the change as flip-TTA inference makes it")
+    p.add_argument(
+        "--change-margin",
+        type=float,
+        default=GateTrainConfig.change_margin,
+        help="score the change with this margin applied",
+    )
+    p.add_argument(
+        "--harm-weight",
+        type=float,
+        default=GateTrainConfig.harm_weight,
+        help="weight of a pixel broken relative to a pixel fixed (> 1: do-no-harm first)",
+    )
+    p.add_argument(
+        "--held-out",
+        action="store_true",
+        help="train on the patch sets' held-out images only (the refiner never saw them): patches of "
+        "even-numbered held-out images train the gate, odd-numbered ones score it",
+    )
+    p.add_argument("--eval-every", type=int, default=GateTrainConfig.eval_every)
+    p.add_argument("--eval-patches", type=int, default=GateTrainConfig.eval_patches)
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--seed", type=int, default=GateTrainConfig.seed)
+    return p
+
+
+@run_cli("bpr-train-gate")
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = GateTrainConfig(**{f.name: getattr(args, f.name) for f in fields(GateTrainConfig)})
+    train_gate(cfg)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
