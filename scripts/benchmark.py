@@ -28,11 +28,12 @@ import torch
 
 from bpr.backends import BACKENDS
 from bpr.io.coco import decode_segmentation
+from bpr.io.datasets import shared_data_root
 from bpr.io.images import read_image
 from bpr.modeling import RefinerConfig, RefinerNet
 from bpr.refiner import PRECISIONS, Refiner
 
-DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "davis-dev-real"
+DATA = shared_data_root() / "davis-dev-real"
 
 
 def davis_frame() -> tuple[np.ndarray, np.ndarray]:

@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bpr.io.datasets import shared_data_root
+
 REPO = Path(__file__).resolve().parents[1]
 SETS = {"davis-dev-real": "osvos.json", "cityscapes-dev": "maskrcnn28.json"}
 
@@ -47,7 +49,7 @@ def run(argv: list[str]) -> tuple[float, str]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", default=str(REPO / "bpr" / "models" / "bpr_default.pt"))
-    ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
+    ap.add_argument("--data", type=Path, default=shared_data_root())
     ap.add_argument("--set", choices=sorted(SETS), default="davis-dev-real")
     ap.add_argument("--max-images", type=int, default=40)
     args = ap.parse_args()

@@ -26,6 +26,8 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from bpr.io.datasets import shared_data_root
+
 REPO = Path(__file__).resolve().parents[1]
 LAUNCH_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 
@@ -71,7 +73,7 @@ def free_port() -> int:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", default=str(REPO / "bpr" / "models" / "bpr_default.pt"))
-    ap.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
+    ap.add_argument("--data", default=str(shared_data_root()))
     ap.add_argument("--chromium", default="/usr/bin/chromium")
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()

@@ -17,10 +17,11 @@ import time
 from pathlib import Path
 
 from bpr.io.coco import load_image_records
+from bpr.io.datasets import shared_data_root
 from bpr.io.results import group_by_image, load_image_masks
 from bpr.refiner import Refiner
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = shared_data_root()
 INPUTS = {
     "cs-maskrcnn28": ("cityscapes-dev", "maskrcnn28.json"),
     "davis-osvos": ("davis-dev-real", "osvos.json"),

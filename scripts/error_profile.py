@@ -25,10 +25,11 @@ import numpy as np
 
 from bpr.evaluate.contours import contour, tolerance_px
 from bpr.io.coco import decode_segmentation, load_json
+from bpr.io.datasets import shared_data_root
 from bpr.io.images import read_image
 from bpr.refiner import Refiner
 
-DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "davis-dev-real"
+DATA = shared_data_root() / "davis-dev-real"
 BINS = (0, 2, 4, 8, 16, 32, 64, np.inf)
 
 

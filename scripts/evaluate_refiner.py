@@ -18,8 +18,9 @@ from pathlib import Path
 
 from bpr.cli.refine import main as refine_main
 from bpr.evaluate import evaluate
+from bpr.io.datasets import shared_data_root
 
-DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "davis-dev-real"
+DATA = shared_data_root() / "davis-dev-real"
 
 
 def main() -> None:

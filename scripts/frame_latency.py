@@ -15,10 +15,11 @@ from pathlib import Path
 import torch
 
 from bpr.io.coco import decode_segmentation, load_json
+from bpr.io.datasets import shared_data_root
 from bpr.io.images import read_image
 from bpr.refiner import Refiner
 
-DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "davis-dev-real"
+DATA = shared_data_root() / "davis-dev-real"
 
 
 def main() -> None:

@@ -33,7 +33,9 @@ from urllib.parse import urlsplit
 
 import httpx
 
-DEFAULT_SET = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "davis-dev-real"
+from bpr.io.datasets import shared_data_root
+
+DEFAULT_SET = shared_data_root() / "davis-dev-real"
 
 
 def check_loopback(url: str) -> None:

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from bpr.io.datasets import shared_data_root
 from bpr.modeling import RefinerConfig, RefinerNet, save_refiner
 
 REPO = Path(__file__).resolve().parent.parent
-DATA = Path(os.environ.get("BPR_SHARED_DATA", REPO.parent / "shared" / "data"))  # mutmut runs from mutants/
+DATA = shared_data_root()  # BPR_SHARED_DATA, else ../shared/data from the current directory
 
 
 @pytest.fixture(scope="session")

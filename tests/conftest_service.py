@@ -24,8 +24,10 @@ import pytest
 import uvicorn
 from conftest import make_checkpoint  # noqa: F401  (re-exported for the service tests)
 
+from bpr.io.datasets import shared_data_root
+
 REPO = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("BPR_SHARED_DATA", REPO.parent / "shared" / "data"))
+DATA = shared_data_root()
 DAVIS = DATA / "davis-dev-real"
 COCO = DATA / "coco-mini"
 

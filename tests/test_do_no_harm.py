@@ -111,4 +111,4 @@ def test_dev_table_reads_the_data_sets_from_bpr_shared_data(monkeypatch):
     monkeypatch.setenv("BPR_SHARED_DATA", "/elsewhere/data")
     assert build_parser().parse_args([]).data == Path("/elsewhere/data")
     monkeypatch.delenv("BPR_SHARED_DATA")
-    assert build_parser().parse_args([]).data == Path("../shared/data")  # beside the checkout, run from it
+    assert build_parser().parse_args([]).data == Path("../shared/data").resolve()  # beside the checkout, run from it

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,8 +16,9 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from bpr.cli.evaluate import main
+from bpr.io.datasets import shared_data_root
 
-DATA = Path(os.environ.get("BPR_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+DATA = shared_data_root()
 DAVIS = DATA / "davis-dev-real"
 COCO_MINI = DATA / "coco-mini"
 needs_data = pytest.mark.skipif(not (DAVIS / "gt.json").is_file(), reason=f"shared data not found at {DATA}")

@@ -11,7 +11,6 @@ import contextlib
 import io
 import json
 import math
-import os
 from pathlib import Path
 
 import cv2
@@ -25,8 +24,9 @@ from pycocotools.cocoeval import COCOeval
 from bpr.evaluate import evaluate
 from bpr.evaluate.coco_eval import STAT_NAMES
 from bpr.io.coco import decode_segmentation, encode_mask, mask_to_bbox
+from bpr.io.datasets import shared_data_root
 
-DATA = Path(os.environ.get("BPR_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+DATA = shared_data_root()
 DAVIS = DATA / "davis-dev-real"
 COCO_MINI = DATA / "coco-mini"
 pytestmark = pytest.mark.skipif(not (DAVIS / "gt.json").is_file(), reason=f"shared data not found at {DATA}")

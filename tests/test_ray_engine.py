@@ -24,12 +24,13 @@ from conftest import make_checkpoint
 
 from bpr.cli.refine import main as refine_cli
 from bpr.distributed.shards import WorkDir, plan_shards, refine_shard
+from bpr.io.datasets import shared_data_root
 
 ray = pytest.importorskip("ray", reason="ray is not installed (the ray extra: pip install '.[ray]')")
 pytest.importorskip("ray.data", reason="ray[data] is not installed (the ray extra: pip install '.[ray]')")
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("BPR_SHARED_DATA", REPO.parent / "shared" / "data"))
+DATA = shared_data_root()
 DAVIS = DATA / "davis-dev-real"
 pytestmark = [
     pytest.mark.skipif(not (DAVIS / "gt.json").is_file(), reason=f"shared data not found at {DATA}"),

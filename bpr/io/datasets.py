@@ -17,10 +17,10 @@ SHARED_DATA_ENV = "BPR_SHARED_DATA"
 
 def shared_data_root() -> Path:
     """The folder of the shared data sets (``cityscapes-dev``, ``davis-dev-real``, ``davis-train``,
-    ...) that the dev table, the scripts and the tests read: ``BPR_SHARED_DATA``, else
-    ``../shared/data`` relative to the current directory (the checkout's sibling, for commands
-    run from the checkout, as ``scripts/train_effl0.sh`` has it)."""
-    return Path(os.environ.get(SHARED_DATA_ENV, "").strip() or "../shared/data")
+    ...) that the dev table, the scripts and the tests read, as an absolute path:
+    ``BPR_SHARED_DATA``, else ``../shared/data``, either relative to the current directory (the
+    checkout's sibling for commands run from the checkout, as ``scripts/train_effl0.sh`` has it)."""
+    return Path(os.environ.get(SHARED_DATA_ENV, "").strip() or "../shared/data").resolve()
 
 
 def image_paths(
