@@ -5,7 +5,7 @@ edge than some edge nearby; on masks that are already right it moves them anyway
 looks at what the refiner wants to change (image, coarse mask, refined probability, their
 difference) and scores whether the change fixes more pixels than it breaks. Patches it
 rejects keep the coarse mask. It is trained after the refiner, on the refiner's frozen
-outputs (``scripts/train_gate.py``), with the pixels each patch's change gains or loses as
+outputs (``bpr-train-gate``, :mod:`bpr.train.gate`), with the pixels each patch's change gains or loses as
 the stakes, so the decisions that move many pixels count most.
 """
 
