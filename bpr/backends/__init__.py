@@ -3,7 +3,7 @@
 ``torch`` runs the (BatchNorm-folded) torch network; ``openvino`` and ``onnxruntime`` run
 the network exported to ONNX (bpr/backends/export.py, cached, never by hand). ``auto`` picks
 the fastest one installed for the device: on a CPU OpenVINO, then ONNX Runtime, then torch;
-on CUDA torch. Measured on the 2-core CPU (scripts/benchmark.py --backend): see docs/benchmarks.md.
+on CUDA torch. Measured on the 2-core CPU (benchmarks/benchmark.py --backend): see docs/benchmarks.md.
 
 Every runtime is checked against the torch network on a fixed probe batch when it loads: a
 graph whose probabilities differ beyond :data:`TOLERANCE` is rebuilt once, then refused.

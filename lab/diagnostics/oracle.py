@@ -1,6 +1,6 @@
 """Diagnostics on cs-maskrcnn28: what our patches could give (GT pasted), and what the refiner gives per patch.
 
-python scripts/diagnostics/oracle.py --checkpoint bpr/models/bpr_default.pt --out work/oracle [--max-images 10]
+python lab/diagnostics/oracle.py --checkpoint bpr/models/bpr_default.pt --out work/oracle [--max-images 10]
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ checkpoint, and in headless Chromium measures: the whole round (submit -> drawn)
 own "drawn in" time (decoding 100 RLEs, outlines, first frame), and the median time of one
 frame while zooming and panning.
 
-    python scripts/benchmark_viewer.py --checkpoint bpr/models/bpr_default.pt
+    python benchmarks/benchmark_viewer.py --checkpoint bpr/models/bpr_default.pt
 """
 
 from __future__ import annotations

@@ -5,8 +5,8 @@ and counts the instances and pixels whose refined value differs. A variant is a 
 (``torch``, ``torch-unfused``: BatchNorm not folded, ``openvino``, ``onnxruntime``) with an
 optional precision (``openvino/bf16``).
 
-    python scripts/compare_backends.py [--a torch-unfused] [--b torch] [--max-images N]
-    python scripts/compare_backends.py --a torch --b openvino/bf16
+    python benchmarks/compare_backends.py [--a torch-unfused] [--b torch] [--max-images N]
+    python benchmarks/compare_backends.py --a torch --b openvino/bf16
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 How many patches could skip the mirrored forward (plain-forward logit far below 0) without
 any final gate decision changing?
 
-    python scripts/diagnostics/gate_logits.py [checkpoint] [--save logits.npz]
+    python lab/diagnostics/gate_logits.py [checkpoint] [--save logits.npz]
 """
 
 from __future__ import annotations

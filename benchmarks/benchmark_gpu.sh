@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Every GPU row of docs/benchmarks.md in one short call on a machine with a CUDA GPU:
 #   1. the network alone (the default model's patches, fp16 autocast against fp32),
-#   2. the full image (scripts/benchmark.py workloads (a) and (b), default model and settings),
-#   3. the service at 1 and 16 clients (scripts/loadtest.py, bpr-serve on the GPU).
+#   2. the full image (benchmarks/benchmark.py workloads (a) and (b), default model and settings),
+#   3. the service at 1 and 16 clients (benchmarks/loadtest.py, bpr-serve on the GPU).
 # Writes everything to $OUT (default work/gpu) as markdown + json; about 3-5 minutes.
 #
-#   bash scripts/benchmark_gpu.sh            # needs torch with CUDA and this package installed
-#   DEVICE=cpu REQUESTS=8 DURATION=10 bash scripts/benchmark_gpu.sh   # a dry run of the script itself
+#   bash benchmarks/benchmark_gpu.sh            # needs torch with CUDA and this package installed
+#   DEVICE=cpu REQUESTS=8 DURATION=10 bash benchmarks/benchmark_gpu.sh   # a dry run of the script itself
 #
 # On a CUDA device the backend is torch (fp16 autocast): `auto` picks it, the exported-graph
 # backends run on the CPU only. Untested on a GPU until this script has run on one.
@@ -20,7 +20,7 @@ export DEVICE
 mkdir -p "$OUT"
 python - <<'EOF' | tee "$OUT/network.md"
 import os, statistics, sys, time, torch
-sys.path.insert(0, "scripts")
+sys.path.insert(0, "benchmarks")
 from benchmark import cityscapes_like
 from bpr.refiner import Refiner
 device = os.environ["DEVICE"]
@@ -50,10 +50,10 @@ for precision in (("fp16", "fp32") if cuda else ("fp32",)):
         ms = statistics.median(times) * 1e3
         print(f"| {precision} | {len(ims)} | {len(x)} | {ms:.2f} | {len(x) / ms * 1e3:.0f} |")
 EOF
-python scripts/benchmark.py --device "$DEVICE" --checkpoint bpr/models/bpr_default.pt --input-sizes 64 --precisions auto fp32 \
+python benchmarks/benchmark.py --device "$DEVICE" --checkpoint bpr/models/bpr_default.pt --input-sizes 64 --precisions auto fp32 \
     --repeats 5 --json "$OUT/full_image.json" | tee "$OUT/full_image.md"
 for clients in 1 16; do
-    BPR_DEVICE=$DEVICE python scripts/loadtest.py --spawn --clients "$clients" --requests "$REQUESTS" \
+    BPR_DEVICE=$DEVICE python benchmarks/loadtest.py --spawn --clients "$clients" --requests "$REQUESTS" \
         --duration "$DURATION" --json "$OUT/service_${clients}.json" | tee "$OUT/service_${clients}.md"
 done
 echo "GPU rows in $OUT"

@@ -1,6 +1,6 @@
 """Network-only variants on workload (b)'s real patches: which forward layout is fastest here.
 
-python scripts/diagnostics/speed.py [--sweep] [--compile]
+python lab/diagnostics/speed.py [--sweep] [--compile]
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from dev_images import first_pass
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 from benchmark import cityscapes_like  # noqa: E402
 
 from bpr.refiner import Refiner  # noqa: E402

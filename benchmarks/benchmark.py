@@ -10,7 +10,7 @@ Speed does not depend on the weights, so a random-weight refiner is used unless 
 (then at the settings the checkpoint recommends: flip TTA, gate). Several --backends /
 --precisions are timed interleaved, round by round, so the machine's drift cancels.
 
-    python scripts/benchmark.py [--device cpu|cuda] [--repeats 5] [--checkpoint bpr/models/bpr_default.pt]
+    python benchmarks/benchmark.py [--device cpu|cuda] [--repeats 5] [--checkpoint bpr/models/bpr_default.pt]
         [--backends torch openvino onnxruntime] [--precisions auto bf16] [--input-sizes 64]
 """
 

@@ -6,7 +6,7 @@ the table gives wall time, images/s and patches/s. A run of Ray on a single imag
 Ray's fixed cost (starting the instance, the actors, loading the model in each); the steady
 rate is the patches over the wall time less that cost.
 
-    python scripts/benchmark_ray.py --checkpoint bpr/models/bpr_default.pt --set davis-dev-real --max-images 40
+    python benchmarks/benchmark_ray.py --checkpoint bpr/models/bpr_default.pt --set davis-dev-real --max-images 40
 """
 
 from __future__ import annotations

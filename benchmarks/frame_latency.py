@@ -3,7 +3,7 @@
 passes): what a user of ``bpr-refine --checkpoint X`` waits, per 854x480 DAVIS frame with its
 real OSVOS mask. benchmark.py times the stages of one pass; this times the whole thing.
 
-    python scripts/frame_latency.py bpr/models/bpr_default.pt models/bpr_hq128.pt [--frames 30] [--threads 2]
+    python benchmarks/frame_latency.py bpr/models/bpr_default.pt models/bpr_hq128.pt [--frames 30] [--threads 2]
 """
 
 from __future__ import annotations

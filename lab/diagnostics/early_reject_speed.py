@@ -2,9 +2,9 @@
 and davis-dev-real (OSVOS): seconds per image in the network and in all, and how many patches
 skipped their mirrored forward.
 
-    python scripts/diagnostics/early_reject_speed.py <checkpoint with gate_early_reject>
+    python lab/diagnostics/early_reject_speed.py <checkpoint with gate_early_reject>
 
-(scripts/benchmark.py's workload (b) cannot show this: its synthetic ellipses are accepted by
+(benchmarks/benchmark.py's workload (b) cannot show this: its synthetic ellipses are accepted by
 the gate almost everywhere.)
 """
 

@@ -1,9 +1,9 @@
 """Load test for the bpr service: N concurrent clients, throughput and latency percentiles.
 
     # start a server for the run (stopped at the end), DAVIS images + OSVOS masks, 16 clients:
-    python scripts/loadtest.py --spawn --checkpoint model.pt --clients 16 --requests 200
+    python benchmarks/loadtest.py --spawn --checkpoint model.pt --clients 16 --requests 200
     # or against a server already running on this machine:
-    python scripts/loadtest.py --url http://127.0.0.1:8000 --clients 4 --duration 30
+    python benchmarks/loadtest.py --url http://127.0.0.1:8000 --clients 4 --duration 30
 
 Bounded: it stops after ``--requests`` requests or ``--duration`` seconds, whichever comes
 first, and it only talks to loopback addresses (it refuses any other host). Each client
