@@ -19,7 +19,7 @@ from bpr.io.images import read_image
 from bpr.modeling import RefinerConfig, load_refiner
 from bpr.refiner import Refiner, default_checkpoint
 from bpr.train.build_patches import crop_training_patches
-from bpr.train.loop import TrainConfig, Trainer, boundary_band
+from bpr.train.loop import TrainConfig, Trainer, edge_band
 from bpr.train.patch_store import PatchSet
 from bpr.train.synth import LARGE_MIX, RECIPES, parse_mix, synthesize, thin_parts_lost
 
@@ -164,10 +164,10 @@ def test_synthesize_draws_from_the_mix():
     assert names == {"grid"}
 
 
-def test_boundary_band_marks_pixels_near_a_class_change():
+def test_edge_band_marks_pixels_near_a_class_change():
     t = torch.zeros(1, 10, 10, dtype=torch.uint8)
     t[0, :, 5:] = 1
-    band = boundary_band(t, 1)[0]
+    band = edge_band(t, 1)[0]
     assert band[:, 4:6].all() and not band[:, :4].any() and not band[:, 6:].any()
 
 

@@ -14,7 +14,7 @@ from bpr.cli.common import command_parser, run_cli
 from bpr.errors import BprInputError
 from bpr.evaluate.evaluator import evaluate
 from bpr.evaluate.report import format_report, report_json
-from bpr.evaluate.scoring import DEFAULT_AF_RATIO, DEFAULT_BOUNDARY_RATIO, DEFAULT_F_RATIO, Settings
+from bpr.evaluate.scoring import DEFAULT_AF_RATIO, DEFAULT_BOUNDARY_RATIO, DEFAULT_F_RATIO, ScoringSettings
 from bpr.io.atomic import check_writable
 from bpr.io.coco import write_json_atomic
 
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _check_args(args)
     single = {"auto": None, "on": True, "off": False}[args.single_instance]
-    settings = Settings(boundary_ratio=args.boundary_ratio, af_ratio=args.af_ratio, f_ratio=args.f_ratio)
+    settings = ScoringSettings(boundary_ratio=args.boundary_ratio, af_ratio=args.af_ratio, f_ratio=args.f_ratio)
     ev = evaluate(
         args.gt, args.results, settings, single_instance=single, names=args.names, progress=_progress(args.quiet)
     )

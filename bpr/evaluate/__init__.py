@@ -8,11 +8,11 @@ dataset; :mod:`bpr.evaluate.report` and :mod:`bpr.evaluate.plots` present the re
 from bpr.evaluate.bands import band_width, boundary_band, boundary_iou
 from bpr.evaluate.contours import contour, contour_fscore, tolerance_px
 from bpr.evaluate.evaluator import Evaluation, evaluate
-from bpr.evaluate.scoring import Settings
+from bpr.evaluate.scoring import ScoringSettings
 
 __all__ = [
     "Evaluation",
-    "Settings",
+    "ScoringSettings",
     "band_width",
     "boundary_band",
     "boundary_iou",

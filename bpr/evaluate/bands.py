@@ -18,6 +18,8 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from bpr.io.coco import mask_bounds
+
 
 def band_width(height: int, width: int, ratio: float) -> int:
     """Band width d in pixels: ``max(1, round(ratio * image diagonal))``.
@@ -27,15 +29,6 @@ def band_width(height: int, width: int, ratio: float) -> int:
     if not ratio > 0:
         raise ValueError(f"boundary ratio must be > 0, got {ratio}")
     return max(1, int(round(ratio * math.hypot(height, width))))
-
-
-def _bbox(mask: np.ndarray) -> tuple[int, int, int, int] | None:
-    """(y0, y1, x0, x1) half-open bounds of the foreground, or None for an empty mask."""
-    rows = np.flatnonzero(mask.any(axis=1))
-    if rows.size == 0:
-        return None
-    cols = np.flatnonzero(mask.any(axis=0))
-    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
 
 
 def _band_crop(mask: np.ndarray, d: int, box: tuple[int, int, int, int]) -> tuple[np.ndarray, int, int]:
@@ -62,7 +55,7 @@ def boundary_band(mask: np.ndarray, d: int) -> np.ndarray:
         raise ValueError(f"band width must be >= 1 px, got {d}")
     mask = np.asarray(mask, dtype=bool)
     band = np.zeros(mask.shape, dtype=bool)
-    box = _bbox(mask)
+    box = mask_bounds(mask)
     if box is not None:
         crop, y0, x0 = _band_crop(mask, d, box)
         band[y0 : y0 + crop.shape[0], x0 : x0 + crop.shape[1]] = crop

@@ -21,7 +21,7 @@ import numpy as np
 from bpr.errors import BprInputError
 from bpr.evaluate.coco_eval import boundary_ap, build_gt, load_detections, mask_ap
 from bpr.evaluate.data import GroundTruth, ResultsFile, load_ground_truth, load_results_file
-from bpr.evaluate.scoring import PassResult, Settings, score_images
+from bpr.evaluate.scoring import PassResult, ScoringSettings, score_images
 
 WORSE_BY = 0.01  # "worse by more than 1 IoU point", an acceptance criterion elsewhere
 
@@ -73,7 +73,7 @@ class FileSummary:
 class Evaluation:
     gt: GroundTruth
     files: list[ResultsFile]
-    settings: Settings
+    settings: ScoringSettings
     single_instance: bool
     scores: PassResult
     summaries: list[FileSummary]
@@ -149,7 +149,7 @@ def _unique_names(paths: Sequence[os.PathLike | str], names: Sequence[str] | Non
 def evaluate(
     gt_path: str | os.PathLike,
     results_paths: Sequence[str | os.PathLike],
-    settings: Settings | None = None,
+    settings: ScoringSettings | None = None,
     single_instance: bool | None = None,
     names: Sequence[str] | None = None,
     progress: Callable[[int], Callable[[], None]] | None = None,
@@ -160,7 +160,7 @@ def evaluate(
     annotation). ``progress(total)`` may return a callback called once per image.
     """
     start = time.perf_counter()
-    settings = settings or Settings()  # not a default argument: one shared instance per call site is a trap
+    settings = settings or ScoringSettings()  # not a default argument: one shared instance per call site is a trap
     if not results_paths:
         raise BprInputError("at least one results file is needed")
     if names is not None and len(names) != len(results_paths):

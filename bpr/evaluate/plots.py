@@ -21,6 +21,7 @@ from pycocotools import mask as mask_utils
 from bpr.errors import BprInputError
 from bpr.evaluate.evaluator import Evaluation
 from bpr.io.atomic import atomic_path
+from bpr.io.coco import mask_bounds
 from bpr.io.images import read_image
 
 GT_COLOR, BEFORE_COLOR, AFTER_COLOR = "#ffd400", "#e8412c", "#1fb4ff"
@@ -129,11 +130,10 @@ def _unit_masks(ev: Evaluation, unit: int, files: tuple[int, int]) -> tuple[np.n
 
 
 def _crop_box(masks: tuple[np.ndarray, ...], h: int, w: int) -> tuple[int, int, int, int]:
-    both = np.logical_or.reduce(masks)
-    rows, cols = np.flatnonzero(both.any(axis=1)), np.flatnonzero(both.any(axis=0))
-    if rows.size == 0:
+    bounds = mask_bounds(np.logical_or.reduce(masks))
+    if bounds is None:
         return 0, h, 0, w
-    y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    y0, y1, x0, x1 = bounds
     margin = max(16, int(0.15 * max(y1 - y0, x1 - x0)))
     return max(0, y0 - margin), min(h, y1 + margin), max(0, x0 - margin), min(w, x1 + margin)
 

@@ -28,7 +28,7 @@ DEFAULT_F_RATIO = 0.008
 
 
 @dataclass(frozen=True)
-class Settings:
+class ScoringSettings:
     """Metric parameters, each a fraction of the image diagonal (see docs/metrics.md)."""
 
     boundary_ratio: float = DEFAULT_BOUNDARY_RATIO  # Boundary IoU band width
@@ -94,7 +94,7 @@ def _best_partners(
 def score_images(
     gt: GroundTruth,
     files: list[ResultsFile],
-    settings: Settings,
+    settings: ScoringSettings,
     single_instance: bool,
     progress: Callable[[], None] | None = None,
 ) -> PassResult:

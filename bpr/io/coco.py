@@ -235,13 +235,24 @@ def encode_mask(mask: np.ndarray) -> dict:
     return {"size": [height, width], "counts": rle["counts"].decode("ascii")}
 
 
-def mask_to_bbox(mask: np.ndarray) -> list[float]:
-    """Tight [x, y, w, h] box of a mask, as pycocotools' toBbox gives it; zeros when empty."""
+def mask_bounds(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    """(y0, y1, x0, x1), half-open, of a mask's foreground; None when it is empty. The one box
+    helper of the code base (array slices ``mask[y0:y1, x0:x1]``); COCO's [x, y, w, h] is
+    :func:`mask_to_bbox`."""
     rows = np.flatnonzero(mask.any(axis=1))
     if rows.size == 0:
-        return [0.0, 0.0, 0.0, 0.0]
+        return None
     cols = np.flatnonzero(mask.any(axis=0))
-    return [float(cols[0]), float(rows[0]), float(cols[-1] - cols[0] + 1), float(rows[-1] - rows[0] + 1)]
+    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+
+
+def mask_to_bbox(mask: np.ndarray) -> list[float]:
+    """Tight [x, y, w, h] box of a mask, as pycocotools' toBbox gives it; zeros when empty."""
+    bounds = mask_bounds(mask)
+    if bounds is None:
+        return [0.0, 0.0, 0.0, 0.0]
+    y0, y1, x0, x1 = bounds
+    return [float(x0), float(y0), float(x1 - x0), float(y1 - y0)]
 
 
 def load_image_records(path: str | os.PathLike) -> list[dict[str, Any]]:

@@ -67,7 +67,7 @@ def _lr_at(cfg: TrainConfig, step: int) -> float:
     return (cfg.lr - cfg.min_lr) * (1 - frac) ** cfg.poly_power + cfg.min_lr
 
 
-def boundary_band(target: torch.Tensor, width: int) -> torch.Tensor:
+def edge_band(target: torch.Tensor, width: int) -> torch.Tensor:
     """Pixels within ``width`` of a class change in (B, S, S) {0,1} targets (dilation != erosion)."""
     t = target[:, None].float()
     k = 2 * width + 1
@@ -94,7 +94,7 @@ def refinement_loss(
     ce = F.cross_entropy(logits.float(), target.long(), reduction="none")
     if boundary_weight <= 0 and keep_weight <= 0:
         return ce.mean()
-    band = boundary_band(target, width).float()
+    band = edge_band(target, width).float()
     w = 1.0 + boundary_weight * band
     if keep_weight > 0 and coarse is not None:
         w = w + keep_weight * band * (coarse.to(target.dtype) == target).float()
@@ -250,7 +250,7 @@ class Trainer:
             t = torch.from_numpy(target).bool().to(self.device)
             pred = self.net.foreground_probability(img, cm) > 0.5
             c = cm[:, 0].bool()
-            band = boundary_band(t.to(torch.uint8), self.cfg.boundary_width)
+            band = edge_band(t.to(torch.uint8), self.cfg.boundary_width)
             inter += float((pred & t).sum())
             union += float((pred | t).sum())
             c_inter += float((c & t).sum())

@@ -16,13 +16,9 @@ from collections.abc import Callable
 import cv2
 import numpy as np
 
+from bpr.io.coco import mask_bounds
+
 Recipe = Callable[[np.ndarray, np.ndarray, np.random.Generator], np.ndarray]
-
-
-def _bbox(mask: np.ndarray) -> tuple[int, int, int, int]:
-    rows = np.flatnonzero(mask.any(axis=1))
-    cols = np.flatnonzero(mask.any(axis=0))
-    return int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1
 
 
 def _disk(radius: int) -> np.ndarray:
@@ -40,7 +36,7 @@ def _smooth_noise(shape: tuple[int, int], cell: float, rng: np.random.Generator)
 
 def grid_resample(image: np.ndarray, gt: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Mask R-CNN's blob: the mask squeezed through a small grid inside a jittered box."""
-    y0, x0, y1, x1 = _bbox(gt)
+    y0, y1, x0, x1 = mask_bounds(gt)  # type: ignore[misc]  # never empty: the caller draws from objects
     h, w = y1 - y0, x1 - x0
     jy, jx = 0.08 * h, 0.08 * w
     y0 = int(np.clip(y0 + rng.normal(0, jy), 0, gt.shape[0] - 2))
@@ -169,7 +165,7 @@ def colour_leak_large(image: np.ndarray, gt: np.ndarray, rng: np.random.Generato
 
 def grabcut(image: np.ndarray, gt: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """GrabCut from a perturbed mask: boundaries that snap to colour edges, right or wrong."""
-    y0, x0, y1, x1 = _bbox(gt)
+    y0, y1, x0, x1 = mask_bounds(gt)  # type: ignore[misc]  # never empty: the caller draws from objects
     pad = 20
     ys, xs = max(0, y0 - pad), max(0, x0 - pad)
     ye, xe = min(gt.shape[0], y1 + pad), min(gt.shape[1], x1 + pad)
@@ -195,7 +191,7 @@ def grabcut(image: np.ndarray, gt: np.ndarray, rng: np.random.Generator) -> np.n
 def blobs_and_cuts(image: np.ndarray, gt: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Small false blobs beside the object, and thin parts (legs, poles) cut off."""
     out = gt.copy()
-    y0, x0, y1, x1 = _bbox(gt)
+    y0, y1, x0, x1 = mask_bounds(gt)  # type: ignore[misc]  # never empty: the caller draws from objects
     size = max(y1 - y0, x1 - x0)
     if rng.random() < 0.6:  # cut thin parts with an opening
         r = int(rng.integers(2, max(3, size // 25)))
