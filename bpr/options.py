@@ -3,7 +3,7 @@
 Each option is one dataclass field whose metadata (:class:`OptionInfo`) carries its help
 text, its bounds, whether the checkpoint recommends its value and whether one HTTP request
 may override it. Every door derives its own view from these fields instead of repeating
-them: ``bpr-refine``'s flags (:func:`bpr.cli.refine.add_option_flags`), the service's
+them: ``bpr-refine``'s flags (:func:`bpr.cli.common.add_option_flags`), the service's
 ``BPR_*`` settings, its per-request query and ``/v1/models`` (``service/options.py``).
 Adding an option is one field here plus its logic.
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, get_type_hints
 
@@ -141,15 +142,20 @@ class RefineOptions:
     def updated(self, **changes: Any) -> RefineOptions:
         """A copy with the given fields changed; ``None`` values leave a field as it is."""
         changes = {k: v for k, v in changes.items() if v is not None}
-        unknown = set(changes) - set(option_infos())
-        if unknown:
-            raise TypeError(f"unknown refine option(s): {', '.join(sorted(unknown))}")
+        check_option_names(changes)
         return dataclasses.replace(self, **changes) if changes else self
 
 
 def option_infos() -> dict[str, OptionInfo]:
     """Every option's :class:`OptionInfo`, in declaration order."""
     return {f.name: f.metadata["option"] for f in dataclasses.fields(RefineOptions)}
+
+
+def check_option_names(names: Iterable[str]) -> None:
+    """TypeError naming every name that is not a refine option."""
+    unknown = set(names) - set(option_infos())
+    if unknown:
+        raise TypeError(f"unknown refine option(s): {', '.join(sorted(unknown))}")
 
 
 def option_types() -> dict[str, type]:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bpr.options import option_infos
+from bpr.options import check_option_names, option_infos
 from bpr.refiner import Refiner
 
 
@@ -33,9 +33,7 @@ class RefinerSpec:
     options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        unknown = set(self.options) - set(option_infos())
-        if unknown:
-            raise TypeError(f"unknown refine option(s): {', '.join(sorted(unknown))}")
+        check_option_names(self.options)
 
     def build(self) -> Refiner:
         """Load the network and make the Refiner (ModelNotAvailableError / BprInputError on bad input)."""

@@ -15,11 +15,11 @@ from bpr.options import option_infos, option_types
 def setting_fields() -> dict[str, Any]:
     """One optional ``BPR_<OPTION>`` setting per option: None keeps the checkpoint's recommendation
     or the library's default."""
-    fields = {}
+    fields, types = {}, option_types()
     for name, info in option_infos().items():
         source = "the checkpoint's recommendation, else the library's" if info.recommended else "the library's"
         fields[name] = (
-            option_types()[name] | None,
+            types[name] | None,
             Field(None, **info.bounds(), description=f"{info.help}; default: {source}"),
         )
     return fields
@@ -27,7 +27,7 @@ def setting_fields() -> dict[str, Any]:
 
 def query_fields() -> dict[str, Any]:
     """One optional query parameter per option a request may set; None = the server's default."""
-    fields = {}
+    fields, types = {}, option_types()
     for name, info in option_infos().items():
         if not info.per_request:
             continue
@@ -35,7 +35,7 @@ def query_fields() -> dict[str, Any]:
         if info.request_le is not None:
             bounds = {k: v for k, v in bounds.items() if k not in ("le", "lt")} | {"le": info.request_le}
         fields[name] = (
-            option_types()[name] | None,
+            types[name] | None,
             Field(None, **bounds, description=f"{info.help}; default: the server's (BPR_{name.upper()})"),
         )
     return fields
@@ -43,7 +43,8 @@ def query_fields() -> dict[str, Any]:
 
 def info_fields() -> dict[str, Any]:
     """The options a running server applies, for ``/v1/models``."""
-    return {name: (option_types()[name], Field(description=info.help)) for name, info in option_infos().items()}
+    types = option_types()
+    return {name: (types[name], Field(description=info.help)) for name, info in option_infos().items()}
 
 
 class _QueryBase(BaseModel):

@@ -14,6 +14,7 @@ from typing import Any
 
 from bpr import __version__
 from bpr.errors import BprInputError, ModelNotAvailableError
+from bpr.options import DEFAULT_OPTIONS, option_infos, option_types
 
 
 def command_parser(prog: str, description: str, **kwargs: Any) -> argparse.ArgumentParser:
@@ -24,6 +25,40 @@ def command_parser(prog: str, description: str, **kwargs: Any) -> argparse.Argum
 
 
 THREADS_ENV = "BPR_TORCH_THREADS"
+
+
+def add_option_flags(parser: argparse.ArgumentParser, recommend: bool = False) -> None:
+    """One flag per :class:`bpr.options.RefineOptions` field, from its declaration: ``--nms-iou``
+    for a number, ``--flip-tta`` / ``--no-flip-tta`` for a switch; None (not given) keeps the
+    checkpoint's recommendation or the library's default.
+
+    ``recommend``: only the options a checkpoint may recommend, as ``bpr-package`` sets them.
+    """
+    types = option_types()
+    for name, info in option_infos().items():
+        if recommend and not info.recommended:
+            continue
+        flag = "--" + name.replace("_", "-")
+        default = getattr(DEFAULT_OPTIONS, name)
+        shown = ("on" if default else "off") if types[name] is bool else f"{default:g}"
+        if recommend:
+            help_text = f"recommend: {info.help}"
+        elif info.recommended:
+            help_text = f"{info.help} (default: as the checkpoint recommends, else {shown})"
+        else:
+            help_text = f"{info.help} (default: {shown})"
+        if types[name] is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+            if info.negative_flag and not recommend:
+                parser.add_argument(
+                    info.negative_flag,
+                    dest=name,
+                    action="store_false",
+                    default=None,
+                    help=f"the same as --no-{flag[2:]}",
+                )
+        else:
+            parser.add_argument(flag, type=types[name], default=None, help=help_text)
 
 
 def torch_threads(flag: int | None) -> int | None:

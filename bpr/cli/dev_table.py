@@ -6,8 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from bpr.cli.common import command_parser, run_cli
-from bpr.cli.refine import add_option_flags
+from bpr.cli.common import add_option_flags, command_parser, run_cli
 from bpr.evaluate import dev_table
 from bpr.io.coco import write_json_atomic
 from bpr.io.datasets import shared_data_root

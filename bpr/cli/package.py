@@ -13,28 +13,20 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from bpr.cli.common import command_parser, run_cli
+from bpr.cli.common import add_option_flags, command_parser, run_cli
 from bpr.errors import BprInputError
 from bpr.modeling.checkpoint import load_refiner, save_refiner
-from bpr.options import RefineOptions, option_infos, option_types
+from bpr.options import RefineOptions, option_infos
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = command_parser(prog="bpr-package", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("src", type=Path)
     p.add_argument("dst", type=Path)
-    types = option_types()
-    for name, info in option_infos().items():
-        if info.recommended:
-            flag = "--" + name.replace("_", "-")
-            kind: dict[str, Any] = (
-                {"action": argparse.BooleanOptionalAction} if types[name] is bool else {"type": types[name]}
-            )
-            p.add_argument(flag, default=None, help=f"recommend: {info.help}", **kind)
+    add_option_flags(p, recommend=True)
     p.add_argument(
         "--gate-threshold",
         type=float,

@@ -13,7 +13,7 @@ import numpy as np
 from tqdm import tqdm
 
 from bpr.backends import BACKENDS, backend_from_env
-from bpr.cli.common import command_parser, run_cli, torch_threads
+from bpr.cli.common import add_option_flags, command_parser, run_cli, torch_threads
 from bpr.cli.refine_ray import add_ray_arguments, check_engine_flags, run_ray
 from bpr.errors import BprInputError
 from bpr.io.atomic import check_writable
@@ -21,7 +21,6 @@ from bpr.io.coco import write_json_atomic
 from bpr.io.datasets import image_paths
 from bpr.io.pipeline import map_behind, prefetch
 from bpr.io.results import check_mask_budget, group_by_image, load_image_masks, load_results, refined_entry
-from bpr.options import DEFAULT_OPTIONS, OptionInfo, option_infos, option_types
 from bpr.refiner import PRECISIONS
 from bpr.spec import RefinerSpec
 
@@ -79,8 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="CPU threads for the network (torch.set_num_threads; default BPR_TORCH_THREADS, else one per "
-        "core). Two torch "
-        "jobs sharing the cores each run >10x slower: give each a share",
+        "core). Two torch jobs sharing the cores each run >10x slower: give each a share",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     p.add_argument(
@@ -92,43 +90,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_ray_arguments(p)
     return p
-
-
-def add_option_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per :class:`RefineOptions` field, from its declaration (bpr/options.py): ``--nms-iou``
-    for a number, ``--flip-tta`` / ``--no-flip-tta`` for a switch; None (not given) keeps the
-    checkpoint's recommendation or the library's default."""
-    types = option_types()
-    for name, info in option_infos().items():
-        flag = "--" + name.replace("_", "-")
-        default = getattr(DEFAULT_OPTIONS, name)
-        if types[name] is bool:
-            shown = "on" if default else "off"
-            parser.add_argument(
-                flag,
-                action=argparse.BooleanOptionalAction,
-                default=None,
-                help=f"{info.help} (default: {_default_source(info, shown)})",
-            )
-            if info.negative_flag:
-                parser.add_argument(
-                    info.negative_flag,
-                    dest=name,
-                    action="store_false",
-                    default=None,
-                    help=f"the same as --no-{flag[2:]}",
-                )
-        else:
-            parser.add_argument(
-                flag,
-                type=types[name],
-                default=None,
-                help=f"{info.help} (default: {_default_source(info, f'{default:g}')})",
-            )
-
-
-def _default_source(info: OptionInfo, shown: str) -> str:
-    return f"as the checkpoint recommends, else {shown}" if info.recommended else shown
 
 
 def _images_with_masks(

@@ -108,7 +108,10 @@ def load_batch(data: PatchSet, idx: np.ndarray, rng: np.random.Generator, flip: 
 def split_by_image_parity(data: PatchSet, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``idx`` ([shard, row] pairs) split by the parity of each patch's image number: whole
     images on each side, so the gate is scored on images it did not train on either."""
-    image = np.array([data.meta[shard]["image"][row] for shard, row in idx], dtype=np.int64)
+    image = np.empty(len(idx), dtype=np.int64)
+    for shard in np.unique(idx[:, 0]):  # one gather per shard, not one lookup per patch
+        sel = idx[:, 0] == shard
+        image[sel] = data.meta[shard]["image"][idx[sel, 1]]
     return idx[image % 2 == 0], idx[image % 2 == 1]
 
 
