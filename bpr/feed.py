@@ -34,6 +34,7 @@ class Job:
     options: RefineOptions  # this pass's rules (flip TTA, the gate, reassembly's overlap and margin rules)
     remaining: int  # patches whose probabilities are not filled in yet
     extract_seconds: float = 0.0
+    extents: np.ndarray | None = None  # (N, 4) [y0, x0, y1, x1) box of each coarse mask, found once by extraction
 
     @property
     def num_patches(self) -> int:

@@ -24,7 +24,7 @@ from bpr.errors import BprInputError
 from bpr.feed import Job, PatchBatch
 from bpr.modeling.refiner_net import RefinerNet
 from bpr.options import RefineOptions
-from bpr.patches import crop_squares, extract_patch_corners, pad_to_patch
+from bpr.patches import crop_squares, extract_patch_corners, mask_extents, pad_to_patch
 from bpr.reassemble import reassemble
 
 
@@ -59,8 +59,9 @@ def extract_job(
     _, height, width = image.shape
     coarse = pad_to_patch(masks, s)  # images smaller than a patch: the edge repeats
     coarse_np = coarse.cpu().numpy()
+    extents = mask_extents(coarse_np)  # once a pass: reassembly and the fallback rule reuse them
     per_instance = [
-        extract_patch_corners(m, s, options.nms_iou, options.cover_all)
+        extract_patch_corners(m, s, options.nms_iou, options.cover_all, tuple(extents[i]))
         if active is None or active[i]
         else np.zeros((0, 2), dtype=np.int64)
         for i, m in enumerate(coarse_np)
@@ -84,6 +85,7 @@ def extract_job(
         options=options,
         remaining=len(corners),
         extract_seconds=elapsed,
+        extents=extents,
     )
 
 
@@ -171,5 +173,7 @@ def reassemble_job(job: Job) -> torch.Tensor:
     if job.remaining:
         raise RuntimeError(f"finish() called with {job.remaining} patches of the job not yet run")
     o = job.options
-    refined = reassemble(job.coarse, job.corners, job.instance_ids, job.probs, o.resolve_overlaps, o.change_margin)
+    refined = reassemble(
+        job.coarse, job.corners, job.instance_ids, job.probs, o.resolve_overlaps, o.change_margin, job.extents
+    )
     return refined[:, : job.height, : job.width]

@@ -4,7 +4,7 @@ Every boundary pixel of a coarse mask proposes a ``patch_size`` square centred o
 NMS on a boundary score thins them to a set that still follows the whole contour. The NMS IoU
 threshold sets the density (0.25 for training data and COCO-like data, 0.55 for more, denser
 patches). All candidate squares have the same size, so their IoU only depends on the offset
-of their corners; the greedy pass runs in OpenCV's C++ NMS, the candidate generation is numpy.
+of their corners; candidates and the greedy pass (one vectorised step per kept square) are numpy.
 """
 
 from __future__ import annotations
@@ -25,13 +25,16 @@ def boundary_counts(mask: np.ndarray) -> np.ndarray:
     )
 
 
-def boundary_candidates(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def boundary_candidates(
+    mask: np.ndarray, extent: tuple[int, int, int, int] | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Boundary pixels (3x3 neighbourhood holds both classes) and their score.
 
     Returns (ys, xs, scores) with score = min(#fg, #bg) / 4.5 as in the reference: pixels
-    right on a straight edge score highest, lone spurs lowest.
+    right on a straight edge score highest, lone spurs lowest. ``extent``: the mask's box
+    from :func:`mask_extents`, when the caller has it (found again otherwise).
     """
-    ys0, xs0, crop = _crop_to_mask(mask)
+    ys0, xs0, crop = _crop_to_mask(mask, extent)
     if crop is None:
         empty = np.zeros(0, dtype=np.int64)
         return empty, empty, np.zeros(0, dtype=np.float32)
@@ -50,9 +53,27 @@ def mask_extent(mask: np.ndarray) -> tuple[int, int, int, int] | None:
     return y, x, y + h, x + w
 
 
-def _crop_to_mask(mask: np.ndarray) -> tuple[int, int, np.ndarray | None]:
+def mask_extents(masks: np.ndarray) -> np.ndarray:
+    """(N, 4) [y0, x0, y1, x1) box of each of (N, H, W) bool masks (zeros if empty).
+
+    Each box is a scan of the whole mask (0.3-0.7 ms for 1024x2048), so a pass finds them
+    once, in extraction, and its reassembly and the fallback rule reuse them."""
+    ext = np.zeros((masks.shape[0], 4), dtype=np.int64)
+    for i, m in enumerate(masks):
+        box = mask_extent(m)
+        if box is not None:
+            ext[i] = box
+    return ext
+
+
+def _crop_to_mask(
+    mask: np.ndarray, extent: tuple[int, int, int, int] | None = None
+) -> tuple[int, int, np.ndarray | None]:
     """Crop to the mask's bounding box plus a 1 px margin, so big images cost little."""
-    extent = mask_extent(mask)
+    if extent is None:
+        extent = mask_extent(mask)
+    elif extent[2] <= extent[0]:
+        extent = None  # an empty mask's all-zero row of mask_extents
     if extent is None:
         return 0, 0, None
     y0, x0 = max(extent[0] - 1, 0), max(extent[1] - 1, 0)
@@ -79,21 +100,33 @@ def nms_squares(corners: np.ndarray, scores: np.ndarray, patch_size: int, iou_th
     """Greedy NMS of equal squares; returns kept indices, highest score first.
 
     Ties are broken by input order (stable), so the result is deterministic. A square is
-    dropped when its IoU with an already kept square exceeds ``iou_threshold``.
+    dropped when its IoU with an already kept square exceeds ``iou_threshold``. Each kept
+    square costs one vectorised pass over the candidates in score order; that is 1.5-3x
+    faster than OpenCV's ``NMSBoxes``, whose Python binding converts box by box, and gives
+    the same squares (tests compare both, and the per-box reference below, on real masks).
     """
     if len(corners) == 0:
         return np.zeros(0, dtype=np.int64)
-    boxes = np.empty((len(corners), 4), dtype=np.int32)
-    boxes[:, 0] = corners[:, 1]
-    boxes[:, 1] = corners[:, 0]
-    boxes[:, 2:] = patch_size
-    # OpenCV takes the arrays as they are; its stubs only name sequences
-    keep = cv2.dnn.NMSBoxes(boxes, scores.astype(np.float32), 0.0, float(iou_threshold))  # type: ignore[arg-type]
-    return np.asarray(keep, dtype=np.int64).reshape(-1)
+    order = np.argsort(-scores, kind="stable")
+    ys, xs = corners[order, 0], corners[order, 1]
+    alive = np.ones(len(order), dtype=bool)
+    double_area = 2.0 * patch_size * patch_size
+    keep = []
+    start = 0
+    while start < len(order):
+        first = int(alive[start:].argmax())
+        if not alive[start + first]:
+            break
+        i = start + first
+        keep.append(order[i])
+        inter = np.clip(patch_size - np.abs(ys - ys[i]), 0, None) * np.clip(patch_size - np.abs(xs - xs[i]), 0, None)
+        alive &= inter / (double_area - inter) <= iou_threshold
+        start = i + 1
+    return np.asarray(keep, dtype=np.int64)
 
 
 def nms_squares_reference(corners: np.ndarray, scores: np.ndarray, patch_size: int, iou_threshold: float) -> np.ndarray:
-    """Plain greedy NMS, vectorised per kept box: the specification ``nms_squares`` must meet."""
+    """Plain greedy NMS, box by box in score order: the specification ``nms_squares`` must meet."""
     order = np.argsort(-scores, kind="stable")
     suppressed = np.zeros(len(corners), dtype=bool)
     keep = []
@@ -122,7 +155,11 @@ def coverage_counts(corners: np.ndarray, patch_size: int, height: int, width: in
 
 
 def extract_patch_corners(
-    mask: np.ndarray, patch_size: int = 64, nms_iou: float = 0.25, cover_all: bool = True
+    mask: np.ndarray,
+    patch_size: int = 64,
+    nms_iou: float = 0.25,
+    cover_all: bool = True,
+    extent: tuple[int, int, int, int] | None = None,
 ) -> np.ndarray:
     """Corners (K, 2) [y0, x0] of the boundary patches of one HxW mask; (0, 2) if it has none.
 
@@ -130,8 +167,9 @@ def extract_patch_corners(
     at 0.25: 99.7% covered on average, 97.5% at worst), and those keep their coarse value.
     With ``cover_all`` the uncovered candidates go through NMS again, among themselves,
     until every boundary pixel lies in some patch: a handful of extra patches per mask.
+    ``extent``: the mask's box, if known (:func:`mask_extents`).
     """
-    ys, xs, scores = boundary_candidates(mask)
+    ys, xs, scores = boundary_candidates(mask, extent)
     if len(ys) == 0:
         return np.zeros((0, 2), dtype=np.int64)
     corners = squares_inside(ys, xs, patch_size, *mask.shape)
@@ -166,6 +204,17 @@ def crop_squares(
     and training patches are both cut here, so they cannot drift apart.
     """
     height, width = source.shape[-2:]
+    if source.device.type == "cpu" and _all_inside(corners, size, height, width):
+        return _slice_squares(source, corners, size, layers)
+    return _gather_squares(source, corners, size, layers)
+
+
+def _gather_squares(
+    source: torch.Tensor, corners: np.ndarray, size: int, layers: np.ndarray | None = None
+) -> torch.Tensor:
+    """:func:`crop_squares` as one gather on the source's device; indices past the bottom or
+    right edge are clamped, so the last row / column repeats."""
+    height, width = source.shape[-2:]
     ar = torch.arange(size, device=source.device)
     y0 = torch.as_tensor(corners[:, 0], device=source.device)
     x0 = torch.as_tensor(corners[:, 1], device=source.device)
@@ -174,6 +223,24 @@ def crop_squares(
     if layers is None:
         return source[:, rows, cols].permute(1, 0, 2, 3)
     return source[torch.as_tensor(layers, device=source.device)[:, None, None], rows, cols]
+
+
+def _all_inside(corners: np.ndarray, size: int, height: int, width: int) -> bool:
+    """Whether every ``size`` square at ``corners`` lies wholly inside an ``height`` x ``width`` source."""
+    return len(corners) > 0 and bool(
+        corners.min() >= 0 and corners[:, 0].max() + size <= height and corners[:, 1].max() + size <= width
+    )
+
+
+def _slice_squares(source: torch.Tensor, corners: np.ndarray, size: int, layers: np.ndarray | None) -> torch.Tensor:
+    """:func:`crop_squares` for squares inside a CPU source: numpy slices stacked, 10-25x faster
+    than torch's gather (137 squares of a 1024x2048 image: 0.3 ms instead of 8)."""
+    array = source.numpy()
+    if layers is None:
+        return torch.from_numpy(np.stack([array[:, y : y + size, x : x + size] for y, x in corners.tolist()]))
+    return torch.from_numpy(
+        np.stack([array[i, y : y + size, x : x + size] for i, (y, x) in zip(layers.tolist(), corners.tolist())])
+    )
 
 
 def pad_to_patch(source: torch.Tensor, size: int) -> torch.Tensor:

@@ -1,5 +1,6 @@
 """Boundary patches: which pixels are boundary, where squares go, what NMS keeps."""
 
+import cv2
 import numpy as np
 import pytest
 from conftest import disk
@@ -60,17 +61,24 @@ def test_squares_inside_refuses_images_smaller_than_a_patch():
         squares_inside(np.array([1]), np.array([1]), 64, 50, 200)
 
 
-def test_opencv_nms_equals_the_greedy_reference_on_real_masks(data_dir):
-    results = load_json(data_dir / "davis-dev-real" / "rvos.json")
+def _opencv_nms(corners, scores, size, iou):
+    boxes = np.column_stack([corners[:, 1], corners[:, 0], np.full(len(corners), size), np.full(len(corners), size)])
+    return np.asarray(cv2.dnn.NMSBoxes(boxes.astype(np.int32), scores.astype(np.float32), 0.0, iou)).reshape(-1)
+
+
+@pytest.mark.parametrize("name", ["rvos", "osvos"])
+def test_nms_equals_the_greedy_reference_and_opencv_on_real_masks(data_dir, name):
+    results = load_json(data_dir / "davis-dev-real" / f"{name}.json")
     for entry in results[::9]:
         h, w = entry["segmentation"]["size"]
         m = decode_segmentation(entry["segmentation"], h, w)
         ys, xs, scores = boundary_candidates(m)
         corners = squares_inside(ys, xs, 64, h, w)
-        for iou in (0.25, 0.55):
-            assert np.array_equal(
-                nms_squares(corners, scores, 64, iou), nms_squares_reference(corners, scores, 64, iou)
-            )
+        for iou in (0.25, 0.55, 0.0, 1.0):
+            kept = nms_squares(corners, scores, 64, iou)
+            assert np.array_equal(kept, nms_squares_reference(corners, scores, 64, iou))
+            assert np.array_equal(kept, _opencv_nms(corners, scores, 64, iou))
+        assert len(nms_squares(corners, scores, 64, 1.0)) == len(corners)  # IoU never exceeds 1: all kept
 
 
 def test_kept_squares_overlap_at_most_the_threshold():
@@ -139,6 +147,64 @@ def test_crop_squares_cuts_image_and_mask_squares_repeating_the_edge():
     for k, ((y, x), layer) in enumerate(zip(corners, layers)):
         assert np.array_equal(crops[k], _edge_padded_crop(image, y, x, 8))
         assert np.array_equal(mask_crops[k], _edge_padded_crop(masks[layer], y, x, 8))
+
+
+def test_crop_squares_inside_a_real_frame_are_its_slices(data_dir):
+    """Squares wholly inside a CPU source are cut by numpy slices (the fast path); they must be
+    the gather's crops exactly, for the image and for each instance's mask."""
+    import torch
+
+    from bpr.io.images import read_image
+    from bpr.patches import _all_inside, _gather_squares, crop_squares
+
+    gt = load_json(data_dir / "davis-dev-real" / "gt.json")
+    info = gt["images"][0]
+    image = torch.from_numpy(read_image(data_dir / "davis-dev-real" / "images" / info["file_name"])).permute(2, 0, 1)
+    results = [r for r in load_json(data_dir / "davis-dev-real" / "osvos.json") if r["image_id"] == info["id"]]
+    masks = np.stack([decode_segmentation(r["segmentation"], info["height"], info["width"]) for r in results] * 2)
+    masks[1] = np.roll(masks[1], 17, axis=1)  # a second, different layer
+    per_layer = [extract_patch_corners(m, 64) for m in masks]
+    corners = np.concatenate(per_layer)
+    layers = np.repeat(np.arange(len(masks)), [len(c) for c in per_layer])
+    assert len(corners) > 10 and _all_inside(corners, 64, info["height"], info["width"])  # the slice path runs
+    crops = crop_squares(image, corners, 64)
+    assert crops.shape == (len(corners), 3, 64, 64) and crops.dtype == torch.uint8
+    assert torch.equal(crops, _gather_squares(image, corners, 64))
+    mask_crops = crop_squares(torch.from_numpy(masks), corners, 64, layers)
+    assert mask_crops.dtype == torch.bool
+    assert torch.equal(mask_crops, _gather_squares(torch.from_numpy(masks), corners, 64, layers))
+    k = len(per_layer[0]) + 3  # a square of the second layer, against a plain slice
+    y, x = corners[k]
+    assert np.array_equal(mask_crops[k].numpy(), masks[1, y : y + 64, x : x + 64])
+
+
+def test_mask_extents_are_the_boxes_of_real_masks_and_zeros_when_empty(data_dir):
+    from bpr.patches import mask_extents
+
+    results = load_json(data_dir / "cityscapes-dev" / "maskrcnn28.json")[:12]
+    h, w = results[0]["segmentation"]["size"]
+    masks = np.stack(
+        [decode_segmentation(r["segmentation"], h, w) for r in results if r["segmentation"]["size"] == [h, w]]
+    )
+    masks = np.concatenate([masks, np.zeros((1, h, w), bool)])
+    boxes = mask_extents(masks)
+    for m, box in zip(masks[:-1], boxes[:-1]):
+        ys, xs = np.nonzero(m)
+        assert box.tolist() == [ys.min(), xs.min(), ys.max() + 1, xs.max() + 1]
+    assert boxes[-1].tolist() == [0, 0, 0, 0]
+
+
+def test_a_known_extent_gives_the_same_patches_as_finding_it(data_dir):
+    from bpr.patches import mask_extents
+
+    results = load_json(data_dir / "davis-dev-real" / "rvos.json")[::15]
+    for entry in results:
+        h, w = entry["segmentation"]["size"]
+        m = decode_segmentation(entry["segmentation"], h, w)
+        extent = tuple(mask_extents(m[None])[0])
+        assert np.array_equal(extract_patch_corners(m, 64, 0.25, True, extent), extract_patch_corners(m, 64))
+    empty = np.zeros((80, 90), bool)
+    assert extract_patch_corners(empty, 64, 0.25, True, (0, 0, 0, 0)).shape == (0, 2)
 
 
 @pytest.mark.parametrize("shape", [(20, 30), (70, 30), (20, 90), (64, 64), (80, 100)])

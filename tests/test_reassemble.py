@@ -10,6 +10,7 @@ import pytest
 import torch
 from conftest import disk
 
+from bpr.patches import mask_extents
 from bpr.reassemble import patch_reach, reassemble
 
 
@@ -82,12 +83,16 @@ def _scene(seed):
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 10, 11, 20, 21])
 @pytest.mark.parametrize("resolve, margin", [(False, 0.0), (True, 0.0), (True, 0.15)])
-def test_reassemble_equals_the_dense_reference(seed, resolve, margin):
+@pytest.mark.parametrize("known_extents", [False, True])  # the boxes extraction found, or found here
+def test_reassemble_equals_the_dense_reference(seed, resolve, margin, known_extents):
     coarse, corners, ids, probs = _scene(seed)
-    got = reassemble(torch.from_numpy(coarse), corners, ids, torch.from_numpy(probs), resolve, margin).numpy()
+    extents = mask_extents(coarse) if known_extents else None
+    coarse_t = torch.from_numpy(coarse.copy())
+    got = reassemble(coarse_t, corners, ids, torch.from_numpy(probs), resolve, margin, extents).numpy()
     want = _dense_reference(coarse, corners, ids, probs, resolve, margin)
     assert (got != coarse).sum() > 20  # the scene really changes
     assert np.array_equal(got, want)
+    assert np.array_equal(coarse_t.numpy(), coarse)  # the input masks are never written to
 
 
 def test_the_scenes_exercise_overlap_resolution():

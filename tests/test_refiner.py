@@ -176,3 +176,18 @@ def test_iterations_default_to_the_checkpoint_recommendation_and_must_be_positiv
     )
     with pytest.raises(BprInputError):
         Refiner(IdentityNet(RefinerConfig(input_size=64)), iterations=0)
+
+
+def test_pixel_counts_count_each_mask_and_leave_it_as_it_is(data_dir):
+    from bpr.refinement import pixel_counts
+
+    results = load_json(data_dir / "cityscapes-dev" / "maskrcnn28.json")[:8]
+    h, w = results[0]["segmentation"]["size"]
+    masks = np.stack(
+        [decode_segmentation(r["segmentation"], h, w) for r in results if r["segmentation"]["size"] == [h, w]]
+    )
+    masks = np.concatenate([masks, np.zeros((1, h, w), bool)])
+    counts = pixel_counts(torch.from_numpy(masks))
+    assert counts.dtype == torch.int64
+    assert counts.tolist() == [int(m.sum()) for m in masks] and counts[-1] == 0
+    assert pixel_counts(torch.zeros((0, h, w), dtype=torch.bool)).shape == (0,)
