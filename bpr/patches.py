@@ -233,8 +233,9 @@ def _all_inside(corners: np.ndarray, size: int, height: int, width: int) -> bool
 
 
 def _slice_squares(source: torch.Tensor, corners: np.ndarray, size: int, layers: np.ndarray | None) -> torch.Tensor:
-    """:func:`crop_squares` for squares inside a CPU source: numpy slices stacked, 10-25x faster
-    than torch's gather (137 squares of a 1024x2048 image: 0.3 ms instead of 8)."""
+    """:func:`crop_squares` for squares inside a CPU source: numpy slices stacked. 137 squares of
+    20 masks of 1024x2048 take 0.2 ms instead of the gather's 3, of a contiguous (3, H, W)
+    image 0.3 instead of 8 (an (H, W, 3) image seen as (3, H, W) gathers fast either way)."""
     array = source.numpy()
     if layers is None:
         return torch.from_numpy(np.stack([array[:, y : y + size, x : x + size] for y, x in corners.tolist()]))
