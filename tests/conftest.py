@@ -67,3 +67,14 @@ def identity_net() -> RefinerNet:
 def disk(h: int, w: int, cy: float, cx: float, r: float) -> np.ndarray:
     yy, xx = np.mgrid[:h, :w]
     return (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+
+
+def street_masks_and_an_empty_one(data_dir: Path, count: int) -> np.ndarray:
+    """(N + 1, H, W) bool: the first ``count`` cityscapes-dev Mask R-CNN-like masks of the first
+    image size among them, and an empty mask last."""
+    from bpr.io.coco import decode_segmentation, load_json
+
+    results = load_json(data_dir / "cityscapes-dev" / "maskrcnn28.json")[:count]
+    h, w = results[0]["segmentation"]["size"]
+    masks = [decode_segmentation(r["segmentation"], h, w) for r in results if r["segmentation"]["size"] == [h, w]]
+    return np.stack([*masks, np.zeros((h, w), bool)])

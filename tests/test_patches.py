@@ -3,7 +3,7 @@
 import cv2
 import numpy as np
 import pytest
-from conftest import disk
+from conftest import disk, street_masks_and_an_empty_one
 
 from bpr.io.coco import decode_segmentation, load_json
 from bpr.patches import (
@@ -181,12 +181,7 @@ def test_crop_squares_inside_a_real_frame_are_its_slices(data_dir):
 def test_mask_extents_are_the_boxes_of_real_masks_and_zeros_when_empty(data_dir):
     from bpr.patches import mask_extents
 
-    results = load_json(data_dir / "cityscapes-dev" / "maskrcnn28.json")[:12]
-    h, w = results[0]["segmentation"]["size"]
-    masks = np.stack(
-        [decode_segmentation(r["segmentation"], h, w) for r in results if r["segmentation"]["size"] == [h, w]]
-    )
-    masks = np.concatenate([masks, np.zeros((1, h, w), bool)])
+    masks = street_masks_and_an_empty_one(data_dir, 12)
     boxes = mask_extents(masks)
     for m, box in zip(masks[:-1], boxes[:-1]):
         ys, xs = np.nonzero(m)

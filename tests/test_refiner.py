@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from conftest import IdentityNet, InvertNet, disk
+from conftest import IdentityNet, InvertNet, disk, street_masks_and_an_empty_one
 
 from bpr import BprInputError, ModelNotAvailableError, Refiner
 from bpr.io.coco import decode_segmentation, load_json
@@ -181,12 +181,8 @@ def test_iterations_default_to_the_checkpoint_recommendation_and_must_be_positiv
 def test_pixel_counts_count_each_mask_and_leave_it_as_it_is(data_dir):
     from bpr.refinement import pixel_counts
 
-    results = load_json(data_dir / "cityscapes-dev" / "maskrcnn28.json")[:8]
-    h, w = results[0]["segmentation"]["size"]
-    masks = np.stack(
-        [decode_segmentation(r["segmentation"], h, w) for r in results if r["segmentation"]["size"] == [h, w]]
-    )
-    masks = np.concatenate([masks, np.zeros((1, h, w), bool)])
+    masks = street_masks_and_an_empty_one(data_dir, 8)
+    h, w = masks.shape[1:]
     counts = pixel_counts(torch.from_numpy(masks))
     assert counts.dtype == torch.int64
     assert counts.tolist() == [int(m.sum()) for m in masks] and counts[-1] == 0
