@@ -14,6 +14,7 @@ from bpr.cli.build_patches import main as build_main
 from bpr.cli.refine import main as refine_main
 from bpr.cli.train import main as train_main
 from bpr.cli.train_gate import main as train_gate_main
+from bpr.errors import ModelNotAvailableError
 from bpr.io.coco import decode_segmentation, load_json
 from bpr.io.images import read_image
 from bpr.modeling import RefinerConfig, load_refiner
@@ -461,3 +462,33 @@ def test_keep_weight_charges_breaking_right_pixels_more_than_missing_a_fix():
     assert torch.isclose(plain[0], plain[1])  # plain CE: one wrong band pixel each, the same loss
     assert kept[0] > 1.5 * kept[1]  # with keep_weight, breaking a right pixel costs more than missing a fix
     assert torch.equal(refinement_loss(logits(misses_fix), target, 2.0, 2, coarse, 0.0), plain[1])  # 0 = off
+
+
+def test_a_run_state_is_a_checkpoint_too_and_bpr_package_takes_it(patch_dir, tmp_path, monkeypatch):
+    """last.pt loads as the network it holds (its weights exactly), with or without the refiner
+    config that states carry since 2026-12-04; bpr-package turns it into a checkpoint."""
+    from bpr.cli.package import main as package_main
+
+    trainer = Trainer(_cfg(patch_dir, iters=4, arch="effl0", input_size=64), tmp_path / "run")
+    trainer.run(progress=False)
+    last = tmp_path / "run" / "last.pt"
+    net = load_refiner(last)
+    assert net.config == trainer.net.config and net.recommended == {}
+    for (key, want), got in zip(trainer.net.state_dict().items(), net.state_dict().values()):
+        assert torch.equal(want, got), key
+
+    state = torch.load(last, weights_only=True)
+    del state["refiner_config"]  # a state from before: the patch size comes from the run's manifest
+    torch.save(state, tmp_path / "old.pt")
+    assert load_refiner(tmp_path / "old.pt").config == trainer.net.config
+    state["config"]["patches"] = [str(tmp_path / "gone")]
+    torch.save(state, tmp_path / "moved.pt")
+    with pytest.raises(ModelNotAvailableError, match="patch size"):
+        load_refiner(tmp_path / "moved.pt")
+
+    out = tmp_path / "packaged.pt"
+    assert package_main([str(last), str(out), "--flip-tta", "--change-margin", "0.2"]) == 0
+    packaged = torch.load(out, weights_only=True)
+    assert packaged["meta"]["step"] == 4 and packaged["meta"]["train_seconds"] > 0
+    assert packaged["recommended"] == {"flip_tta": True, "change_margin": 0.2}
+    assert load_refiner(out).config == trainer.net.config

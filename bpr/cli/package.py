@@ -1,4 +1,4 @@
-"""bpr-package: turn a training run's model.pt into a shippable checkpoint: fp16 weights, the
+"""bpr-package: turn a training run's model.pt (or its last.pt) into a shippable checkpoint: fp16 weights, the
 inference settings it recommends (every RefineOptions field marked ``recommended`` has a flag;
 one not given is left to the library's default), and the evaluation numbers in its meta.
 
@@ -18,7 +18,7 @@ import torch
 
 from bpr.cli.common import add_option_flags, command_parser, run_cli
 from bpr.errors import BprInputError
-from bpr.modeling.checkpoint import load_refiner, save_refiner
+from bpr.modeling.checkpoint import is_run_state, load_refiner, save_refiner
 from bpr.options import RefineOptions, option_infos
 
 
@@ -55,7 +55,11 @@ def main(argv: list[str] | None = None) -> int:
     net.recommended = {k: v for k, v in recommended.items() if v is not None}
     if args.gate_early_reject is not None and (net.gate is None or not args.flip_tta):
         raise BprInputError("--gate-early-reject needs a quality gate and --flip-tta")
-    meta = torch.load(args.src, map_location="cpu", weights_only=True).get("meta", {})
+    source = torch.load(args.src, map_location="cpu", weights_only=True)
+    if is_run_state(source):  # a bpr-train last.pt: its step and training time
+        meta = {"step": source["step"], "train_seconds": round(source["seconds"], 1)}
+    else:
+        meta = source.get("meta", {})
     if args.gate_threshold:
         if net.gate is None:
             raise BprInputError(f"{args.src} has no quality gate; --gate-threshold needs one")

@@ -7,11 +7,14 @@ were apart keep their recommendations inside "config"; they load the same. An or
 checkpoint is an mmsegmentation file: a bare state dict or ``{"meta": ..., "state_dict": ...,
 "optimizer": ...}`` with ``backbone.*`` / ``decode_head.*`` keys. Our modules use the same
 names, so :func:`checkpoint_filter_fn` only drops wrappers and training-only heads, and the
-architecture is read off the tensor shapes.
+architecture is read off the tensor shapes. A bpr-train run state (``last.pt``: ``model``,
+``optimizer``, ``step``, ``config``) loads too, so a run stopped between exports can be
+packaged and measured as it stands.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -70,6 +73,30 @@ def _torch_load(path: Path) -> Any:
         raise ModelNotAvailableError(f"cannot read checkpoint {path}: {str(exc).splitlines()[0]}") from None
 
 
+def is_run_state(ckpt: dict[str, Any]) -> bool:
+    """Whether a loaded file is a bpr-train run state (``last.pt``), not a refiner checkpoint."""
+    return all(key in ckpt for key in ("model", "optimizer", "step", "config"))
+
+
+def run_state_config(state: dict[str, Any], path: Path) -> RefinerConfig:
+    """The network's config of a bpr-train run state. States carry it since 2026-12-04; in older
+    ones the patch size is only in the run's patch manifest, read from where the run was started."""
+    if "refiner_config" in state:
+        return RefinerConfig.from_dict(state["refiner_config"])
+    run = state["config"]
+    manifest = Path(run["patches"][0]) / "manifest.json"
+    try:
+        patch_size = int(json.loads(manifest.read_text())["patch_size"])
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelNotAvailableError(
+            f"{path}: a run state from before 2026-12-04 without its patch size; run from the directory the "
+            f"training ran in, so that {manifest} is found ({exc})"
+        ) from None
+    return RefinerConfig(
+        arch=run["arch"], input_size=run["input_size"], patch_size=patch_size, detail_head=run["detail_head"]
+    )
+
+
 def load_refiner(
     path: str | os.PathLike,
     device: str | torch.device = "cpu",
@@ -86,14 +113,17 @@ def load_refiner(
     ckpt = _torch_load(path)
     if not isinstance(ckpt, dict):
         raise ModelNotAvailableError(f"{path} does not hold a state dict")
-    state_dict = ckpt.get("state_dict", ckpt)
-    state_dict = checkpoint_filter_fn(state_dict)
     recommended: dict[str, Any] = {}
-    if ckpt.get("format") == FORMAT:
-        config = RefinerConfig.from_dict(ckpt["config"])
-        recommended = recommendations(ckpt)
+    if is_run_state(ckpt):
+        state_dict = checkpoint_filter_fn(ckpt["model"])
+        config = run_state_config(ckpt, path)
     else:
-        config = infer_config(state_dict)
+        state_dict = checkpoint_filter_fn(ckpt.get("state_dict", ckpt))
+        if ckpt.get("format") == FORMAT:
+            config = RefinerConfig.from_dict(ckpt["config"])
+            recommended = recommendations(ckpt)
+        else:
+            config = infer_config(state_dict)
     if overrides:
         config = RefinerConfig.from_dict({**config.to_dict(), **overrides})
     try:

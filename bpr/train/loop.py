@@ -177,6 +177,7 @@ class Trainer:
             "step": self.step,
             "seconds": self.seconds,
             "config": asdict(self.cfg),
+            "refiner_config": self.net.config.to_dict(),  # so load_refiner / bpr-package take last.pt as it is
         }
         with atomic_path(self.out / "last.pt") as tmp:
             torch.save(state, tmp)
