@@ -492,3 +492,28 @@ def test_a_run_state_is_a_checkpoint_too_and_bpr_package_takes_it(patch_dir, tmp
     assert packaged["meta"]["step"] == 4 and packaged["meta"]["train_seconds"] > 0
     assert packaged["recommended"] == {"flip_tta": True, "change_margin": 0.2}
     assert load_refiner(out).config == trainer.net.config
+
+
+def test_sigterm_stops_a_run_after_its_step_with_everything_saved(patch_dir, tmp_path):
+    """kill / Ctrl-C / a scheduler's SIGTERM: the run ends after the step in progress, with
+    last.pt and model.pt at that step, and --resume continues from it."""
+    import os
+    import signal
+
+    trainer = Trainer(_cfg(patch_dir, iters=40, ckpt_every=100), tmp_path / "run")
+    step = trainer.train_step
+
+    def step_then_signal() -> float:
+        loss = step()
+        if trainer.step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return loss
+
+    trainer.train_step = step_then_signal
+    previous = signal.getsignal(signal.SIGTERM)
+    trainer.run(progress=False)
+    assert trainer.step == 3
+    assert signal.getsignal(signal.SIGTERM) is previous  # the handler is gone again
+    assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["step"] == 3
+    assert torch.load(tmp_path / "run" / "model.pt", weights_only=True)["meta"]["step"] == 3
+    assert Trainer(_cfg(patch_dir, iters=40), tmp_path / "run", resume=True).step == 3

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import csv
 import json
+import signal
+import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -270,7 +273,10 @@ class Trainer:
 
     def run(self, progress: bool = True, until_step: int | None = None, max_seconds: float | None = None) -> Path:
         """Train to ``cfg.iters`` (or stop early at ``until_step`` / after ``max_seconds`` of
-        wall time, saving state so that ``--resume`` continues exactly where it stopped)."""
+        wall time, saving state so that ``--resume`` continues exactly where it stopped).
+
+        SIGTERM or Ctrl-C also stops it cleanly after the step in progress, with the state and
+        ``model.pt`` saved (a second Ctrl-C interrupts at once)."""
         from tqdm import tqdm
 
         stop_at = min(self.cfg.iters, until_step or self.cfg.iters)
@@ -297,8 +303,10 @@ class Trainer:
         losses: list[float] = []
         t_last = time.perf_counter()
         steps_since = 0
+        stop = StopRequest()
         try:
-            while self.step < stop_at and (deadline is None or time.monotonic() < deadline):
+            stop.install()
+            while self.step < stop_at and (deadline is None or time.monotonic() < deadline) and not stop.requested:
                 t0 = time.perf_counter()
                 losses.append(self.train_step())
                 self.seconds += time.perf_counter() - t0
@@ -325,12 +333,42 @@ class Trainer:
                 if self.step % self.cfg.ckpt_every == 0 or self.step == self.cfg.iters:
                     self.save_state()
         finally:
+            stop.uninstall()
             bar.close()
             log.close()
+        if stop.requested:
+            print(f"bpr-train: stopping at step {self.step} ({stop.requested}); state saved", file=sys.stderr)
         self.save_state()
         path = self.export()
         plot_curves(log_path, self.out / "curves.png")
         return path
+
+
+class StopRequest:
+    """SIGINT / SIGTERM handlers that ask the training loop to stop after its current step, so
+    that a run ended by Ctrl-C, ``kill`` or a scheduler loses no steps. A second signal
+    interrupts at once. Only the main thread can take signals; elsewhere nothing is installed."""
+
+    def __init__(self) -> None:
+        self.requested: str = ""
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def uninstall(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:  # asked twice: stop now
+            self.uninstall()
+            raise KeyboardInterrupt
+        self.requested = signal.Signals(signum).name
 
 
 def plot_curves(log_path: Path, png: Path) -> None:
