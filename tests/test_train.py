@@ -14,7 +14,7 @@ from bpr.cli.build_patches import main as build_main
 from bpr.cli.refine import main as refine_main
 from bpr.cli.train import main as train_main
 from bpr.cli.train_gate import main as train_gate_main
-from bpr.errors import ModelNotAvailableError
+from bpr.errors import BprInputError, ModelNotAvailableError
 from bpr.io.coco import decode_segmentation, load_json
 from bpr.io.images import read_image
 from bpr.modeling import RefinerConfig, load_refiner
@@ -517,3 +517,34 @@ def test_sigterm_stops_a_run_after_its_step_with_everything_saved(patch_dir, tmp
     assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["step"] == 3
     assert torch.load(tmp_path / "run" / "model.pt", weights_only=True)["meta"]["step"] == 3
     assert Trainer(_cfg(patch_dir, iters=40), tmp_path / "run", resume=True).step == 3
+
+
+def test_the_moving_average_is_what_a_run_evaluates_exports_and_resumes(patch_dir, tmp_path):
+    """With --ema-decay d every step moves the average by (1 - d) toward the new weights; model.pt
+    holds the average, and a resumed run ends with the average an uninterrupted one has."""
+    cfg = _cfg(patch_dir, iters=12, ema_decay=0.9)
+    trainer = Trainer(cfg, tmp_path / "one")
+    before = {k: v.clone() for k, v in trainer.net.state_dict().items()}
+    trainer.train_step()
+    after = trainer.net.state_dict()
+    for key, averaged in trainer.ema.state_dict().items():
+        if averaged.is_floating_point():
+            assert torch.allclose(averaged, 0.9 * before[key] + 0.1 * after[key], atol=1e-6), key
+
+    straight = Trainer(cfg, tmp_path / "a")
+    straight.run(progress=False)
+    averaged, raw = straight.ema.state_dict(), straight.net.state_dict()
+    key = "decode_head.conv_seg.weight"
+    assert not torch.allclose(averaged[key], raw[key], atol=1e-4)  # the average lags the weights
+    exported = torch.load(tmp_path / "a" / "model.pt", weights_only=True)
+    assert torch.equal(exported["state_dict"][key], averaged[key].half()) and exported["meta"]["ema_decay"] == 0.9
+
+    first = Trainer(cfg, tmp_path / "b")
+    first.run(progress=False, until_step=6)
+    resumed = Trainer(cfg, tmp_path / "b", resume=True)
+    resumed.run(progress=False)
+    for (k, a), b in zip(averaged.items(), resumed.ema.state_dict().values()):
+        if a.is_floating_point():
+            assert torch.allclose(a, b, atol=1e-5), k
+    with pytest.raises(BprInputError, match="ema_decay"):
+        Trainer(_cfg(patch_dir, ema_decay=1.0), tmp_path / "c")

@@ -57,6 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="extra loss weight on band pixels the coarse mask already has right (charges moving them)",
     )
+    p.add_argument(
+        "--ema-decay",
+        type=float,
+        help="keep a moving average of the weights with this decay (e.g. 0.999) and evaluate and export it; "
+        "can be switched on when resuming",
+    )
     p.add_argument("--no-amp", dest="amp", action="store_false", default=None, help="train in fp32")
     p.add_argument("--no-augment", dest="augment", action="store_false", default=None)
     p.add_argument("--eval-every", type=int)
@@ -96,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.resume and (args.out / "config.json").is_file() and not args.patches and not args.config:
         cfg = TrainConfig(**json.loads((args.out / "config.json").read_text()))
-        for name in ("iters", "threads", "device", "eval_every", "ckpt_every"):
+        for name in ("iters", "threads", "device", "eval_every", "ckpt_every", "ema_decay"):
             if getattr(args, name, None) is not None:
                 setattr(cfg, name, getattr(args, name))
     else:

@@ -8,6 +8,7 @@ resumed run sees exactly the batches an uninterrupted one would have.
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import signal
@@ -51,6 +52,7 @@ class TrainConfig:
     boundary_weight: float = 2.0  # extra CE weight inside the GT boundary band (0 = plain CE)
     boundary_width: int = 2  # band half-width in patch pixels
     keep_weight: float = 0.0  # extra CE weight on band pixels the coarse mask already has right (see refinement_loss)
+    ema_decay: float = 0.0  # > 0: also keep a moving average of the weights; evaluation and model.pt use it
     amp: bool = True  # bf16 autocast on CPU, fp16 on CUDA
     augment: bool = True
     eval_every: int = 500
@@ -153,6 +155,13 @@ class Trainer:
             self.opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
         else:
             raise BprInputError(f"unknown optimizer {cfg.optimizer!r} (sgd or adamw)")
+        # A high learning rate makes the weights wander from step to step; their moving average
+        # is a steadier sample of the run, so it is what the run evaluates and exports.
+        if not 0.0 <= cfg.ema_decay < 1.0:
+            raise BprInputError(f"ema_decay must be in [0, 1) (0 = no average), got {cfg.ema_decay}")
+        self.ema: RefinerNet | None = copy.deepcopy(self.net).eval() if cfg.ema_decay > 0 else None
+        if self.ema is not None:
+            self.ema.requires_grad_(False)
         self.step = cfg.init_step if cfg.init_checkpoint else 0
         self.seconds = 0.0
         self.out.mkdir(parents=True, exist_ok=True)
@@ -170,6 +179,8 @@ class Trainer:
         state = torch.load(path, map_location=self.device, weights_only=False)
         self.net.load_state_dict(state["model"])
         self.opt.load_state_dict(state["optimizer"])
+        if self.ema is not None:  # a run that starts averaging on resume starts from its weights
+            self.ema.load_state_dict(state.get("ema") or state["model"])
         self.step = state["step"]
         self.seconds = state.get("seconds", 0.0)
 
@@ -182,6 +193,8 @@ class Trainer:
             "config": asdict(self.cfg),
             "refiner_config": self.net.config.to_dict(),  # so load_refiner / bpr-package take last.pt as it is
         }
+        if self.ema is not None:
+            state["ema"] = self.ema.state_dict()
         with atomic_path(self.out / "last.pt") as tmp:
             torch.save(state, tmp)
 
@@ -196,7 +209,9 @@ class Trainer:
                 {k: m[k] for k in ("sources", "mix", "draws", "total", "nms_iou")} for m in self.data.manifests
             ],
         }
-        save_refiner(self.net, path, meta={**meta, **(extra or {})})
+        if self.ema is not None:
+            meta["ema_decay"] = self.cfg.ema_decay
+        save_refiner(self.ema or self.net, path, meta={**meta, **(extra or {})})
         return path
 
     # ----------------------------------------------------------------- data
@@ -235,24 +250,38 @@ class Trainer:
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
+        if self.ema is not None:
+            self._update_ema()
         self.step += 1
         return loss.item()
 
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        """ema <- decay * ema + (1 - decay) * weights, for every float tensor (BatchNorm statistics too)."""
+        assert self.ema is not None
+        for averaged, current in zip(self.ema.state_dict().values(), self.net.state_dict().values()):
+            if averaged.is_floating_point():
+                averaged.lerp_(current, 1.0 - self.cfg.ema_decay)
+            else:
+                averaged.copy_(current)
+
     @torch.inference_mode()
     def evaluate(self) -> dict[str, float]:
-        """IoU of refined vs coarse patches against the targets, on held-out patches."""
+        """IoU of refined vs coarse patches against the targets, on held-out patches (of the
+        averaged weights when the run keeps them: what it exports)."""
         idx = self.val_idx if len(self.val_idx) else self.train_idx
         rng = np.random.default_rng([self.cfg.seed, 10**9])
         if len(idx) > self.cfg.eval_patches:
             idx = idx[np.sort(rng.choice(len(idx), self.cfg.eval_patches, replace=False))]
-        self.net.eval()
+        net = self.ema or self.net
+        net.eval()
         inter = union = c_inter = c_union = b_inter = b_union = cb_inter = cb_union = 0.0
         for start in range(0, len(idx), 128):
             images, coarse, target = self.data.gather(idx[start : start + 128])
             img = torch.from_numpy(images).permute(0, 3, 1, 2).float().to(self.device)
             cm = torch.from_numpy(coarse)[:, None].float().to(self.device)
             t = torch.from_numpy(target).bool().to(self.device)
-            pred = self.net.foreground_probability(img, cm) > 0.5
+            pred = net.foreground_probability(img, cm) > 0.5
             c = cm[:, 0].bool()
             band = edge_band(t.to(torch.uint8), self.cfg.boundary_width)
             inter += float((pred & t).sum())
@@ -263,7 +292,7 @@ class Trainer:
             b_union += float(((pred | t) & band).sum())
             cb_inter += float((c & t & band).sum())
             cb_union += float(((c | t) & band).sum())
-        self.net.train()
+        self.net.train()  # the average stays in eval mode
         return {
             "val_iou": inter / max(union, 1),
             "coarse_iou": c_inter / max(c_union, 1),
