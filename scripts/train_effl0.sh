@@ -28,7 +28,7 @@ done
 patches davis-train work/p_davis_u2net --coarse work/u2netp_davis.json --draws 0 --seed 4
 patches ecssd-train work/p_ecssd_u2net --coarse work/u2netp_ecssd.json --draws 0 --seed 5
 if [ -f work/runs/effl0/last.pt ]; then
-  bpr-train --out work/runs/effl0 --resume --max-minutes "$MINUTES"
+  bpr-train --out work/runs/effl0 --resume --ema-decay 0.999 --max-minutes "$MINUTES"  # the average from step 33,314 on
 elif [ -f lab/runs/effl0/model.pt ]; then  # work/ is gone: continue from the committed weights and step
   step=$(python -c "import torch; print(torch.load('lab/runs/effl0/model.pt', weights_only=True)['meta']['step'])")
   bpr-train lab/configs/effl0_pretrained_p64.json --init lab/runs/effl0/model.pt --init-step "$step" \
