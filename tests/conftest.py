@@ -15,6 +15,13 @@ REPO = Path(__file__).resolve().parent.parent
 DATA = shared_data_root()  # BPR_SHARED_DATA, else ../shared/data from the current directory
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The Ray engine's tests run last. A local Ray instance leaves native state in the test
+    process after ray.shutdown() (object-store memory maps behind zero-copy arrays, its own
+    fatal-signal handlers, threads); whatever runs after it shares that process, so nothing does."""
+    items.sort(key=lambda item: item.nodeid.startswith("tests/test_ray_engine.py"))
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     assert DATA.is_dir(), f"the shared data sets are expected at {DATA}"

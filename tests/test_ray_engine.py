@@ -7,6 +7,7 @@ engine's one-line error and exit code, with no output. Skips where Ray is not in
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import shutil
@@ -43,6 +44,7 @@ def cluster() -> Iterator[str]:
     """One local Ray instance for the module (2 CPUs); its address for subprocess drivers."""
     ray.init(num_cpus=2, include_dashboard=False, object_store_memory=1 << 29, logging_level="WARNING")
     yield ray.get_runtime_context().gcs_address
+    gc.collect()  # object refs and zero-copy arrays still in cycles die while Ray can release them
     ray.shutdown()
 
 
