@@ -486,6 +486,13 @@ def test_a_run_state_is_a_checkpoint_too_and_bpr_package_takes_it(patch_dir, tmp
     with pytest.raises(ModelNotAvailableError, match="patch size"):
         load_refiner(tmp_path / "moved.pt")
 
+    averaging = Trainer(_cfg(patch_dir, iters=4, arch="effl0", input_size=64, ema_decay=0.9), tmp_path / "ema")
+    averaging.run(progress=False)  # a run that keeps a moving average: its last.pt is the average
+    for (key, want), got in zip(
+        averaging.ema.state_dict().items(), load_refiner(tmp_path / "ema" / "last.pt").state_dict().values()
+    ):
+        assert torch.equal(want, got), key
+
     out = tmp_path / "packaged.pt"
     assert package_main([str(last), str(out), "--flip-tta", "--change-margin", "0.2"]) == 0
     packaged = torch.load(out, weights_only=True)

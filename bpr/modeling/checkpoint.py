@@ -114,8 +114,8 @@ def load_refiner(
     if not isinstance(ckpt, dict):
         raise ModelNotAvailableError(f"{path} does not hold a state dict")
     recommended: dict[str, Any] = {}
-    if is_run_state(ckpt):
-        state_dict = checkpoint_filter_fn(ckpt["model"])
+    if is_run_state(ckpt):  # the weights the run evaluates and exports: its moving average if it keeps one
+        state_dict = checkpoint_filter_fn(ckpt.get("ema") or ckpt["model"])
         config = run_state_config(ckpt, path)
     else:
         state_dict = checkpoint_filter_fn(ckpt.get("state_dict", ckpt))
