@@ -204,9 +204,15 @@ def crop_squares(
     and training patches are both cut here, so they cannot drift apart.
     """
     height, width = source.shape[-2:]
-    if source.device.type == "cpu" and _all_inside(corners, size, height, width):
+    if _sliceable(source) and _all_inside(corners, size, height, width):
         return _slice_squares(source, corners, size, layers)
     return _gather_squares(source, corners, size, layers)
+
+
+def _sliceable(source: torch.Tensor) -> bool:
+    """Whether numpy can view ``source`` for :func:`_slice_squares`: on the CPU, outside autograd
+    and of a dtype numpy has (not bfloat16); any other source takes the gather."""
+    return source.device.type == "cpu" and not source.requires_grad and source.dtype is not torch.bfloat16
 
 
 def _gather_squares(

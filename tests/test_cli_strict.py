@@ -119,3 +119,25 @@ def test_a_signal_while_the_output_is_written_leaves_no_file(
     assert code == 128 + signum and err.endswith(f"bpr-refine: terminated ({signal.Signals(signum).name})"), err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]
     assert signal.getsignal(signum) == before  # the handler is the command's only while it runs
+
+
+def test_a_signal_the_launcher_ignores_stays_ignored_while_a_command_runs():
+    """nohup ignores SIGHUP so that a closed terminal does not end a long run: the command must
+    not take the signal back; the signals the launcher left alone are the command's."""
+    from bpr.cli.common import run_cli
+
+    seen = {}
+
+    @run_cli("bpr-probe")
+    def probe(argv):
+        seen.update({s: signal.getsignal(s) for s in (signal.SIGHUP, signal.SIGTERM)})
+        return 0
+
+    before = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        assert probe([]) == 0
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, before)
+    assert seen[signal.SIGHUP] is signal.SIG_IGN
+    assert seen[signal.SIGTERM] not in (signal.SIG_IGN, signal.SIG_DFL)  # SIGTERM unwinds the command

@@ -178,6 +178,22 @@ def test_crop_squares_inside_a_real_frame_are_its_slices(data_dir):
     assert np.array_equal(mask_crops[k].numpy(), masks[1, y : y + 64, x : x + 64])
 
 
+def test_crop_squares_of_sources_numpy_cannot_view_are_gathered():
+    """A bf16 image (refine_torch takes float images) or one inside autograd cannot take the
+    numpy slice path; its squares come from the gather, equal to the float32 crops."""
+    import torch
+
+    from bpr.patches import crop_squares
+
+    image = torch.rand(3, 40, 50) * 255
+    corners = np.array([[0, 0], [7, 11], [24, 34]])  # all inside
+    want = crop_squares(image, corners, 16)
+    assert torch.equal(crop_squares(image.bfloat16(), corners, 16), want.bfloat16())
+    traced = image.clone().requires_grad_(True)
+    crops = crop_squares(traced, corners, 16)
+    assert torch.equal(crops.detach(), want) and crops.requires_grad  # the gradient reaches the image
+
+
 def test_mask_extents_are_the_boxes_of_real_masks_and_zeros_when_empty(data_dir):
     from bpr.patches import mask_extents
 

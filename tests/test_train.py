@@ -481,6 +481,9 @@ def test_a_run_state_is_a_checkpoint_too_and_bpr_package_takes_it(patch_dir, tmp
     del state["refiner_config"]  # a state from before: the patch size comes from the run's manifest
     torch.save(state, tmp_path / "old.pt")
     assert load_refiner(tmp_path / "old.pt").config == trainer.net.config
+    del state["config"]["detail_head"]  # older still: no detail head then
+    torch.save(state, tmp_path / "older.pt")
+    assert load_refiner(tmp_path / "older.pt").config == trainer.net.config
     state["config"]["patches"] = [str(tmp_path / "gone")]
     torch.save(state, tmp_path / "moved.pt")
     with pytest.raises(ModelNotAvailableError, match="patch size"):
@@ -521,7 +524,7 @@ def test_sigterm_stops_a_run_after_its_step_with_everything_saved(patch_dir, tmp
         time.sleep(0.2)  # last.pt exists: the loop runs, its handlers are installed
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err
+    assert proc.returncode == 128 + signal.SIGTERM, err  # saved, but not the run asked for
     stopped = torch.load(out / "last.pt", weights_only=True)["step"]
     assert 2 <= stopped < 100000
     assert f"stopping at step {stopped} (SIGTERM)" in err
@@ -531,17 +534,59 @@ def test_sigterm_stops_a_run_after_its_step_with_everything_saved(patch_dir, tmp
     assert torch.load(out / "last.pt", weights_only=True)["step"] == stopped + 2
 
 
+def test_stop_requests_ask_once_interrupt_twice_and_leave_ignored_signals_alone(patch_dir, tmp_path):
+    """The handlers are the run's only while it runs; a second request interrupts at once; a
+    signal the launcher ignores (nohup's SIGHUP, a background job's SIGINT) stays ignored.
+    (The handler is called directly: no signal is sent to the test runner.)"""
+    import signal
+
+    from bpr.train.loop import StopRequest
+
+    wanted = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    before = {s: signal.getsignal(s) for s in wanted}
+    trainer = Trainer(_cfg(patch_dir, iters=2), tmp_path / "run")
+    trainer.run(progress=False)
+    assert {s: signal.getsignal(s) for s in wanted} == before and trainer.stopped_by is None
+
+    stop = StopRequest()
+    stop.install()
+    assert all(signal.getsignal(s) == stop._handle for s in wanted)
+    stop._handle(signal.SIGTERM, None)
+    assert stop.requested == "SIGTERM" and stop.signum == signal.SIGTERM
+    with pytest.raises(KeyboardInterrupt):
+        stop._handle(signal.SIGINT, None)
+    assert {s: signal.getsignal(s) for s in wanted} == before  # already given back
+
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        stop = StopRequest()
+        stop.install()
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN and signal.getsignal(signal.SIGTERM) == stop._handle
+        stop.uninstall()
+    finally:
+        signal.signal(signal.SIGHUP, before[signal.SIGHUP])
+
+
 def test_the_moving_average_is_what_a_run_evaluates_exports_and_resumes(patch_dir, tmp_path):
-    """With --ema-decay d every step moves the average by (1 - d) toward the new weights; model.pt
-    holds the average, and a resumed run ends with the average an uninterrupted one has."""
+    """With --ema-decay d every step moves the average toward the new weights by 1 - min(d,
+    (1 + step) / (10 + step)) (a fresh run's average follows its weights closely at first);
+    evaluation and model.pt use the average, and a resumed run ends with the average an
+    uninterrupted one has."""
     cfg = _cfg(patch_dir, iters=12, ema_decay=0.9)
     trainer = Trainer(cfg, tmp_path / "one")
-    before = {k: v.clone() for k, v in trainer.net.state_dict().items()}
-    trainer.train_step()
-    after = trainer.net.state_dict()
-    for key, averaged in trainer.ema.state_dict().items():
-        if averaged.is_floating_point():
-            assert torch.allclose(averaged, 0.9 * before[key] + 0.1 * after[key], atol=1e-6), key
+    for step, d in ((0, 0.1), (200, 0.9)):  # (1 + 0) / (10 + 0) = 0.1; at step 200 the decay
+        trainer.step = step
+        before = {k: v.clone() for k, v in trainer.ema.state_dict().items()}
+        trainer.train_step()
+        after = trainer.net.state_dict()
+        for key, averaged in trainer.ema.state_dict().items():
+            if averaged.is_floating_point():
+                assert torch.allclose(averaged, d * before[key] + (1 - d) * after[key], atol=1e-6), (step, key)
+
+    scores = trainer.evaluate()
+    with torch.no_grad():
+        trainer.ema.decode_head.conv_seg.bias.copy_(torch.tensor([0.0, 50.0]))  # the average calls all foreground
+    assert trainer.evaluate()["val_iou"] != scores["val_iou"]  # evaluation reads the average
 
     straight = Trainer(cfg, tmp_path / "a")
     straight.run(progress=False)

@@ -98,11 +98,17 @@ def _raise_terminated(signum: int, _frame: Any) -> None:
 @contextlib.contextmanager
 def _signals_unwind() -> Iterator[None]:
     """SIGTERM and SIGHUP raise :class:`Terminated` while the command runs (main thread only:
-    Python allows handlers nowhere else); the previous handlers come back afterwards."""
+    Python allows handlers nowhere else); the previous handlers come back afterwards. A signal
+    the launcher ignores stays ignored (``nohup`` ignores SIGHUP so that a closed terminal
+    does not end the command)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    wanted = [s for s in (signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None]
+    wanted = [
+        s
+        for s in (signal.SIGTERM, getattr(signal, "SIGHUP", None))
+        if s is not None and signal.getsignal(s) is not signal.SIG_IGN
+    ]
     previous = {s: signal.signal(s, _raise_terminated) for s in wanted}
     try:
         yield

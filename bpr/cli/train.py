@@ -110,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     trainer = Trainer(cfg, args.out, resume=args.resume)
     path = trainer.run(progress=not args.quiet, max_seconds=args.max_minutes * 60 if args.max_minutes else None)
     print(f"bpr-train: step {trainer.step}, {trainer.seconds:.0f} s of training -> {path}", file=sys.stderr)
-    return 0
+    # stopped by a signal: saved and resumable, but not the run asked for (`bpr-train && bpr-package` stops)
+    return 128 + trainer.stopped_by if trainer.stopped_by else 0
 
 
 if __name__ == "__main__":

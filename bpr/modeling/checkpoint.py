@@ -92,8 +92,11 @@ def run_state_config(state: dict[str, Any], path: Path) -> RefinerConfig:
             f"{path}: a run state from before 2026-12-04 without its patch size; run from the directory the "
             f"training ran in, so that {manifest} is found ({exc})"
         ) from None
-    return RefinerConfig(
-        arch=run["arch"], input_size=run["input_size"], patch_size=patch_size, detail_head=run["detail_head"]
+    return RefinerConfig(  # states older still have no arch or detail head: HRNet-W18s without one
+        arch=run.get("arch", "hr18s"),
+        input_size=run["input_size"],
+        patch_size=patch_size,
+        detail_head=run.get("detail_head", False),
     )
 
 

@@ -164,6 +164,7 @@ class Trainer:
             self.ema.requires_grad_(False)
         self.step = cfg.init_step if cfg.init_checkpoint else 0
         self.seconds = 0.0
+        self.stopped_by: int | None = None  # the signal that ended the last run(), if one did
         self.out.mkdir(parents=True, exist_ok=True)
         if resume:
             self._load_state()
@@ -257,11 +258,16 @@ class Trainer:
 
     @torch.no_grad()
     def _update_ema(self) -> None:
-        """ema <- decay * ema + (1 - decay) * weights, for every float tensor (BatchNorm statistics too)."""
+        """ema <- d * ema + (1 - d) * weights, for every float tensor (BatchNorm statistics too).
+        d = min(decay, (1 + step) / (10 + step)): early in a fresh run the average follows the
+        weights closely, so its first evaluations and exports do not judge the random start
+        (at 0.999 it would still weigh 61% at step 500); past step ~9,000 d is the decay. A
+        function of the step only, so a resumed run averages exactly as an uninterrupted one."""
         assert self.ema is not None
+        decay = min(self.cfg.ema_decay, (1 + self.step) / (10 + self.step))
         for averaged, current in zip(self.ema.state_dict().values(), self.net.state_dict().values()):
             if averaged.is_floating_point():
-                averaged.lerp_(current, 1.0 - self.cfg.ema_decay)
+                averaged.lerp_(current, 1.0 - decay)
             else:
                 averaged.copy_(current)
 
@@ -365,6 +371,7 @@ class Trainer:
             stop.uninstall()
             bar.close()
             log.close()
+        self.stopped_by = stop.signum
         if stop.requested:
             print(f"bpr-train: stopping at step {self.step} ({stop.requested}); state saved", file=sys.stderr)
         self.save_state()
@@ -374,19 +381,23 @@ class Trainer:
 
 
 class StopRequest:
-    """SIGINT / SIGTERM handlers that ask the training loop to stop after its current step, so
-    that a run ended by Ctrl-C, ``kill`` or a scheduler loses no steps. A second signal
-    interrupts at once. Only the main thread can take signals; elsewhere nothing is installed."""
+    """SIGINT / SIGTERM / SIGHUP handlers that ask the training loop to stop after its current
+    step, so that a run ended by Ctrl-C, ``kill``, a scheduler or a closed terminal loses no
+    steps. A second signal interrupts at once. A signal the launcher ignores (``nohup``, a
+    background job's SIGINT) stays ignored. Only the main thread can take signals; elsewhere
+    nothing is installed."""
 
     def __init__(self) -> None:
         self.requested: str = ""
+        self.signum: int | None = None
         self._previous: dict[int, Any] = {}
 
     def install(self) -> None:
         if threading.current_thread() is not threading.main_thread():
             return
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self._previous[sig] = signal.signal(sig, self._handle)
+        for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+            if sig is not None and signal.getsignal(sig) is not signal.SIG_IGN:
+                self._previous[sig] = signal.signal(sig, self._handle)
 
     def uninstall(self) -> None:
         for sig, handler in self._previous.items():
@@ -398,6 +409,7 @@ class StopRequest:
             self.uninstall()
             raise KeyboardInterrupt
         self.requested = signal.Signals(signum).name
+        self.signum = signum
 
 
 def plot_curves(log_path: Path, png: Path) -> None:
