@@ -23,13 +23,20 @@ from bpr.errors import BprInputError, ModelNotAvailableError
 from bpr.modeling.refiner_net import RefinerNet
 
 BACKENDS = ("auto", "torch", "openvino", "onnxruntime")
-# How far a runtime's probabilities may sit from the torch network's on the probe batch: the
-# statistic and its bound per precision. fp32 graphs agree to rounding, so their largest
-# difference is bounded. Reduced precision moves single pixels of the random probe patches
-# a long way (effl0 at step 31,000 in bf16: 0.051 at one pixel, 0.008 on average; in int8:
-# 0.27 and 0.031), so bf16 and int8 bound the mean difference; a foreign or corrupt graph
-# differs by 0.25 and more on average.
-TOLERANCE: dict[str, tuple[str, float]] = {"fp32": ("max", 1e-3), "bf16": ("mean", 0.03), "int8": ("mean", 0.08)}
+# How far a runtime's probabilities may sit from the torch network's on the probe batch: bounds
+# on statistics of |p_runtime - p_torch|, per precision; a graph must keep every one. fp32 graphs
+# agree to rounding, so their largest difference is bounded. Reduced precision moves single
+# pixels of the random probe patches a long way (effl0 at step 31,000 in bf16: 0.051 at one
+# pixel; in int8: 0.27), so bf16 and int8 bound the mean difference and its 99th percentile
+# instead. Measured (work of 2026-12-04, effl0 with its moving average at step ~34,000 /
+# the default model): bf16 mean 0.007 / 0.001, p99 0.039 / 0.005; int8 mean 0.018 / 0.009,
+# p99 0.095 / 0.039. A foreign or corrupt graph differs by 0.25 and more on average; a fault
+# in 1% of the pixels or more (a patch's border ring is 6%) moves the 99th percentile.
+TOLERANCE: dict[str, dict[str, float]] = {
+    "fp32": {"max": 1e-3},
+    "bf16": {"mean": 0.03, "p99": 0.1},
+    "int8": {"mean": 0.08, "p99": 0.25},
+}
 
 
 class ProbabilityNet(Protocol):
@@ -97,13 +104,26 @@ def probe_batch(patch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     return images, masks
 
 
-def mismatch(runtime: ProbabilityNet, net: RefinerNet, patch_size: int, statistic: str = "max") -> float:
-    """|p_runtime - p_torch| on the probe batch: its largest (``max``) or mean (``mean``) value."""
+def mismatch(runtime: ProbabilityNet, net: RefinerNet, patch_size: int) -> dict[str, float]:
+    """|p_runtime - p_torch| on the probe batch: its largest value (``max``), mean (``mean``)
+    and 99th percentile (``p99``)."""
     images, masks = probe_batch(patch_size)
     with torch.inference_mode():
         expected = net.foreground_probability(images, masks).float()
-        difference = (runtime.foreground_probability(images, masks).float() - expected).abs()
-    return float(difference.mean() if statistic == "mean" else difference.max())
+        difference = (runtime.foreground_probability(images, masks).float() - expected).abs().flatten()
+    return {
+        "max": float(difference.max()),
+        "mean": float(difference.mean()),
+        "p99": float(torch.quantile(difference, 0.99)),
+    }
+
+
+def _beyond(differences: dict[str, float], bounds: dict[str, float]) -> tuple[str, float, float] | None:
+    """The first bounded statistic over its bound, as (statistic, value, bound); None if all keep."""
+    for statistic, bound in bounds.items():
+        if not differences[statistic] <= bound:  # NaN fails too
+            return statistic, differences[statistic], bound
+    return None
 
 
 def _open(runtime: str, graph: Path, threads: int, precision: str) -> ProbabilityNet:
@@ -133,22 +153,24 @@ def load_runtime(
     if runtime == "onnxruntime" and precision == "bf16":
         raise BprInputError("bf16 runs with the torch or openvino backend, not onnxruntime")
     threads = threads or torch.get_num_threads()
-    statistic, tolerance = TOLERANCE.get(precision, TOLERANCE["fp32"])
+    bounds = TOLERANCE.get(precision, TOLERANCE["fp32"])
     graph = _graph(net, patch_size, precision)
     for attempt in range(2):
         try:
             opened = _open(runtime, graph, threads, precision)
-            error = mismatch(opened, net, patch_size, statistic)
+            failed = _beyond(mismatch(opened, net, patch_size), bounds)
         except ModelNotAvailableError:
             if attempt:
                 raise
-            error = float("inf")
-        if error <= tolerance:
+            failed = ("unreadable", float("inf"), 0.0)
+        if failed is None:
             return opened
         if attempt == 0:  # a corrupt or foreign file under the right name: export afresh
             for stale in {graph, graph.with_name(graph.stem.removesuffix("-int8") + ".onnx")}:
                 stale.unlink(missing_ok=True)
             graph = _graph(net, patch_size, precision)
+    assert failed is not None  # the loop returned otherwise
+    statistic, error, tolerance = failed
     raise ModelNotAvailableError(
         f"the exported graph ({graph}) disagrees with the torch network by {error:.3g} "
         f"({statistic}, tolerance {tolerance}); run with --backend torch"
