@@ -529,9 +529,13 @@ def test_sigterm_stops_a_run_after_its_step_with_everything_saved(patch_dir, tmp
     assert 2 <= stopped < 100000
     assert f"stopping at step {stopped} (SIGTERM)" in err
     assert torch.load(out / "model.pt", weights_only=True)["meta"]["step"] == stopped
-    done = subprocess.run([*command, "--iters", str(stopped + 2), "--resume"], capture_output=True, text=True)
+    resume = [*command, "--iters", "100000", "--resume", "--until-step"]
+    done = subprocess.run([*resume, str(stopped + 2)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    assert torch.load(out / "last.pt", weights_only=True)["step"] == stopped + 2
+    state = torch.load(out / "last.pt", weights_only=True)
+    assert state["step"] == stopped + 2 and state["config"]["iters"] == 100000  # the schedule is kept
+    behind = subprocess.run([*resume, str(stopped)], capture_output=True, text=True)
+    assert behind.returncode == 2 and "is not past the run's step" in behind.stderr
 
 
 def test_stop_requests_ask_once_interrupt_twice_and_leave_ignored_signals_alone(patch_dir, tmp_path):

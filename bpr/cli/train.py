@@ -71,6 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="cpu or cuda")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--max-minutes", type=float, help="stop cleanly after this much wall time (continue with --resume)")
+    p.add_argument(
+        "--until-step",
+        type=int,
+        help="stop cleanly at this step, keeping the schedule of --iters (branches compared at one step)",
+    )
     p.add_argument("--quiet", action="store_true")
     return p
 
@@ -108,7 +113,13 @@ def main(argv: list[str] | None = None) -> int:
     else:
         cfg = make_config(args)
     trainer = Trainer(cfg, args.out, resume=args.resume)
-    path = trainer.run(progress=not args.quiet, max_seconds=args.max_minutes * 60 if args.max_minutes else None)
+    if args.until_step is not None and args.until_step <= trainer.step:
+        raise BprInputError(f"--until-step {args.until_step} is not past the run's step {trainer.step}")
+    path = trainer.run(
+        progress=not args.quiet,
+        until_step=args.until_step,
+        max_seconds=args.max_minutes * 60 if args.max_minutes else None,
+    )
     print(f"bpr-train: step {trainer.step}, {trainer.seconds:.0f} s of training -> {path}", file=sys.stderr)
     # stopped by a signal: saved and resumable, but not the run asked for (`bpr-train && bpr-package` stops)
     return 128 + trainer.stopped_by if trainer.stopped_by else 0
