@@ -8,13 +8,13 @@ import functools
 import os
 import signal
 import sys
-import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from bpr import __version__
 from bpr.errors import BprInputError, ModelNotAvailableError
 from bpr.options import DEFAULT_OPTIONS, option_infos, option_types
+from bpr.signals import install_handlers, restore_handlers
 
 
 def command_parser(prog: str, description: str, **kwargs: Any) -> argparse.ArgumentParser:
@@ -97,24 +97,13 @@ def _raise_terminated(signum: int, _frame: Any) -> None:
 
 @contextlib.contextmanager
 def _signals_unwind() -> Iterator[None]:
-    """SIGTERM and SIGHUP raise :class:`Terminated` while the command runs (main thread only:
-    Python allows handlers nowhere else); the previous handlers come back afterwards. A signal
-    the launcher ignores stays ignored (``nohup`` ignores SIGHUP so that a closed terminal
-    does not end the command)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    wanted = [
-        s
-        for s in (signal.SIGTERM, getattr(signal, "SIGHUP", None))
-        if s is not None and signal.getsignal(s) is not signal.SIG_IGN
-    ]
-    previous = {s: signal.signal(s, _raise_terminated) for s in wanted}
+    """SIGTERM and SIGHUP raise :class:`Terminated` while the command runs; the previous
+    handlers come back afterwards (see :mod:`bpr.signals` for the ones left alone)."""
+    previous = install_handlers(("SIGTERM", "SIGHUP"), _raise_terminated)
     try:
         yield
     finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+        restore_handlers(previous)
 
 
 def run_cli(prog: str, unwind_signals: bool = True) -> Callable[[Callable[..., int | None]], Callable[..., int]]:

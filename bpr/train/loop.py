@@ -13,7 +13,6 @@ import csv
 import json
 import signal
 import sys
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ from bpr.io.atomic import atomic_path
 from bpr.modeling.checkpoint import load_refiner, save_refiner
 from bpr.modeling.efficientnet import load_imagenet_weights
 from bpr.modeling.refiner_net import RefinerConfig, RefinerNet
+from bpr.signals import install_handlers, restore_handlers
 from bpr.train.augment import photometric, random_flip
 from bpr.train.patch_store import PatchSet
 
@@ -393,15 +393,10 @@ class StopRequest:
         self._previous: dict[int, Any] = {}
 
     def install(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return
-        for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)):
-            if sig is not None and signal.getsignal(sig) is not signal.SIG_IGN:
-                self._previous[sig] = signal.signal(sig, self._handle)
+        self._previous = install_handlers(("SIGINT", "SIGTERM", "SIGHUP"), self._handle)
 
     def uninstall(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+        restore_handlers(self._previous)
         self._previous = {}
 
     def _handle(self, signum: int, frame: Any) -> None:
