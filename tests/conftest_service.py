@@ -156,6 +156,27 @@ def coco_items(n: int, min_instances: int = 2) -> list[tuple[dict, list[dict]]]:
     return [(img, by_image[img["id"]]) for img in gt["images"] if len(by_image.get(img["id"], [])) >= min_instances][:n]
 
 
+def refine_with_cli(
+    items: list[tuple[dict, list[dict]]], root: Path, checkpoint: Path, tmp: Path, *flags: str
+) -> list[dict]:
+    """What bpr-refine (called in-process, to save a torch import) writes for ``items`` of the set
+    at ``root`` with ``checkpoint`` and ``flags``: the reference every service answer is held to."""
+    from bpr.cli.refine import main as refine_cli
+
+    src, dst = tmp / f"{root.name}.in.json", tmp / f"{root.name}.refined.json"
+    src.write_text(json.dumps([e for _, entries in items for e in entries]))
+    argv = [str(src), "--images", str(root / "images"), "--image-info", str(root / "gt.json")]
+    assert refine_cli([*argv, "--checkpoint", str(checkpoint), "--out", str(dst), "--quiet", *flags]) == 0
+    return load_json(dst)
+
+
+@pytest.fixture(scope="module")
+def good() -> tuple[bytes, list[dict], tuple[int, int]]:
+    """A valid request: one DAVIS frame's bytes, its OSVOS instances and its (height, width)."""
+    img, entries = davis_items(1)[0]
+    return (DAVIS / "images" / img["file_name"]).read_bytes(), entries, (img["height"], img["width"])
+
+
 def refine_request(
     url: str, image: Path | bytes, instances: Any, filename: str = "image.jpg", timeout: float = 60.0, **kw: Any
 ):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -19,12 +18,11 @@ from conftest_service import (  # noqa: F401  (checkpoint is a fixture)
     metric_value,
     needs_data,
     refine_request,
+    refine_with_cli,
     serve,
 )
 from PIL import Image
 from pycocotools import mask as mask_utils
-
-from bpr.cli.refine import main as refine_cli
 
 pytestmark = needs_data
 
@@ -39,27 +37,11 @@ def server(checkpoint: Path):
 @pytest.fixture(scope="module")
 def cli_outputs(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict]]:
     """bpr-refine's output for a few DAVIS and COCO images (same checkpoint, default settings)."""
-    out: dict[str, list[dict]] = {}
     tmp = tmp_path_factory.mktemp("cli")
-    for name, items, root in (("davis", davis_items(4), DAVIS), ("coco", coco_items(3), COCO)):
-        results = [e for _, entries in items for e in entries]
-        src, dst = tmp / f"{name}.json", tmp / f"{name}.refined.json"
-        src.write_text(json.dumps(results))
-        argv = [
-            str(src),
-            "--images",
-            str(root / "images"),
-            "--image-info",
-            str(root / "gt.json"),
-            "--checkpoint",
-            str(checkpoint),
-            "--out",
-            str(dst),
-            "--quiet",
-        ]
-        assert refine_cli(argv) == 0  # the bpr-refine entry point, called in-process to save a torch import
-        out[name] = json.loads(dst.read_text())
-    return out
+    return {
+        name: refine_with_cli(items, root, checkpoint, tmp)
+        for name, items, root in (("davis", davis_items(4), DAVIS), ("coco", coco_items(3), COCO))
+    }
 
 
 def test_healthz_readyz_models_docs(server) -> None:
@@ -246,25 +228,7 @@ def test_metrics_exposition(server) -> None:
 def test_iterations_setting_matches_the_cli_flag(checkpoint: Path, tmp_path: Path) -> None:
     """BPR_ITERATIONS=2 runs two passes per request, exactly as bpr-refine --iterations 2 does."""
     items = davis_items(2)
-    results = [e for _, entries in items for e in entries]
-    src, dst = tmp_path / "in.json", tmp_path / "out.json"
-    src.write_text(json.dumps(results))
-    argv = [
-        str(src),
-        "--images",
-        str(DAVIS / "images"),
-        "--image-info",
-        str(DAVIS / "gt.json"),
-        "--checkpoint",
-        str(checkpoint),
-        "--out",
-        str(dst),
-        "--quiet",
-        "--iterations",
-        "2",
-    ]
-    assert refine_cli(argv) == 0
-    cli = json.loads(dst.read_text())
+    cli = refine_with_cli(items, DAVIS, checkpoint, tmp_path, "--iterations", "2")
     with serve(checkpoint, iterations=2) as live:
         assert httpx.get(f"{live.url}/v1/models").json()["refiner"]["iterations"] == 2
         got = []
@@ -279,25 +243,7 @@ def test_per_request_passes_and_tta_match_the_cli_flags(server, checkpoint: Path
     """?iterations=2&flip_tta=true answers what bpr-refine --iterations 2 --flip-tta writes; the cost
     headers count that request's patches; include_coarse returns the input as the server read it."""
     items = davis_items(2)
-    src, dst = tmp_path / "in.json", tmp_path / "out.json"
-    src.write_text(json.dumps([e for _, entries in items for e in entries]))
-    argv = [
-        str(src),
-        "--images",
-        str(DAVIS / "images"),
-        "--image-info",
-        str(DAVIS / "gt.json"),
-        "--checkpoint",
-        str(checkpoint),
-        "--out",
-        str(dst),
-        "--quiet",
-        "--iterations",
-        "2",
-        "--flip-tta",
-    ]
-    assert refine_cli(argv) == 0
-    cli = json.loads(dst.read_text())
+    cli = refine_with_cli(items, DAVIS, checkpoint, tmp_path, "--iterations", "2", "--flip-tta")
     got = []
     for img, entries in items:
         before = metric_value(httpx.get(f"{server.url}/metrics").text, "bpr_patches_total")

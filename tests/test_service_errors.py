@@ -16,10 +16,9 @@ import bombs
 import httpx
 import numpy as np
 import pytest
-from conftest_service import (  # noqa: F401  (checkpoint is a fixture)
-    DAVIS,
+from conftest_service import (  # noqa: F401  (checkpoint and good are fixtures)
     checkpoint,
-    davis_items,
+    good,
     metric_value,
     needs_data,
     refine_request,
@@ -29,12 +28,6 @@ from PIL import Image
 
 pytestmark = needs_data
 UPLOAD_LIMIT = 600_000
-
-
-@pytest.fixture(scope="module")
-def good() -> tuple[bytes, list[dict], tuple[int, int]]:
-    img, entries = davis_items(1)[0]
-    return (DAVIS / "images" / img["file_name"]).read_bytes(), entries, (img["height"], img["width"])
 
 
 @pytest.fixture(scope="module")

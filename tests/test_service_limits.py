@@ -17,11 +17,9 @@ import time
 from pathlib import Path
 
 import httpx
-import pytest
-from conftest_service import (  # noqa: F401  (checkpoint is a fixture)
-    DAVIS,
+from conftest_service import (  # noqa: F401  (checkpoint and good are fixtures)
     checkpoint,
-    davis_items,
+    good,
     metric_value,
     needs_data,
     refine_request,
@@ -29,12 +27,6 @@ from conftest_service import (  # noqa: F401  (checkpoint is a fixture)
 )
 
 pytestmark = needs_data
-
-
-@pytest.fixture(scope="module")
-def good() -> tuple[bytes, list[dict], tuple[int, int]]:
-    img, entries = davis_items(1)[0]
-    return (DAVIS / "images" / img["file_name"]).read_bytes(), entries, (img["height"], img["width"])
 
 
 def _patches_of(checkpoint: Path, good, nms_iou: float) -> int:

@@ -34,9 +34,8 @@ from conftest_service import (  # noqa: F401  (checkpoint is a fixture)
     metric_value,
     needs_data,
     refine_request,
+    refine_with_cli,
 )
-
-from bpr.cli.refine import main as refine_cli
 
 pytestmark = [needs_data, pytest.mark.slow]
 ADDRESS_SPACE = 4 << 30
@@ -65,27 +64,8 @@ def expected(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> list
     """(image, entries, bpr-refine's refined entries) for 4 DAVIS frames and 2 COCO images."""
     tmp = tmp_path_factory.mktemp("soak")
     cases = []
-    for name, items, root in (("davis", davis_items(4), DAVIS), ("coco", coco_items(2), COCO)):
-        src, dst = tmp / f"{name}.json", tmp / f"{name}.out.json"
-        src.write_text(json.dumps([e for _, entries in items for e in entries]))
-        assert (
-            refine_cli(
-                [
-                    str(src),
-                    "--images",
-                    str(root / "images"),
-                    "--image-info",
-                    str(root / "gt.json"),
-                    "--checkpoint",
-                    str(checkpoint),
-                    "--out",
-                    str(dst),
-                    "--quiet",
-                ]
-            )
-            == 0
-        )
-        refined = json.loads(dst.read_text())
+    for items, root in ((davis_items(4), DAVIS), (coco_items(2), COCO)):
+        refined = refine_with_cli(items, root, checkpoint, tmp)
         start = 0
         for img, entries in items:
             cases.append((root / "images" / img["file_name"], entries, refined[start : start + len(entries)]))
