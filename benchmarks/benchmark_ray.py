@@ -58,43 +58,19 @@ def main() -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "one").mkdir()
+
+        def inputs(results: Path) -> list[str]:
+            return [str(results), "--images", str(root / "images"), "--image-info", str(root / "gt.json")]
+
         one = subset(args.data, args.set, 1, Path(tmp) / "one")
-        startup, _ = run(
-            [
-                str(one),
-                "--images",
-                str(root / "images"),
-                "--image-info",
-                str(root / "gt.json"),
-                "--checkpoint",
-                args.checkpoint,
-                "--out",
-                str(Path(tmp) / "one.json"),
-                "--engine",
-                "ray",
-                "--num-workers",
-                "1",
-                "--cpus-per-worker",
-                str(cores),
-            ]
-        )
+        ray_1x = ["--engine", "ray", "--num-workers", "1", "--cpus-per-worker", str(cores)]
+        startup, _ = run([*inputs(one), "--checkpoint", args.checkpoint, "--out", str(Path(tmp) / "one.json"), *ray_1x])
         results = subset(args.data, args.set, args.max_images, Path(tmp))
         n_images = len({e["image_id"] for e in json.loads(results.read_text())})
-        base = [
-            str(results),
-            "--images",
-            str(root / "images"),
-            "--image-info",
-            str(root / "gt.json"),
-            "--checkpoint",
-            args.checkpoint,
-        ]
+        base = [*inputs(results), "--checkpoint", args.checkpoint]
         configs = [
             ("local", ["--threads", str(cores)]),
-            (
-                f"ray, 1 worker x {cores} CPUs",
-                ["--engine", "ray", "--num-workers", "1", "--cpus-per-worker", str(cores)],
-            ),
+            (f"ray, 1 worker x {cores} CPUs", ray_1x),
             (
                 f"ray, {cores} workers x 1 CPU",
                 ["--engine", "ray", "--num-workers", str(cores), "--cpus-per-worker", "1"],

@@ -18,7 +18,7 @@ import torch
 
 from bpr.cli.common import add_option_flags, command_parser, run_cli
 from bpr.errors import BprInputError
-from bpr.modeling.checkpoint import is_run_state, load_refiner, save_refiner
+from bpr.modeling.checkpoint import build_refiner, is_run_state, read_checkpoint, save_refiner
 from bpr.options import RefineOptions, option_infos
 
 
@@ -48,14 +48,14 @@ def build_parser() -> argparse.ArgumentParser:
 @run_cli("bpr-package")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    net = load_refiner(args.src)
+    source = read_checkpoint(args.src)
+    net = build_refiner(source, args.src)
     recommended = {name: getattr(args, name) for name, info in option_infos().items() if info.recommended}
     recommended["gate_early_reject"] = args.gate_early_reject
     RefineOptions().updated(**{k: v for k, v in recommended.items() if k in option_infos()})  # bounds checked
     net.recommended = {k: v for k, v in recommended.items() if v is not None}
     if args.gate_early_reject is not None and (net.gate is None or not args.flip_tta):
         raise BprInputError("--gate-early-reject needs a quality gate and --flip-tta")
-    source = torch.load(args.src, map_location="cpu", weights_only=True)
     if is_run_state(source):  # a bpr-train last.pt: its step and training time
         meta = {"step": source["step"], "train_seconds": round(source["seconds"], 1)}
     else:

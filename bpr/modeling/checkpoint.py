@@ -66,6 +66,18 @@ def recommendations(ckpt: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in source.items() if k in known}
 
 
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """A checkpoint file's contents (tensors only: ``weights_only``), or one-line errors for a
+    missing, unreadable or non-dict file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelNotAvailableError(f"checkpoint not found: {path}")
+    ckpt = _torch_load(path)
+    if not isinstance(ckpt, dict):
+        raise ModelNotAvailableError(f"{path} does not hold a state dict")
+    return ckpt
+
+
 def _torch_load(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -110,16 +122,21 @@ def load_refiner(
     ``overrides`` replaces config fields (e.g. ``{"input_size": 64}`` or
     ``{"upsample_mode": "nearest"}`` for checkpoints trained with mmseg 0.x).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ModelNotAvailableError(f"checkpoint not found: {path}")
-    ckpt = _torch_load(path)
-    if not isinstance(ckpt, dict):
-        raise ModelNotAvailableError(f"{path} does not hold a state dict")
+    return build_refiner(read_checkpoint(path), path, device, overrides)
+
+
+def build_refiner(
+    ckpt: dict[str, Any],
+    path: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    overrides: dict[str, Any] | None = None,
+) -> RefinerNet:
+    """:func:`load_refiner` for a checkpoint already read (:func:`read_checkpoint`) from ``path``
+    (named in errors): for a caller that also needs the file's other contents."""
     recommended: dict[str, Any] = {}
     if is_run_state(ckpt):  # the weights the run evaluates and exports: its moving average if it keeps one
         state_dict = checkpoint_filter_fn(ckpt.get("ema") or ckpt["model"])
-        config = run_state_config(ckpt, path)
+        config = run_state_config(ckpt, Path(path))
     else:
         state_dict = checkpoint_filter_fn(ckpt.get("state_dict", ckpt))
         if ckpt.get("format") == FORMAT:
