@@ -25,6 +25,7 @@ import os
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -34,6 +35,7 @@ from bpr import passes
 from bpr.backends import ProbabilityNet
 from bpr.errors import BprInputError
 from bpr.feed import Job, PatchBatch, PatchFeed
+from bpr.io.pipeline import prefetch
 from bpr.loading import (
     DEFAULT_CHECKPOINT,
     PRECISIONS,
@@ -196,32 +198,59 @@ class Refiner:
         Empty masks and masks without a boundary come back unchanged. ``options`` /
         ``overrides``: this call's :class:`RefineOptions` (default: the Refiner's).
         """
-        return next(iter(self.refine_many([(image, masks)], options, **overrides)))
+        return next(iter(self.refine_many([(image, masks)], options, overlap=False, **overrides)))
 
     def refine_many(
-        self, items: Iterable[tuple[np.ndarray, np.ndarray]], options: RefineOptions | None = None, **overrides: Any
+        self,
+        items: Iterable[tuple[np.ndarray, np.ndarray]],
+        options: RefineOptions | None = None,
+        *,
+        overlap: bool = True,
+        **overrides: Any,
     ) -> Iterator[np.ndarray]:
         """Refine a stream of (image, masks) pairs; yields refined masks in input order.
 
         Patches of consecutive images share network batches, so every batch is full except
         at the very end; an image's next pass starts as soon as its previous pass is done.
+
+        overlap: a worker thread checks each next image and extracts its first pass while the
+            network runs, and, for one-pass refinement, another reassembles finished images
+            behind it (an accelerator, or a CPU backend with cores to spare, then never waits
+            on them). Images join the feed in the same order at the same points either way,
+            so every batch, and the output, is identical. False runs every step on the calling thread.
         """
         opts = self.resolve(options, **overrides)
+        started: Iterator[tuple[Refinement, Job | None]] = (self._begin(image, masks, opts) for image, masks in items)
+        if not overlap:
+            yield from self._stream(started, None)
+            return
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bpr-reassemble") as pool:
+            yield from self._stream(prefetch(started), pool if opts.iterations == 1 else None)
+
+    def _begin(self, image: np.ndarray, masks: np.ndarray, options: RefineOptions) -> tuple[Refinement, Job | None]:
+        """An image's Refinement and its first pass's Job (None: nothing to patch, already done)."""
+        flight = self.start_numpy(image, masks, options=options)
+        return flight, flight.advance()
+
+    def _stream(
+        self, started: Iterator[tuple[Refinement, Job | None]], pool: ThreadPoolExecutor | None
+    ) -> Iterator[np.ndarray]:
+        """The loop of :meth:`refine_many`: feed started images in while the feed runs short of a
+        batch, run batches, advance the images whose pass completed (on ``pool`` if given)."""
         feed = PatchFeed(self.batch_size)
         in_flight: deque[Refinement] = deque()
         owner: dict[int, Refinement] = {}
-        source = iter(items)
+        finishing: dict[int, Future[Job | None]] = {}  # id(flight) -> its last advance, on the pool
         exhausted = False
         while True:
             while not exhausted and feed.queued < self.batch_size:
-                item = next(source, None)
-                if item is None:
+                begun = next(started, None)
+                if begun is None:
                     exhausted = True
                     break
-                flight = self.start_numpy(*item, options=opts)
-                in_flight.append(flight)
-                self._queue_next(flight, feed, owner)
-            while in_flight and in_flight[0].done:
+                in_flight.append(begun[0])
+                self._queue(*begun, feed, owner)
+            while in_flight and _finished(in_flight[0], finishing, wait=exhausted and not feed):
                 yield in_flight.popleft().output().cpu().numpy()
             if not feed:
                 if exhausted and not in_flight:
@@ -230,11 +259,14 @@ class Refiner:
             batch = feed.take()
             self.run_batch(batch)
             for job in batch.completed():
-                self._queue_next(owner.pop(id(job)), feed, owner)
+                flight = owner.pop(id(job))
+                if pool is None:
+                    self._queue(flight, flight.advance(), feed, owner)
+                else:  # one pass: this advance reassembles and ends the image, it queues nothing
+                    finishing[id(flight)] = pool.submit(flight.advance)
 
     @staticmethod
-    def _queue_next(flight: Refinement, feed: PatchFeed, owner: dict[int, Refinement]) -> None:
-        job = flight.advance()
+    def _queue(flight: Refinement, job: Job | None, feed: PatchFeed, owner: dict[int, Refinement]) -> None:
         if job is not None:
             owner[id(job)] = flight
             feed.add(job)
@@ -313,3 +345,13 @@ class Refiner:
             torch.cuda.synchronize(self.device)  # so the time counted is the reassembly's
         self.stats.add("reassemble", time.perf_counter() - t0)
         return refined
+
+
+def _finished(flight: Refinement, finishing: dict[int, Future[Job | None]], wait: bool) -> bool:
+    """Whether ``flight`` is done; its last advance, if on a worker, is waited for only when
+    ``wait`` (nothing else left to run) and its error, if any, is raised here, in input order."""
+    future = finishing.get(id(flight))
+    if future is not None and (wait or future.done()):
+        del finishing[id(flight)]
+        future.result()
+    return flight.done

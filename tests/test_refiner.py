@@ -187,3 +187,56 @@ def test_pixel_counts_count_each_mask_and_leave_it_as_it_is(data_dir):
     assert counts.dtype == torch.int64
     assert counts.tolist() == [int(m.sum()) for m in masks] and counts[-1] == 0
     assert pixel_counts(torch.zeros((0, h, w), dtype=torch.bool)).shape == (0,)
+
+
+def _spy_batches(refiner: Refiner) -> list[tuple[tuple[int, int, int], ...]]:
+    """Record every batch the refiner runs as ((start, end, job size) per part)."""
+    seen: list[tuple[tuple[int, int, int], ...]] = []
+    run = refiner.run_batch
+
+    def recording(batch):
+        seen.append(tuple((a, b, job.num_patches) for job, a, b in batch.parts))
+        run(batch)
+
+    refiner.run_batch = recording
+    return seen
+
+
+@pytest.mark.parametrize("iterations", [1, 2])
+def test_overlapped_stages_run_the_same_batches_and_give_the_same_bytes(data_dir, random_checkpoint, iterations):
+    """refine_many extracts ahead of the network and reassembles behind it on worker threads;
+    every batch holds the same patches and every mask comes out the same as on one thread."""
+    items = []
+    for k in (0, 7, 14, 21, 28):
+        image, m = _davis(data_dir, k)
+        items.append((image, np.stack([m, np.roll(m, 25, axis=0)])))
+    items.insert(2, (items[0][0], np.zeros((1, *items[0][1].shape[1:]), bool)))  # nothing to patch: done at once
+    runs = {}
+    for overlap in (False, True):
+        r = Refiner.from_checkpoint(random_checkpoint, batch_size=24, iterations=iterations, backend="torch")
+        batches = _spy_batches(r)
+        runs[overlap] = (list(r.refine_many(items, overlap=overlap)), batches)
+    (serial, serial_batches), (overlapped, overlapped_batches) = runs[False], runs[True]
+    assert len(overlapped) == len(items) and len(serial_batches) > 4
+    assert overlapped_batches == serial_batches
+    for a, b in zip(serial, overlapped):
+        assert np.array_equal(a, b)
+    assert not np.array_equal(serial[0], items[0][1])  # the network did change the masks
+
+
+def test_a_bad_image_raises_where_the_stream_reaches_it_with_or_without_overlap(data_dir, random_checkpoint):
+    """The worker thread checks images ahead, but its error surfaces where the serial loop
+    would raise it: after the same images have been yielded."""
+    image, m = _davis(data_dir, 0)
+    items = [(image, m[None])] * 3 + [(image, m[None, :-1])] + [(image, m[None])]
+    yielded = {}
+    for overlap in (False, True):
+        stream = Refiner.from_checkpoint(random_checkpoint, backend="torch", batch_size=8).refine_many(
+            items, overlap=overlap
+        )
+        got = []
+        with pytest.raises(BprInputError, match="does not match the image size"):
+            for masks in stream:
+                got.append(masks)
+        yielded[overlap] = len(got)
+    assert yielded[True] == yielded[False] >= 2
