@@ -21,6 +21,7 @@ Refiner serves concurrent calls with different options without copies.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections import deque
@@ -50,6 +51,8 @@ from bpr.modeling.refiner_net import RefinerNet
 from bpr.options import RefineOptions, RefineStats
 from bpr.passes import TooManyPatches
 from bpr.refinement import Refinement, pixel_counts
+
+MAX_FINISHING = 4  # images reassembled behind the network at most; one more waits for the oldest
 
 # What callers import from here, the names now defined beside their job included (re-exported).
 __all__ = [
@@ -224,8 +227,13 @@ class Refiner:
         if not overlap:
             yield from self._stream(started, None)
             return
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bpr-reassemble") as pool:
-            yield from self._stream(prefetch(started), pool if opts.iterations == 1 else None)
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bpr-reassemble") if opts.iterations == 1 else None
+        try:
+            with contextlib.closing(prefetch(started)) as ahead:  # stops the extraction thread on any exit
+                yield from self._stream(ahead, pool)
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
 
     def _begin(self, image: np.ndarray, masks: np.ndarray, options: RefineOptions) -> tuple[Refinement, Job | None]:
         """An image's Refinement and its first pass's Job (None: nothing to patch, already done)."""
@@ -236,11 +244,12 @@ class Refiner:
         self, started: Iterator[tuple[Refinement, Job | None]], pool: ThreadPoolExecutor | None
     ) -> Iterator[np.ndarray]:
         """The loop of :meth:`refine_many`: feed started images in while the feed runs short of a
-        batch, run batches, advance the images whose pass completed (on ``pool`` if given)."""
+        batch, run batches, advance the images whose pass completed (on ``pool`` if given: only
+        for one pass, where that advance reassembles and ends the image and queues nothing)."""
         feed = PatchFeed(self.batch_size)
         in_flight: deque[Refinement] = deque()
         owner: dict[int, Refinement] = {}
-        finishing: dict[int, Future[Job | None]] = {}  # id(flight) -> its last advance, on the pool
+        finishing: dict[int, Future[Job | None]] = {}  # id(flight) -> its last advance on the pool, oldest first
         exhausted = False
         while True:
             while not exhausted and feed.queued < self.batch_size:
@@ -250,20 +259,24 @@ class Refiner:
                     break
                 in_flight.append(begun[0])
                 self._queue(*begun, feed, owner)
-            while in_flight and _finished(in_flight[0], finishing, wait=exhausted and not feed):
+            while in_flight and _pop_if_finished(in_flight[0], finishing, wait=exhausted and not feed):
                 yield in_flight.popleft().output().cpu().numpy()
             if not feed:
-                if exhausted and not in_flight:
-                    return
-                continue
+                if not exhausted:
+                    continue
+                if in_flight:  # every image is finished or queued: a bug if not
+                    raise RuntimeError(f"refine_many: {len(in_flight)} images neither finished nor queued")
+                return
             batch = feed.take()
             self.run_batch(batch)
             for job in batch.completed():
                 flight = owner.pop(id(job))
                 if pool is None:
                     self._queue(flight, flight.advance(), feed, owner)
-                else:  # one pass: this advance reassembles and ends the image, it queues nothing
+                else:
                     finishing[id(flight)] = pool.submit(flight.advance)
+            while len(finishing) > MAX_FINISHING:  # memory stays bounded if reassembly falls behind
+                _settle(finishing.pop(next(iter(finishing))))
 
     @staticmethod
     def _queue(flight: Refinement, job: Job | None, feed: PatchFeed, owner: dict[int, Refinement]) -> None:
@@ -347,11 +360,20 @@ class Refiner:
         return refined
 
 
-def _finished(flight: Refinement, finishing: dict[int, Future[Job | None]], wait: bool) -> bool:
-    """Whether ``flight`` is done; its last advance, if on a worker, is waited for only when
-    ``wait`` (nothing else left to run) and its error, if any, is raised here, in input order."""
+def _pop_if_finished(flight: Refinement, finishing: dict[int, Future[Job | None]], wait: bool) -> bool:
+    """Whether ``flight`` is done. If its last advance runs on the pool, it counts only once that
+    has returned (waited for when ``wait``: nothing else is left to run), and its error, if any,
+    is raised here, in input order."""
     future = finishing.get(id(flight))
-    if future is not None and (wait or future.done()):
+    if future is not None:
+        if not (wait or future.done()):
+            return False
         del finishing[id(flight)]
-        future.result()
+        _settle(future)
     return flight.done
+
+
+def _settle(future: Future[Job | None]) -> None:
+    """Wait for a one-pass image's last advance; raise its error, or if it queued another pass."""
+    if future.result() is not None:
+        raise RuntimeError("a one-pass refinement asked for another pass")

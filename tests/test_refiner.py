@@ -202,41 +202,79 @@ def _spy_batches(refiner: Refiner) -> list[tuple[tuple[int, int, int], ...]]:
     return seen
 
 
-@pytest.mark.parametrize("iterations", [1, 2])
-def test_overlapped_stages_run_the_same_batches_and_give_the_same_bytes(data_dir, random_checkpoint, iterations):
-    """refine_many extracts ahead of the network and reassembles behind it on worker threads;
-    every batch holds the same patches and every mask comes out the same as on one thread."""
+def _stream_items(data_dir, frames=(0, 7, 14, 21, 28)):
+    """Real DAVIS frames, two instances each, and one image with nothing to patch."""
     items = []
-    for k in (0, 7, 14, 21, 28):
+    for k in frames:
         image, m = _davis(data_dir, k)
         items.append((image, np.stack([m, np.roll(m, 25, axis=0)])))
-    items.insert(2, (items[0][0], np.zeros((1, *items[0][1].shape[1:]), bool)))  # nothing to patch: done at once
+    items.insert(2, (items[0][0], np.zeros((1, *items[0][1].shape[1:]), bool)))  # done at once
+    return items
+
+
+@pytest.mark.parametrize(
+    "rules",
+    [{"iterations": 1}, {"iterations": 2}, {"iterations": 1, "fallback_iou": 0.2, "min_area": 5000}],
+    ids=["one-pass", "two-passes", "fallback-and-min-area"],
+)
+def test_overlapped_stages_run_the_same_batches_and_give_the_same_bytes(data_dir, random_checkpoint, rules):
+    """refine_many extracts ahead of the network and reassembles behind it on worker threads;
+    every batch holds the same patches and every mask comes out the same as on one thread."""
+    items = _stream_items(data_dir)
     runs = {}
     for overlap in (False, True):
-        r = Refiner.from_checkpoint(random_checkpoint, batch_size=24, iterations=iterations, backend="torch")
+        r = Refiner.from_checkpoint(random_checkpoint, batch_size=24, backend="torch", **rules)
         batches = _spy_batches(r)
-        runs[overlap] = (list(r.refine_many(items, overlap=overlap)), batches)
-    (serial, serial_batches), (overlapped, overlapped_batches) = runs[False], runs[True]
+        runs[overlap] = (list(r.refine_many(items, overlap=overlap)), batches, r.stats)
+    (serial, serial_batches, serial_stats), (overlapped, overlapped_batches, overlapped_stats) = runs[False], runs[True]
     assert len(overlapped) == len(items) and len(serial_batches) > 4
     assert overlapped_batches == serial_batches
     for a, b in zip(serial, overlapped):
         assert np.array_equal(a, b)
-    assert not np.array_equal(serial[0], items[0][1])  # the network did change the masks
+    assert any(not np.array_equal(out, masks) for out, (_, masks) in zip(serial, items))  # the network acted
+    counted = ("images", "patches", "fallbacks", "small")
+    assert [getattr(overlapped_stats, k) for k in counted] == [getattr(serial_stats, k) for k in counted]
+    if "fallback_iou" in rules:
+        assert serial_stats.fallbacks > 0 and serial_stats.small > 0  # the rules the worker runs did act
 
 
 def test_a_bad_image_raises_where_the_stream_reaches_it_with_or_without_overlap(data_dir, random_checkpoint):
-    """The worker thread checks images ahead, but its error surfaces where the serial loop
-    would raise it: after the same images have been yielded."""
+    """The worker thread checks images ahead, but its error surfaces at the same place in the
+    stream: with two passes (no reassembly thread) after exactly the same images; with one,
+    images reassembled behind the network may still be on their way."""
     image, m = _davis(data_dir, 0)
     items = [(image, m[None])] * 3 + [(image, m[None, :-1])] + [(image, m[None])]
-    yielded = {}
-    for overlap in (False, True):
-        stream = Refiner.from_checkpoint(random_checkpoint, backend="torch", batch_size=8).refine_many(
-            items, overlap=overlap
-        )
-        got = []
-        with pytest.raises(BprInputError, match="does not match the image size"):
-            for masks in stream:
-                got.append(masks)
-        yielded[overlap] = len(got)
-    assert yielded[True] == yielded[False] >= 2
+    for iterations in (1, 2):
+        yielded = {}
+        for overlap in (False, True):
+            r = Refiner.from_checkpoint(random_checkpoint, backend="torch", batch_size=8, iterations=iterations)
+            got = []
+            with pytest.raises(BprInputError, match="does not match the image size"):
+                for masks in r.refine_many(items, overlap=overlap):
+                    got.append(masks)
+            yielded[overlap] = len(got)
+        assert yielded[False] >= 2
+        assert yielded[True] == yielded[False] if iterations == 2 else yielded[True] <= yielded[False]
+
+
+def test_a_failing_reassembly_raises_and_an_abandoned_stream_leaves_no_threads(data_dir, random_checkpoint):
+    import threading
+
+    items = _stream_items(data_dir)
+    r = Refiner.from_checkpoint(random_checkpoint, backend="torch", batch_size=8)
+    finish, calls = r.finish, []
+
+    def failing(job):
+        calls.append(job)
+        if len(calls) == 3:
+            raise RuntimeError("reassembly broke")
+        return finish(job)
+
+    r.finish = failing
+    with pytest.raises(RuntimeError, match="reassembly broke"):
+        list(r.refine_many(items))
+    r.finish = finish
+    stream = r.refine_many(items * 3)
+    next(stream)
+    stream.close()
+    assert not [t for t in threading.enumerate() if t.name.startswith(("bpr-prefetch", "bpr-reassemble"))]
