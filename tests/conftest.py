@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -85,3 +86,19 @@ def street_masks_and_an_empty_one(data_dir: Path, count: int) -> np.ndarray:
     h, w = results[0]["segmentation"]["size"]
     masks = [decode_segmentation(r["segmentation"], h, w) for r in results if r["segmentation"]["size"] == [h, w]]
     return np.stack([*masks, np.zeros((h, w), bool)])
+
+
+@pytest.fixture
+def signals_not_ignored() -> Iterator[None]:
+    """Signal-handling tests assume a launcher that ignores none of SIGINT, SIGTERM and SIGHUP.
+    Under ``nohup`` (SIGHUP ignored) or as a background job of a script (SIGINT ignored) the
+    suite inherits ignored signals, and bpr rightly leaves those alone: such tests get the
+    defaults back for their duration."""
+    import signal
+
+    defaults = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
+    defaults[signal.SIGHUP] = signal.SIG_DFL
+    previous = {s: signal.signal(s, h) for s, h in defaults.items() if signal.getsignal(s) is signal.SIG_IGN}
+    yield
+    for s, handler in previous.items():
+        signal.signal(s, handler)

@@ -95,6 +95,7 @@ def test_the_mask_limit_also_holds_for_polygons_once_the_image_is_read(
     assert code == 0, err
 
 
+@pytest.mark.usefixtures("signals_not_ignored")
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
 def test_a_signal_while_the_output_is_written_leaves_no_file(
     signum, data_dir, tmp_path, random_checkpoint, capsys, monkeypatch
@@ -121,6 +122,7 @@ def test_a_signal_while_the_output_is_written_leaves_no_file(
     assert signal.getsignal(signum) == before  # the handler is the command's only while it runs
 
 
+@pytest.mark.usefixtures("signals_not_ignored")
 def test_a_signal_the_launcher_ignores_stays_ignored_while_a_command_runs():
     """nohup ignores SIGHUP so that a closed terminal does not end a long run: the command must
     not take the signal back; the signals the launcher left alone are the command's."""

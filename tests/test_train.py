@@ -504,6 +504,7 @@ def test_a_run_state_is_a_checkpoint_too_and_bpr_package_takes_it(patch_dir, tmp
     assert load_refiner(out).config == trainer.net.config
 
 
+@pytest.mark.usefixtures("signals_not_ignored")
 def test_sigterm_stops_a_run_after_its_step_with_everything_saved(patch_dir, tmp_path):
     """kill / a scheduler's SIGTERM sent to a real bpr-train process: the run ends after the step
     in progress, exits 0 with last.pt and model.pt at that step, and --resume continues from it.
@@ -538,6 +539,7 @@ def test_sigterm_stops_a_run_after_its_step_with_everything_saved(patch_dir, tmp
     assert behind.returncode == 2 and "is not past the run's step" in behind.stderr
 
 
+@pytest.mark.usefixtures("signals_not_ignored")
 def test_stop_requests_ask_once_interrupt_twice_and_leave_ignored_signals_alone(patch_dir, tmp_path):
     """The handlers are the run's only while it runs; a second request interrupts at once; a
     signal the launcher ignores (nohup's SIGHUP, a background job's SIGINT) stays ignored.
