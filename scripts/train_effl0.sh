@@ -31,14 +31,13 @@ patches ecssd-train work/p_ecssd_u2net --coarse work/u2netp_ecssd.json --draws 0
 # From step 40,214 on, more nearly right draws (near share about 18% -> 30%): see the card, session 4
 patches davis-train work/p_davis_near --draws 2 --mix near=1 --seed 7
 patches ecssd-train work/p_ecssd_near --draws 1 --mix near=1 --seed 8
+run=(--out work/runs/effl0 --threads "$THREADS" --max-minutes "$MINUTES")
 if [ -f work/runs/effl0/last.pt ]; then
   # the lab config is the campaign's: the average from step 33,314 on, the near sets from 40,214 on
-  bpr-train lab/configs/effl0_pretrained_p64.json --out work/runs/effl0 --resume --threads "$THREADS" \
-    --max-minutes "$MINUTES"
+  bpr-train lab/configs/effl0_pretrained_p64.json --resume "${run[@]}"
 elif [ -f lab/runs/effl0/model.pt ]; then  # work/ is gone: continue from the committed weights and step
   step=$(python -c "import torch; print(torch.load('lab/runs/effl0/model.pt', weights_only=True)['meta']['step'])")
-  bpr-train lab/configs/effl0_pretrained_p64.json --init lab/runs/effl0/model.pt --init-step "$step" \
-    --out work/runs/effl0 --threads "$THREADS" --max-minutes "$MINUTES"
+  bpr-train lab/configs/effl0_pretrained_p64.json --init lab/runs/effl0/model.pt --init-step "$step" "${run[@]}"
 else
-  bpr-train lab/configs/effl0_pretrained_p64.json --out work/runs/effl0 --threads "$THREADS" --max-minutes "$MINUTES"
+  bpr-train lab/configs/effl0_pretrained_p64.json "${run[@]}"
 fi

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from bpr.errors import BprInputError
-from bpr.modeling.checkpoint import load_refiner, save_refiner
+from bpr.modeling.checkpoint import build_refiner, read_checkpoint, save_refiner
 from bpr.modeling.refiner_net import RefinerNet
 from bpr.reassemble import decide
 from bpr.train.augment import random_flip
@@ -170,7 +170,8 @@ def split_patches(data: PatchSet, cfg: GateTrainConfig) -> tuple[np.ndarray, np.
 def train_gate(cfg: GateTrainConfig) -> Path:
     """Train a gate for the refiner in ``cfg.checkpoint``; returns the checkpoint written (``cfg.out``)."""
     torch.manual_seed(cfg.seed)
-    base = load_refiner(cfg.checkpoint)
+    source = read_checkpoint(cfg.checkpoint)
+    base = build_refiner(source, cfg.checkpoint)
     net = RefinerNet(dataclasses.replace(base.config, gate=True), base.recommended)
     missing, unexpected = net.load_state_dict(base.state_dict(), strict=False)
     assert not unexpected and all(k.startswith("gate.") for k in missing), (missing, unexpected)
@@ -227,7 +228,7 @@ def train_gate(cfg: GateTrainConfig) -> Path:
                 print(row, file=sys.stderr, flush=True)
                 running = 0.0
                 t0 = time.perf_counter()
-    meta = torch.load(cfg.checkpoint, map_location="cpu", weights_only=True).get("meta", {})
+    meta = source.get("meta", {})
     meta["gate_training"] = {
         "from": str(cfg.checkpoint),
         "patches": cfg.patches,
