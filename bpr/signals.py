@@ -34,3 +34,18 @@ def restore_handlers(previous: dict[int, Any]) -> None:
     """Put back the handlers :func:`install_handlers` replaced."""
     for sig, handler in previous.items():
         signal.signal(sig, handler)
+
+
+def worker_defaults() -> None:
+    """For a forked worker process (a ``multiprocessing.Pool`` initializer): SIGTERM and SIGHUP
+    take their default action again and SIGINT is ignored.
+
+    A fork inherits the CLI's handlers, and ``Pool`` ends its workers with SIGTERM when it
+    closes: with the parent's handler each worker would raise and print a traceback on every
+    normal exit. A Ctrl-C reaches the whole process group; the parent alone handles it and
+    ends its pool. Signals the launcher ignored stay ignored."""
+    for name in ("SIGTERM", "SIGHUP"):
+        sig = getattr(signal, name, None)
+        if sig is not None and signal.getsignal(sig) is not signal.SIG_IGN:
+            signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -143,3 +143,37 @@ def test_a_signal_the_launcher_ignores_stays_ignored_while_a_command_runs():
         signal.signal(signal.SIGHUP, before)
     assert seen[signal.SIGHUP] is signal.SIG_IGN
     assert seen[signal.SIGTERM] not in (signal.SIG_IGN, signal.SIG_DFL)  # SIGTERM unwinds the command
+
+
+def _dispositions() -> dict[str, str]:
+    names = {signal.SIG_DFL: "default", signal.SIG_IGN: "ignored"}
+    return {s.name: names.get(signal.getsignal(s), "handler") for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)}
+
+
+@pytest.mark.usefixtures("signals_not_ignored")
+def test_a_commands_worker_processes_take_sigterm_by_default_and_leave_ctrl_c_to_the_command():
+    """A forked worker inherits the command's handlers, and a pool ends its workers with
+    SIGTERM on close: with the command's handler each would print a traceback. Workers take
+    SIGTERM and SIGHUP by default again (one the launcher ignored stays ignored) and ignore
+    Ctrl-C, which the command itself handles by closing its pool."""
+    import multiprocessing as mp
+
+    from bpr.cli.common import run_cli
+    from bpr.signals import worker_defaults
+
+    seen = {}
+
+    @run_cli("bpr-probe")
+    def probe(argv):
+        with mp.get_context("fork").Pool(1, initializer=worker_defaults) as pool:
+            seen["worker"] = pool.apply(_dispositions)
+        seen["command"] = _dispositions()
+        return 0
+
+    before = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        assert probe([]) == 0
+    finally:
+        signal.signal(signal.SIGHUP, before)
+    assert seen["command"] == {"SIGTERM": "handler", "SIGHUP": "ignored", "SIGINT": "handler"}
+    assert seen["worker"] == {"SIGTERM": "default", "SIGHUP": "ignored", "SIGINT": "ignored"}

@@ -3,6 +3,8 @@ trained checkpoint working in bpr-refine, and the quality gate trained on it (bp
 
 import csv
 import json
+import subprocess
+import sys
 
 import cv2
 import numpy as np
@@ -60,6 +62,40 @@ def test_patch_set_shapes_counts_and_manifest(patch_dir):
     assert manifest["draws"] == 2 and set(manifest["mix"]) <= set(RECIPES)
     assert len(ps.indices("train")) + len(ps.indices("val")) == n
     assert len(ps.indices("val")) > 0
+
+
+def test_a_held_out_only_set_is_the_held_out_part_of_the_full_set_and_exits_quietly(patch_dir, data_dir, tmp_path):
+    """--held-out-only builds the same patches of the same held-out images (numbered as in the
+    full set), and nothing else. Run as a command with two worker processes: the pool ends its
+    workers with SIGTERM, which must not print a traceback per worker."""
+    out = tmp_path / "held_out"
+    davis = data_dir / "davis-train"
+    args = ["--gt", str(davis / "gt.json"), "--images", str(davis / "images"), "--out", str(out)]
+    args += ["--max-images", "6", "--draws", "2", "--workers", "2", "--quiet", "--val-fraction", "0.3"]
+    run = subprocess.run(
+        [sys.executable, "-m", "bpr.cli.build_patches", *args, "--held-out-only"], capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr
+    assert "Traceback" not in run.stderr and run.stderr.strip().startswith("bpr-build-patches: ")
+    full, held_out = PatchSet.open([patch_dir]), PatchSet.open([out])
+    assert len(held_out.indices("train")) == 0
+    val = full.indices("val")
+    assert len(held_out.indices("val")) == len(val) > 0
+    ours = held_out.gather(held_out.indices("val"))
+    theirs = full.gather(val)
+    for a, b in zip(ours, theirs, strict=True):
+        np.testing.assert_array_equal(a, b)
+    images = np.concatenate(held_out.meta)["image"]
+    assert set(images) == set(np.concatenate(full.meta)["image"][np.concatenate(full.meta)["split"] == 1])
+    assert json.loads((out / "manifest.json").read_text())["held_out_only"] is True
+
+
+def test_held_out_only_with_no_held_out_image_is_a_one_line_error(data_dir, tmp_path, capsys):
+    davis = data_dir / "davis-train"
+    args = ["--gt", str(davis / "gt.json"), "--images", str(davis / "images"), "--out", str(tmp_path / "none")]
+    assert build_main([*args, "--max-images", "2", "--val-fraction", "0", "--held-out-only", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("bpr-build-patches: error: --held-out-only: none of the 2 images") and "\n" not in err
 
 
 def test_patch_target_is_the_ground_truth_crop_and_image_patch_the_image_crop(patch_dir, data_dir):

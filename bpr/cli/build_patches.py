@@ -28,6 +28,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patch-size", type=int, default=64)
     p.add_argument("--nms-iou", type=float, default=0.25)
     p.add_argument("--val-fraction", type=float, default=0.05, help="share of images held out for validation")
+    p.add_argument(
+        "--held-out-only",
+        action="store_true",
+        help="build the held-out images only (all of them held out): more draws of images a refiner never "
+        "trained on, for bpr-train-gate --held-out",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--max-images", type=int, help="only the first N images (quick trials)")
@@ -50,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         draws=args.draws,
         mix=mix,
         val_fraction=args.val_fraction,
+        held_out_only=args.held_out_only,
         seed=args.seed,
         workers=args.workers,
         max_images=args.max_images,

@@ -23,6 +23,7 @@ from bpr.errors import BprInputError
 from bpr.io.coco import decode_segmentation, load_json
 from bpr.io.images import read_image
 from bpr.patches import crop_squares, extract_patch_corners, pad_to_patch
+from bpr.signals import worker_defaults
 from bpr.train.patch_store import META_DTYPE, SPLITS, ShardWriter
 from bpr.train.synth import DEFAULT_MIX, synthesize
 
@@ -35,6 +36,7 @@ class BuildConfig:
     mix: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_MIX))
     min_iou: float = 0.5  # coarse masks must overlap their GT this much to be used
     val_fraction: float = 0.05
+    held_out_only: bool = False  # build the held-out images only (more draws for a gate, none for training)
     seed: int = 0
     workers: int = 2
     max_images: int | None = None
@@ -53,6 +55,11 @@ def crop_training_patches(
         crop_squares(masks_t, corners, size, layers).numpy(),
         crop_squares(masks_t, corners, size, layers + 1).numpy(),
     )
+
+
+def is_held_out(file_name: str, val_fraction: float) -> bool:
+    """Whether an image is on the held-out (validation) side: decided by its file name alone."""
+    return (zlib.crc32(file_name.encode()) % 10000) < val_fraction * 10000
 
 
 def _mask_iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -162,15 +169,22 @@ def build_patches(
     images = [img for img in gt["images"] if img["id"] in anns_by_image]
     if config.max_images:
         images = images[: config.max_images]
+    # Split by image name, so every draw of an image lands on the same side, in every set
+    # built from the same images whatever the seed, mix or draws.
+    held_out = [is_held_out(img["file_name"], config.val_fraction) for img in images]
+    if config.held_out_only and not any(held_out):
+        raise BprInputError(
+            f"--held-out-only: none of the {len(images)} images is held out at --val-fraction {config.val_fraction}"
+        )
+    to_build = [i for i in range(len(images)) if held_out[i] or not config.held_out_only]
 
     def tasks() -> Iterator[dict[str, Any]]:
-        for index, img in enumerate(images):
+        for index in to_build:  # image numbers as in the full set, so sets of the same images agree
+            img, val = images[index], held_out[index]
             path = images_dir / img["file_name"]
             if not path.is_file():
                 raise BprInputError(f"image not found: {path}")
             anns = anns_by_image[img["id"]]
-            # Split by image name, so every draw of an image lands on the same side.
-            val = (zlib.crc32(img["file_name"].encode()) % 10000) < config.val_fraction * 10000
             yield {
                 "config": config,
                 "path": str(path),
@@ -188,9 +202,9 @@ def build_patches(
     cv2.setNumThreads(1)
     from tqdm import tqdm
 
-    bar = tqdm(total=len(images), unit="img", disable=not progress)
+    bar = tqdm(total=len(to_build), unit="img", disable=not progress)
     ctx = mp.get_context("fork")
-    with ctx.Pool(config.workers) if config.workers > 1 else _InlinePool() as pool:
+    with ctx.Pool(config.workers, initializer=worker_defaults) if config.workers > 1 else _InlinePool() as pool:
         for result in pool.imap(_image_task, tasks(), chunksize=4):
             skipped += result["skipped"]
             if result["meta"] is not None:
@@ -209,6 +223,7 @@ def build_patches(
             "nms_iou": config.nms_iou,
             "min_iou": config.min_iou,
             "val_fraction": config.val_fraction,
+            "held_out_only": config.held_out_only,
             "seed": config.seed,
             "skipped_draws": skipped,
         }
