@@ -79,22 +79,34 @@ def refine_shard(refiner: Any, payload: str) -> dict[str, Any]:
     """
     shard = json.loads(payload)
     before = {k: getattr(refiner.stats, k) for k in STAT_FIELDS}
-    current: dict[str, Any] = {}
+    unreadable: list[tuple[dict[str, Any], BaseException]] = []  # the image whose read raised, and how
 
     def items():
         for image in shard["images"]:
-            current.update(image)
-            yield load_image_masks(image["path"], image["entries"], image["indices"])
+            try:
+                pair = load_image_masks(image["path"], image["entries"], image["indices"])
+            except BaseException as exc:
+                unreadable.append((image, exc))
+                raise
+            yield pair
 
     refined: list[list[Any]] = []
+    done = 0
     try:
         for image, masks in zip(shard["images"], refiner.refine_many(items())):
             for index, entry, mask in zip(image["indices"], image["entries"], masks):
                 refined.append([index, refined_entry(entry, mask)])
+            done += 1
     except BprInputError as exc:  # the local engine's words, unchanged
         return {"shard": shard["shard"], "error": str(exc)}
     except Exception as exc:  # noqa: BLE001 - a worker's failure must name its image, not kill the run silently
-        where = f"image_id {current.get('image_id')!r} ({current.get('path')})"
+        # A read that raised names its image. Anything else (the network, reassembly) names the
+        # first image not yet refined: the stream reads and extracts ahead of the network, so
+        # the last image read may be several further on.
+        failed = next(
+            (image for image, err in unreadable if err is exc), shard["images"][min(done, len(shard["images"]) - 1)]
+        )
+        where = f"image_id {failed.get('image_id')!r} ({failed.get('path')})"
         return {"shard": shard["shard"], "error": f"{where}: {type(exc).__name__}: {exc}"}
     stats = {k: getattr(refiner.stats, k) - before[k] for k in STAT_FIELDS}
     return {"shard": shard["shard"], "refined": refined, "stats": stats}
