@@ -98,6 +98,12 @@ def test_dev_table_runs_on_a_tiny_subset(data_dir, tmp_path, random_checkpoint, 
     for r in rows.values():
         assert 0.0 <= r["worse"] <= 1.0 and r["run"]["images"] == 1
         assert 0 <= r["run"]["early_gated"] <= r["run"]["gated"] <= r["run"]["patches"]
+        # the units refinement harmed most, worst first: the "worse" share's first suspects
+        drops = [before - after for before, after in (unit["iou"] for unit in r["most_harmed"])]
+        assert len(drops) <= 5 and all(d > 0 for d in drops) and drops == sorted(drops, reverse=True)
+        assert (bool(drops) and drops[0] > 0.01 + 1e-12) == (r["worse"] > 0)
+        assert all((unit["annotation_id"] is None) == r["single"] for unit in r["most_harmed"])
+    assert rows["cs-maskrcnn28"]["most_harmed"], "random weights harm some street instance"
     # the table's gate cell names the early rejections only when there were some
     assert dev_table._gated_cell({"gated": 12, "patches": 40, "early_gated": 0}) == "12 / 40"
     assert dev_table._gated_cell({"gated": 12, "patches": 40, "early_gated": 5}) == "12 / 40 (5 early)"

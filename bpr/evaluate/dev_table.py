@@ -181,7 +181,27 @@ def score(gt_path: Path, coarse: Path, refined: Path) -> dict[str, Any]:
         row[f"worse_{label}"] = float(np.mean(delta[sel] < -0.01 - 1e-12)) if sel.any() else None
         row[f"dJ_{label}"] = float(np.mean(delta[sel])) if sel.any() else None
     row["emptied"] = _emptied(coarse, refined)
+    row["most_harmed"] = _most_harmed(ev, delta)
     return row
+
+
+def _most_harmed(ev: Any, delta: np.ndarray, count: int = 5) -> list[dict[str, Any]]:
+    """The units (instances, or frames of single-object data) whose IoU refinement lowered
+    most, worst first: where to look when a "worse" share or a size column moves."""
+    order = np.argsort(delta, kind="stable")[:count]
+    out = []
+    for k in order:
+        if delta[k] >= 0:
+            break
+        image_id, ann_id = ev.unit_keys[k]
+        out.append(
+            {
+                "image_id": image_id.item() if isinstance(image_id, np.generic) else image_id,
+                "annotation_id": ann_id.item() if isinstance(ann_id, np.generic) else ann_id,
+                "iou": [float(ev.unit_ious[0][k]), float(ev.unit_ious[1][k])],
+            }
+        )
+    return out
 
 
 def _unit_areas(ev: Any) -> np.ndarray:
