@@ -331,6 +331,23 @@ def _gate_args(checkpoint, patches, out, *flags):
     return [str(checkpoint), "--patches", str(patches), "--out", str(out), *short, *flags]
 
 
+def test_a_patch_weighs_its_stake_to_the_stake_power_and_harm_counts_more():
+    from bpr.train.gate import patch_weights
+
+    stake = torch.tensor([-4.0, 0.0, 9.0, 100.0])  # pixels fixed minus broken
+    assert patch_weights(stake, 2.0, 1.0).tolist() == [8.0, 0.0, 9.0, 100.0]
+    assert patch_weights(stake, 2.0, 0.5).tolist() == [4.0, 0.0, 3.0, 10.0]  # small stakes keep a say
+
+
+@pytest.mark.parametrize("power", ["0", "1.5"])
+def test_a_stake_power_outside_zero_to_one_is_a_one_line_error(patch_dir, tmp_path, random_checkpoint, capsys, power):
+    out = tmp_path / "gated.pt"
+    assert train_gate_main(_gate_args(random_checkpoint, patch_dir, out, "--stake-power", power)) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"bpr-train-gate: error: --stake-power must be in (0, 1], got {float(power)}"
+    assert not out.exists()
+
+
 def test_train_gate_adds_a_trained_gate_and_keeps_every_refiner_weight(patch_dir, tmp_path, random_checkpoint):
     out = tmp_path / "gate" / "gated.pt"
     assert train_gate_main(_gate_args(random_checkpoint, patch_dir, out, "--eval-every", "2", "--flip-tta")) == 0

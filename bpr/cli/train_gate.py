@@ -38,6 +38,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="weight of a pixel broken relative to a pixel fixed (> 1: do-no-harm first)",
     )
     p.add_argument(
+        "--stake-power",
+        type=float,
+        default=GateTrainConfig.stake_power,
+        help="a patch weighs |pixels fixed - broken| to this power: 1 counts every pixel, under 1 gives the "
+        "few pixels nearly right masks stake more say against large fixes",
+    )
+    p.add_argument(
         "--held-out",
         action="store_true",
         help="train on the patch sets' held-out images only (the refiner never saw them): patches of "
