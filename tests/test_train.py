@@ -385,6 +385,7 @@ def test_train_gate_adds_a_trained_gate_and_keeps_every_refiner_weight(patch_dir
         "flip_tta": True,
         "change_margin": 0.0,
         "harm_weight": 1.0,
+        "stake_power": 1.0,
     }
 
 
