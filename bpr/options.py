@@ -128,6 +128,13 @@ class RefineOptions:
         lt=0.5,
         recommended=True,
     )
+    grow_fragments: bool = option(
+        True,
+        "refinement may grow parts of a mask that are detached from its largest part (off: a detached "
+        "fragment, often a false-positive blob, may shrink or vanish but never grow onto a neighbouring object)",
+        "grow_fragments",
+        recommended=True,
+    )
     quality_gate: bool = option(
         True,
         "with a checkpoint that has a patch-quality gate, patches the gate expects to break more pixels "

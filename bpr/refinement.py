@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from typing import Protocol
 
+import cv2
 import numpy as np
 import torch
 
@@ -130,7 +131,7 @@ class Refinement:
                 )
                 return job
             # no boundary left to patch: no later pass can change anything either
-        self.result = self._fall_back(self.masks)
+        self.result = self._fall_back(self._anchor_growth(self.masks))
         return None
 
     def _end_pass(self, job: Job, refined: torch.Tensor) -> None:
@@ -145,6 +146,36 @@ class Refinement:
         self.masks = refined
         self.passes += 1
 
+    def _instance_boxes(self) -> list[tuple[int, int, int, int]]:
+        """Per instance, the box of its input mask and its patches, clipped to the image: every
+        pixel refinement can have changed lies inside it."""
+        _, height, width = self.input.shape
+        if self.input_extents is None:
+            self.input_extents = mask_extents(self.input.cpu().numpy())
+        boxes = claim_boxes(self.input_extents, self.reach_boxes).tolist()
+        return [(y0, x0, min(y1, height), min(x1, width)) for y0, x0, y1, x1 in boxes]
+
+    def _anchor_growth(self, refined: torch.Tensor) -> torch.Tensor:
+        """With ``grow_fragments`` off, pixels refinement added to an instance stay only where
+        they connect to its input mask's largest part.
+
+        A patch sees a fragment of the input mask (a detector's stray blob on a neighbour) as
+        the visible part of an object and completes that object: on real video predictions the
+        frames refinement harmed most were such blobs grown over a passer-by or a wall's
+        pattern. A fragment may still shrink or vanish (often a fix); it cannot grow.
+        """
+        if self.options.grow_fragments or refined is self.input or refined.shape[0] == 0:
+            return refined
+        for i, (y0, x0, y1, x1) in enumerate(self._instance_boxes()):
+            if y1 <= y0 or x1 <= x0:
+                continue
+            r, m = refined[i, y0:y1, x0:x1], self.input[i, y0:y1, x0:x1]
+            if not bool(torch.any(r & ~m)):  # nothing added: nothing can have grown
+                continue
+            kept = anchored(r.cpu().numpy(), m.cpu().numpy())
+            refined[i, y0:y1, x0:x1] = torch.from_numpy(kept).to(refined.device)
+        return refined
+
     def _fall_back(self, refined: torch.Tensor) -> torch.Tensor:
         """Instances the refinement emptied or changed beyond ``fallback_iou`` come back as input.
 
@@ -154,17 +185,12 @@ class Refinement:
         """
         if self.options.fallback_iou <= 0 or refined is self.input or refined.shape[0] == 0:
             return refined
-        _, height, width = self.input.shape
-        if self.input_extents is None:
-            self.input_extents = mask_extents(self.input.cpu().numpy())
-        boxes = claim_boxes(self.input_extents, self.reach_boxes)
         assert self.input_areas is not None  # counted in __init__ whenever fallback_iou > 0 and there are masks
         areas = self.input_areas.tolist()
         lost = []
-        for i, (y0, x0, y1, x1) in enumerate(boxes.tolist()):
+        for i, (y0, x0, y1, x1) in enumerate(self._instance_boxes()):
             if areas[i] == 0:
                 continue
-            y1, x1 = min(y1, height), min(x1, width)
             r, m = refined[i, y0:y1, x0:x1], self.input[i, y0:y1, x0:x1]
             inter = int(torch.count_nonzero(r & m))
             union = areas[i] + int(torch.count_nonzero(r)) - inter
@@ -175,6 +201,18 @@ class Refinement:
             refined[index] = self.input[index]
             self.refiner.stats.add(fallbacks=len(lost))
         return refined
+
+
+def anchored(refined: np.ndarray, given: np.ndarray) -> np.ndarray:
+    """``refined`` (H, W bool) without the pixels it added to ``given`` that are not connected,
+    within ``refined``, to ``given``'s largest 8-connected part. An empty ``given`` anchors nothing."""
+    count, parts, stats, _ = cv2.connectedComponentsWithStats(given.astype(np.uint8), connectivity=8)
+    if count <= 1:
+        return refined & given
+    body = parts == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    _, regions = cv2.connectedComponents(refined.astype(np.uint8), connectivity=8)
+    anchors = np.unique(regions[body & refined])
+    return refined & (given | np.isin(regions, anchors[anchors > 0]))
 
 
 def _union_boxes(a: np.ndarray, b: np.ndarray) -> np.ndarray:
