@@ -128,11 +128,13 @@ class RefineOptions:
         lt=0.5,
         recommended=True,
     )
-    grow_fragments: bool = option(
-        True,
-        "refinement may grow parts of a mask that are detached from its largest part (off: a detached "
-        "fragment, often a false-positive blob, may shrink or vanish but never grow onto a neighbouring object)",
-        "grow_fragments",
+    fragment_reach: int = option(
+        -1,
+        "pixels refinement adds to a part of a mask detached from its largest part must lie within this many "
+        "pixels of the input mask (-1 = no limit): a detector's stray blob may be refined, shrink or vanish, "
+        "but not grow over a neighbouring object",
+        "fragment reach (pixels)",
+        ge=-1,
         recommended=True,
     )
     quality_gate: bool = option(

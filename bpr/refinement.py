@@ -156,15 +156,18 @@ class Refinement:
         return [(y0, x0, min(y1, height), min(x1, width)) for y0, x0, y1, x1 in boxes]
 
     def _anchor_growth(self, refined: torch.Tensor) -> torch.Tensor:
-        """With ``grow_fragments`` off, pixels refinement added to an instance stay only where
-        they connect to its input mask's largest part.
+        """With ``fragment_reach`` at 0 or more, pixels refinement added to an instance stay only
+        where they connect to its input mask's largest part or lie within that many pixels of
+        the input.
 
         A patch sees a fragment of the input mask (a detector's stray blob on a neighbour) as
         the visible part of an object and completes that object: on real video predictions the
         frames refinement harmed most were such blobs grown over a passer-by or a wall's
-        pattern. A fragment may still shrink or vanish (often a fix); it cannot grow.
+        pattern. A fragment's boundary may still move by the reach, and the fragment shrink or
+        vanish (often a fix); it cannot grow further.
         """
-        if self.options.grow_fragments or refined is self.input or refined.shape[0] == 0:
+        reach = self.options.fragment_reach
+        if reach < 0 or refined is self.input or refined.shape[0] == 0:
             return refined
         for i, (y0, x0, y1, x1) in enumerate(self._instance_boxes()):
             if y1 <= y0 or x1 <= x0:
@@ -172,7 +175,7 @@ class Refinement:
             r, m = refined[i, y0:y1, x0:x1], self.input[i, y0:y1, x0:x1]
             if not bool(torch.any(r & ~m)):  # nothing added: nothing can have grown
                 continue
-            kept = anchored(r.cpu().numpy(), m.cpu().numpy())
+            kept = anchored(r.cpu().numpy(), m.cpu().numpy(), reach)
             refined[i, y0:y1, x0:x1] = torch.from_numpy(kept).to(refined.device)
         return refined
 
@@ -203,16 +206,21 @@ class Refinement:
         return refined
 
 
-def anchored(refined: np.ndarray, given: np.ndarray) -> np.ndarray:
-    """``refined`` (H, W bool) without the pixels it added to ``given`` that are not connected,
-    within ``refined``, to ``given``'s largest 8-connected part. An empty ``given`` anchors nothing."""
-    count, parts, stats, _ = cv2.connectedComponentsWithStats(given.astype(np.uint8), connectivity=8)
+def anchored(refined: np.ndarray, given: np.ndarray, reach: int = 0) -> np.ndarray:
+    """``refined`` (H, W bool) without the pixels it added to ``given`` that are neither
+    connected, within ``refined``, to ``given``'s largest 8-connected part nor within ``reach``
+    pixels (Euclidean) of ``given``. An empty ``given`` anchors nothing."""
+    given_u8 = given.astype(np.uint8)
+    count, parts, stats, _ = cv2.connectedComponentsWithStats(given_u8, connectivity=8)
     if count <= 1:
         return refined & given
+    allowed = given
+    if reach > 0:  # exact Euclidean distance to the nearest input pixel
+        allowed = cv2.distanceTransform(1 - given_u8, cv2.DIST_L2, cv2.DIST_MASK_PRECISE) <= reach
     body = parts == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
     _, regions = cv2.connectedComponents(refined.astype(np.uint8), connectivity=8)
     anchors = np.unique(regions[body & refined])
-    return refined & (given | np.isin(regions, anchors[anchors > 0]))
+    return refined & (allowed | np.isin(regions, anchors[anchors > 0]))
 
 
 def _union_boxes(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -1,5 +1,5 @@
-"""``grow_fragments=False``: a part of a mask detached from its largest part may shrink or vanish,
-never grow.
+"""``fragment_reach``: a part of a mask detached from its largest part may shrink or vanish, and
+its boundary move by the reach, but it cannot grow further.
 
 A detector's stray blob on a neighbouring object looks, inside one patch, like the visible part
 of an object, and a refiner completes it: on real OSVOS predictions the three frames the effl0
@@ -54,6 +54,17 @@ def test_growth_that_joins_a_fragment_to_the_body_is_kept():
     np.testing.assert_array_equal(anchored(refined, body | blob), refined)
 
 
+def test_a_fragment_may_move_its_boundary_by_the_reach():
+    body, blob = disk(120, 160, 60, 50, 30), disk(120, 160, 60, 130, 6)
+    grown_blob = disk(120, 160, 60, 130, 15)
+    yy, xx = np.mgrid[:120, :160]
+    by, bx = np.nonzero(blob)
+    distance = np.sqrt((yy[..., None] - by) ** 2 + (xx[..., None] - bx) ** 2).min(-1)  # to the nearest blob pixel
+    expected = body | (grown_blob & (distance <= 3))
+    assert (expected & ~blob & ~body).sum() > 100  # the blob's boundary did move
+    np.testing.assert_array_equal(anchored(body | grown_blob, body | blob, 3), expected)
+
+
 def test_an_empty_input_anchors_nothing():
     empty = np.zeros((40, 40), bool)
     np.testing.assert_array_equal(anchored(disk(40, 40, 20, 20, 5), empty), empty)
@@ -75,8 +86,8 @@ def test_on_a_real_prediction_only_the_stray_blob_stops_growing(data_dir):
     body = parts == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
     refiner = Refiner(GrowNet(RefinerConfig(input_size=64)))
     rules = dict(iterations=1, flip_tta=False, quality_gate=False, change_margin=0.0, min_area=0, fallback_iou=0.0)
-    free = refiner.refine(image, mask[None], **rules, grow_fragments=True)[0]
-    held = refiner.refine(image, mask[None], **rules, grow_fragments=False)[0]
+    free = refiner.refine(image, mask[None], **rules, fragment_reach=-1)[0]
+    held = refiner.refine(image, mask[None], **rules, fragment_reach=0)[0]
     assert (free & ~mask).sum() > (held & ~mask).sum() > 0  # fragments grew when free; the body grows in both
     assert not (held & ~free).any()
     _, regions = cv2.connectedComponents(held.astype(np.uint8), connectivity=8)
