@@ -104,9 +104,41 @@ def test_dev_table_runs_on_a_tiny_subset(data_dir, tmp_path, random_checkpoint, 
         assert (bool(drops) and drops[0] > 0.01 + 1e-12) == (r["worse"] > 0)
         assert all((unit["annotation_id"] is None) == r["single"] for unit in r["most_harmed"])
     assert rows["cs-maskrcnn28"]["most_harmed"], "random weights harm some street instance"
+    again = ["--checkpoint", str(random_checkpoint), "--max-images", "1", "--data", str(data_dir)]
+    again += ["--cache", str(tmp_path / "cache"), "--iterations", "1", "--inputs", "cs-near", "--against", str(out)]
+    assert dev_table_main(again) == 0
+    assert capsys.readouterr().out.rstrip().endswith(f"against {out}: 0 numbers better, 0 worse")
     # the table's gate cell names the early rejections only when there were some
     assert dev_table._gated_cell({"gated": 12, "patches": 40, "early_gated": 0}) == "12 / 40"
     assert dev_table._gated_cell({"gated": 12, "patches": 40, "early_gated": 5}) == "12 / 40 (5 early)"
+
+
+def test_against_lists_every_number_a_run_loses_on_any_input():
+    reference = {
+        "cs-maskrcnn28": {"AP": [0.90, 0.92], "bAP": [0.88, 0.89], "AP_S": [None, None], "worse": 0.001, "emptied": 0},
+        "davis-osvos": {"J": [0.67, 0.68], "F": [0.72, 0.73], "worse": 0.0, "worse_M": None},
+    }
+    rows = {
+        "cs-maskrcnn28": {"AP": [0.90, 0.93], "bAP": [0.88, 0.89], "AP_S": [None, None], "worse": 0.0, "emptied": 1},
+        "davis-osvos": {"J": [0.67, 0.69], "F": [0.72, 0.7262], "worse": 0.0112, "worse_M": 0.05},
+        "davis-near": {"J": [0.9, 0.1], "F": [0.9, 0.1], "worse": 1.0},  # not in the reference: not compared
+    }
+    better, worse = dev_table.regressions(reference, rows)
+    assert better == 3  # AP, cs "worse" share, OSVOS J; the equal boundary AP counts neither way
+    assert worse == [
+        "cs-maskrcnn28 emptied 0.00 -> 1.00 (+1.00)",
+        "davis-osvos F 73.00 -> 72.62 (-0.38)",
+        "davis-osvos worse 0.00 -> 1.12 (+1.12)",
+    ]
+
+
+def test_against_a_file_that_is_no_dev_table_is_a_one_line_error_before_any_work(tmp_path, capsys):
+    bad = tmp_path / "results.json"
+    bad.write_text("[]")
+    assert dev_table_main(["--against", str(bad), "--cache", str(tmp_path / "cache")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"bpr-dev-table: error: --against {bad}: not a bpr-dev-table --json file (no 'rows')"
+    assert not (tmp_path / "cache").exists()
 
 
 def test_dev_table_reads_the_data_sets_from_bpr_shared_data(monkeypatch):

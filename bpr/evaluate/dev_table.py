@@ -295,6 +295,36 @@ def score_inputs(
     return rows
 
 
+HIGHER_IS_BETTER = ("AP", "bAP", "AP_S", "AP_M", "AP_L", "bAP_L", "bAP_S", "J", "F")
+LOWER_IS_BETTER = ("worse", "worse_S", "worse_M", "worse_L", "emptied")
+
+
+def regressions(reference: dict[str, dict[str, Any]], rows: dict[str, dict[str, Any]]) -> tuple[int, list[str]]:
+    """How ``rows`` compare with ``reference`` (both :func:`score_inputs` rows), number by number,
+    over the inputs both hold: (how many numbers are better, one line per number that is worse,
+    in points; "emptied" in instances). A model change is judged on every input at once: one
+    number worse on one input is a regression, whatever the others gain."""
+    better, worse = 0, []
+    for name in (n for n in rows if n in reference):
+        ref, new = reference[name], rows[name]
+        for key in HIGHER_IS_BETTER:
+            if ref.get(key) is None or new.get(key) is None or ref[key][1] is None or new[key][1] is None:
+                continue
+            delta = 100 * (new[key][1] - ref[key][1])
+            if delta < -1e-9:
+                worse.append(f"{name} {key} {ref[key][1] * 100:.2f} -> {new[key][1] * 100:.2f} ({delta:+.2f})")
+            better += delta > 1e-9
+        for key in LOWER_IS_BETTER:
+            if ref.get(key) is None or new.get(key) is None:
+                continue
+            scale = 1 if key == "emptied" else 100
+            delta = scale * (new[key] - ref[key])
+            if delta > 1e-9:
+                worse.append(f"{name} {key} {ref[key] * scale:.2f} -> {new[key] * scale:.2f} (+{delta:.2f})")
+            better += delta < -1e-9
+    return better, worse
+
+
 def report(refiner: Refiner, rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Every number of a dev table with what produced it (bpr-dev-table --json)."""
     return {

@@ -4,7 +4,8 @@ For every DAVIS frame of a dev input whose coarse mask has more than one 8-conne
 each part other than the largest that refinement grew (pixels added and connected to that
 part, not to the largest), with its area, the pixels added, how many of them are foreground
 in the ground truth, the largest part's area and the gap between the two. Sorted by pixels
-added; a grown region that touches two parts is listed under each. It is how ``fragment_reach`` was found and judged (models/MODEL_CARD.md, session 6).
+added; a grown region that touches two parts is listed under each. It is how
+``fragment_reach`` was found and judged (models/MODEL_CARD.md, session 6).
 
     python lab/diagnostics/fragment_growth.py CHECKPOINT [osvos|rvos|RESULTS.json] [--change-margin M]
 """
