@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-Handler = Callable[[int, Any], Any]
+Handler = Callable[[int, Any], Any] | signal.Handlers
 
 
 def install_handlers(names: tuple[str, ...], handler: Handler) -> dict[int, Any]:
@@ -44,8 +44,5 @@ def worker_defaults() -> None:
     closes: with the parent's handler each worker would raise and print a traceback on every
     normal exit. A Ctrl-C reaches the whole process group; the parent alone handles it and
     ends its pool. Signals the launcher ignored stay ignored."""
-    for name in ("SIGTERM", "SIGHUP"):
-        sig = getattr(signal, name, None)
-        if sig is not None and signal.getsignal(sig) is not signal.SIG_IGN:
-            signal.signal(sig, signal.SIG_DFL)
+    install_handlers(("SIGTERM", "SIGHUP"), signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
