@@ -523,6 +523,33 @@ def test_keep_weight_charges_breaking_right_pixels_more_than_missing_a_fix():
     assert torch.equal(refinement_loss(logits(misses_fix), target, 2.0, 2, coarse, 0.0), plain[1])  # 0 = off
 
 
+def test_keep_far_weight_charges_a_hole_punched_far_from_the_edge_and_only_that():
+    from bpr.train.loop import refinement_loss
+
+    target = torch.zeros(1, 16, 16, dtype=torch.long)
+    target[:, :, 8:] = 1  # a vertical edge: the band (width 2) is columns 6-9
+    coarse = target.clone()
+    coarse[0, 3, 1] = 1  # a coarse error far from the edge, outside the band
+    confident = (target.float() * 2 - 1) * 8
+
+    def logits(class1):
+        return torch.stack([-class1, class1], dim=1)
+
+    hole = confident.clone()
+    hole[0, 10, 14] = -8  # a right foreground pixel far inside, removed
+    misses_fix = confident.clone()
+    misses_fix[0, 3, 1] = 8  # keeps the far coarse error
+    band_break = confident.clone()
+    band_break[0, 10, 8] = -8  # breaks a right pixel in the band
+    far = [refinement_loss(logits(x), target, 2.0, 2, coarse, 0.0, 4.0) for x in (hole, misses_fix, band_break)]
+    plain = [refinement_loss(logits(x), target, 2.0, 2, coarse) for x in (hole, misses_fix, band_break)]
+    assert torch.isclose(plain[0], plain[1])  # without it: one wrong far pixel each, the same loss
+    assert far[0] > 3 * far[1]  # the hole now costs 5x a missed fix (weights 5 and 1)
+    assert torch.isclose(far[2] / far[0], torch.tensor(3 / 5))  # band pixels keep their own weight (1 + 2)
+    band_only = [refinement_loss(logits(x), target, 2.0, 2, coarse, 4.0, 0.0) for x in (hole, misses_fix)]
+    assert torch.isclose(band_only[0], band_only[1])  # keep_weight alone does not reach far pixels
+
+
 def test_a_run_state_is_a_checkpoint_too_and_bpr_package_takes_it(patch_dir, tmp_path, monkeypatch):
     """last.pt loads as the network it holds (its weights exactly), with or without the refiner
     config that states carry since 2026-12-04; bpr-package turns it into a checkpoint."""

@@ -58,6 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="extra loss weight on band pixels the coarse mask already has right (charges moving them)",
     )
     p.add_argument(
+        "--keep-far-weight",
+        type=float,
+        help="the same for right pixels outside the band (charges punching holes deep inside an object)",
+    )
+    p.add_argument(
         "--ema-decay",
         type=float,
         help="keep a moving average of the weights with this decay (e.g. 0.999) and evaluate and export it; "

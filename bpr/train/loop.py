@@ -52,6 +52,7 @@ class TrainConfig:
     boundary_weight: float = 2.0  # extra CE weight inside the GT boundary band (0 = plain CE)
     boundary_width: int = 2  # band half-width in patch pixels
     keep_weight: float = 0.0  # extra CE weight on band pixels the coarse mask already has right (see refinement_loss)
+    keep_far_weight: float = 0.0  # the same for right pixels outside the band (holes punched deep inside an object)
     ema_decay: float = 0.0  # > 0: also keep a moving average of the weights; evaluation and model.pt use it
     amp: bool = True  # bf16 autocast on CPU, fp16 on CUDA
     augment: bool = True
@@ -88,6 +89,7 @@ def refinement_loss(
     width: int,
     coarse: torch.Tensor | None = None,
     keep_weight: float = 0.0,
+    keep_far_weight: float = 0.0,
 ) -> torch.Tensor:
     """Cross-entropy, with pixels near the true boundary weighted up: that is where the errors are.
 
@@ -95,14 +97,19 @@ def refinement_loss(
     band whose coarse label (``coarse``, (B, S, S) {0, 1}) equals the target weigh
     ``1 + boundary_weight + keep_weight``. A nearly right input is mostly such pixels, and
     moving them is the harm the dev table's nearly right inputs measure.
+
+    ``keep_far_weight`` does the same outside the band: right pixels there weigh
+    ``1 + keep_far_weight``. On nearly right DAVIS masks most of the F a refiner loses is chunks
+    it removes 20-35 px inside the object (lab/diagnostics/f_harm.py), which the band never sees.
     """
     ce = F.cross_entropy(logits.float(), target.long(), reduction="none")
-    if boundary_weight <= 0 and keep_weight <= 0:
+    if boundary_weight <= 0 and keep_weight <= 0 and keep_far_weight <= 0:
         return ce.mean()
     band = edge_band(target, width).float()
     w = 1.0 + boundary_weight * band
-    if keep_weight > 0 and coarse is not None:
-        w = w + keep_weight * band * (coarse.to(target.dtype) == target).float()
+    if coarse is not None and (keep_weight > 0 or keep_far_weight > 0):
+        right = (coarse.to(target.dtype) == target).float()
+        w = w + keep_weight * band * right + keep_far_weight * (1.0 - band) * right
     return (ce * w).sum() / w.sum()
 
 
@@ -246,7 +253,13 @@ class Trainer:
         if logits.shape[-1] != target.shape[-1]:
             logits = F.interpolate(logits.float(), size=target.shape[-2:], mode="bilinear", align_corners=False)
         loss = refinement_loss(
-            logits, target, self.cfg.boundary_weight, self.cfg.boundary_width, coarse[:, 0], self.cfg.keep_weight
+            logits,
+            target,
+            self.cfg.boundary_weight,
+            self.cfg.boundary_width,
+            coarse[:, 0],
+            self.cfg.keep_weight,
+            self.cfg.keep_far_weight,
         )
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
