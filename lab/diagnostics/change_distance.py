@@ -10,6 +10,9 @@ other; if both sit in the same bins, only the network can tell them apart.
 
     python lab/diagnostics/change_distance.py --checkpoint CKPT [--inputs davis-near davis-osvos]
         [refine option flags, e.g. --change-margin 0.2 --flip-tta]
+
+Its ``frames``, ``diagnostic_parser`` and ``RefinedFrames`` serve the other single-object
+diagnostics here too (f_harm.py, depth_rule.py): the same flags, the same refined frames.
 """
 
 from __future__ import annotations
@@ -62,23 +65,41 @@ def distance_to_boundary(mask: np.ndarray) -> np.ndarray:
     return np.where(mask, inside, outside)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def diagnostic_parser(doc: str | None, inputs: list[str]) -> argparse.ArgumentParser:
+    """The flags every single-object diagnostic here takes: --checkpoint, --inputs (default
+    ``inputs``), --backend and every refine option flag; a script adds its own after."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True)
-    p.add_argument("--inputs", nargs="+", default=["davis-near", "davis-osvos", "davis-rvos"])
+    p.add_argument("--inputs", nargs="+", default=inputs)
     p.add_argument("--backend", default=None)
     add_option_flags(p)
-    args = p.parse_args()
-    refiner = Refiner(args.checkpoint, backend=args.backend)
-    overrides = {k: v for k, v in vars(args).items() if k in RefineOptions.__dataclass_fields__ and v is not None}
-    print(f"checkpoint {args.checkpoint}; {refiner.resolve(**overrides)}\n")
+    return p
+
+
+class RefinedFrames:
+    """The refiner a diagnostic's flags name, with the refine options they set; prints them once."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.refiner = Refiner(args.checkpoint, backend=args.backend)
+        fields = RefineOptions.__dataclass_fields__
+        self.overrides = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+        print(f"checkpoint {args.checkpoint}; {self.refiner.resolve(**self.overrides)}\n")
+
+    def of(self, name: str) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """(coarse masks (N, H, W), ground-truth foreground, refined masks) per frame of a dev input."""
+        stream = list(frames(name, shared_data_root()))
+        refined = self.refiner.refine_many(((image, coarse) for image, coarse, _ in stream), **self.overrides)
+        return [(coarse, truth, r) for (_, coarse, truth), r in zip(stream, refined)]
+
+
+def main() -> None:
+    args = diagnostic_parser(__doc__, ["davis-near", "davis-osvos", "davis-rvos"]).parse_args()
+    refined_frames = RefinedFrames(args)
     print("| input | distance px | fixed | broken | net | inside fixed / broken | outside fixed / broken |")
     print("| --- | --- | ---: | ---: | ---: | --- | --- |")
     for name in args.inputs:
-        stream = list(frames(name, shared_data_root()))
         counts = np.zeros((len(BINS), 2, 2), dtype=np.int64)  # bin, inside/outside the coarse mask, fixed/broken
-        refined_all = refiner.refine_many(((image, coarse) for image, coarse, _ in stream), **overrides)
-        for (_, coarse, fg), refined in zip(stream, refined_all):
+        for coarse, fg, refined in refined_frames.of(name):
             before, after = coarse.any(0), refined.any(0)
             dist = distance_to_boundary(before)
             changed = before != after

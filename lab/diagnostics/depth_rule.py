@@ -12,43 +12,31 @@ predictions kept their gains, the rule would be worth building into reassembly.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from change_distance import distance_to_boundary, frames  # noqa: E402
+from change_distance import RefinedFrames, diagnostic_parser, distance_to_boundary  # noqa: E402
 
-from bpr.cli.common import add_option_flags  # noqa: E402
 from bpr.evaluate.contours import contour_fscore, tolerance_px  # noqa: E402
 from bpr.evaluate.scoring import DEFAULT_F_RATIO  # noqa: E402
-from bpr.io.datasets import shared_data_root  # noqa: E402
-from bpr.options import RefineOptions  # noqa: E402
-from bpr.refiner import Refiner  # noqa: E402
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--inputs", nargs="+", default=["davis-near", "davis-osvos", "davis-rvos"])
+    p = diagnostic_parser(__doc__, ["davis-near", "davis-osvos", "davis-rvos"])
     p.add_argument("--depths", nargs="+", type=int, default=[32, 24, 16, 12])
-    p.add_argument("--backend", default=None)
-    add_option_flags(p)
     args = p.parse_args()
-    refiner = Refiner(args.checkpoint, backend=args.backend)
-    overrides = {k: v for k, v in vars(args).items() if k in RefineOptions.__dataclass_fields__ and v is not None}
-    print(f"checkpoint {args.checkpoint}; {refiner.resolve(**overrides)}\n")
+    refined_frames = RefinedFrames(args)
     print("| input | masks | J | F | worse >1pt |")
     print("| --- | --- | ---: | ---: | ---: |")
     variants = ["coarse", "refined"] + [f"changes deeper than {d} px undone" for d in args.depths]
     for name in args.inputs:
-        stream = list(frames(name, shared_data_root()))
-        refined_all = refiner.refine_many(((image, coarse) for image, coarse, _ in stream), **overrides)
-        j = np.zeros((len(variants), len(stream)))
+        triples = refined_frames.of(name)
+        j = np.zeros((len(variants), len(triples)))
         f = np.zeros_like(j)
-        for k, ((_, coarse, truth), refined) in enumerate(zip(stream, refined_all)):
+        for k, (coarse, truth, refined) in enumerate(triples):
             before, after = coarse.any(0), refined.any(0)
             depth = distance_to_boundary(before)
             tol = tolerance_px(*truth.shape, DEFAULT_F_RATIO)

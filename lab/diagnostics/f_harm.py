@@ -13,7 +13,6 @@ are the ones F counts.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -21,14 +20,10 @@ import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from change_distance import frames  # noqa: E402
+from change_distance import RefinedFrames, diagnostic_parser  # noqa: E402
 
-from bpr.cli.common import add_option_flags  # noqa: E402
 from bpr.evaluate.contours import contour, contour_fscore, tolerance_px  # noqa: E402
 from bpr.evaluate.scoring import DEFAULT_F_RATIO  # noqa: E402
-from bpr.io.datasets import shared_data_root  # noqa: E402
-from bpr.options import RefineOptions  # noqa: E402
-from bpr.refiner import Refiner  # noqa: E402
 
 
 def wrong_regions(before: np.ndarray, after: np.ndarray, truth: np.ndarray) -> list[tuple[str, int, float]]:
@@ -44,22 +39,15 @@ def wrong_regions(before: np.ndarray, after: np.ndarray, truth: np.ndarray) -> l
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--inputs", nargs="+", default=["davis-near"])
-    p.add_argument("--backend", default=None)
+    p = diagnostic_parser(__doc__, ["davis-near"])
     p.add_argument("--show", type=int, default=3, help="regions listed per frame")
-    add_option_flags(p)
     args = p.parse_args()
-    refiner = Refiner(args.checkpoint, backend=args.backend)
-    overrides = {k: v for k, v in vars(args).items() if k in RefineOptions.__dataclass_fields__ and v is not None}
-    print(f"checkpoint {args.checkpoint}; {refiner.resolve(**overrides)}\n")
+    refined_frames = RefinedFrames(args)
     for name in args.inputs:
-        stream = list(frames(name, shared_data_root()))
-        refined_all = refiner.refine_many(((image, coarse) for image, coarse, _ in stream), **overrides)
+        triples = refined_frames.of(name)
         far = {"added": [0, 0], "removed": [0, 0]}  # regions and pixels beyond the tolerance
         drops = []
-        for k, ((_, coarse, truth), refined) in enumerate(zip(stream, refined_all)):
+        for k, (coarse, truth, refined) in enumerate(triples):
             before, after = coarse.any(0), refined.any(0)
             tol = tolerance_px(*truth.shape, DEFAULT_F_RATIO)
             f0, f1 = contour_fscore(before, truth, tol).f, contour_fscore(after, truth, tol).f
@@ -72,7 +60,8 @@ def main() -> None:
                 drops.append((f1 - f0, k, regions, tol))
         drops.sort()
         total = sum(d for d, *_ in drops)
-        print(f"## {name}: {len(drops)} of {len(stream)} frames lose F, {100 * total / len(stream):+.2f} points in all")
+        mean_drop = 100 * total / len(triples)
+        print(f"## {name}: {len(drops)} of {len(triples)} frames lose F, {mean_drop:+.2f} points in all")
         for kind, (count, pixels) in far.items():
             print(f"- wrongly {kind} regions beyond the tolerance: {count} ({pixels:,} px)")
         for d, k, regions, tol in drops[:10]:
