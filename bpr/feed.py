@@ -28,13 +28,14 @@ class Job:
     width: int
     corners: np.ndarray  # (P, 2) [y0, x0]
     instance_ids: np.ndarray  # (P,)
-    image_patches: torch.Tensor  # (P, 3, S, S) float 0..255
-    mask_patches: torch.Tensor  # (P, 1, S, S) float {0, 1}
-    probs: torch.Tensor  # (P, S, S)
+    image_patches: torch.Tensor  # (P, 3, V, V) float 0..255: the patch, or its view with context (V = S + 2c)
+    mask_patches: torch.Tensor  # (P, 1, V, V) float {0, 1}
+    probs: torch.Tensor  # (P, S, S): the patch's own pixels
     options: RefineOptions  # this pass's rules (flip TTA, the gate, reassembly's overlap and margin rules)
     remaining: int  # patches whose probabilities are not filled in yet
     extract_seconds: float = 0.0
     extents: np.ndarray | None = None  # (N, 4) [y0, x0, y1, x1) box of each coarse mask, found once by extraction
+    view_offsets: np.ndarray | None = None  # (P, 2) [dy, dx] of each patch inside its view; None without context
 
     @property
     def num_patches(self) -> int:

@@ -24,7 +24,7 @@ from bpr.errors import BprInputError
 from bpr.feed import Job, PatchBatch
 from bpr.modeling.refiner_net import RefinerNet
 from bpr.options import RefineOptions
-from bpr.patches import crop_squares, extract_patch_corners, mask_extents, pad_to_patch
+from bpr.patches import crop_rows, crop_squares, extract_patch_corners, mask_extents, pad_to_patch, view_corners
 from bpr.reassemble import reassemble
 
 
@@ -44,6 +44,7 @@ def extract_job(
     device: torch.device,
     active: np.ndarray | None = None,
     max_patches: int | None = None,
+    context: int = 0,
 ) -> Job:
     """Extraction: boundary patches of every (active) instance, cropped from image and masks.
 
@@ -52,6 +53,8 @@ def extract_job(
     options: this pass's rules (``nms_iou``, ``cover_all`` here; the Job carries them on).
     active: (N,) bool, the instances to patch (None = all); the others get no patches.
     max_patches: raise :class:`TooManyPatches` instead of cropping more than this many.
+    context: crop each patch's view, ``context`` more pixels on each side (the network's
+        ``config.context``); the patch's place in it goes to ``Job.view_offsets``.
     Returns the Job, its probabilities not yet filled in and its ``extract_seconds`` set.
     """
     t0 = time.perf_counter()
@@ -70,8 +73,13 @@ def extract_job(
     instance_ids = np.repeat(np.arange(len(per_instance)), [len(c) for c in per_instance])
     if max_patches is not None and len(corners) > max_patches:
         raise TooManyPatches(len(corners), max_patches)
-    image_patches = crop_squares(image, corners, s).float()  # (P, 3, S, S)
-    mask_patches = crop_squares(coarse, corners, s, instance_ids)[:, None].float()  # (P, 1, S, S)
+    crops, view_offsets = corners, None
+    if context:
+        crops = view_corners(corners, s, context, *coarse.shape[-2:])
+        view_offsets = corners - crops
+    view = s + 2 * context
+    image_patches = crop_squares(image, crops, view).float()  # (P, 3, V, V)
+    mask_patches = crop_squares(coarse, crops, view, instance_ids)[:, None].float()  # (P, 1, V, V)
     elapsed = time.perf_counter() - t0
     return Job(
         coarse=coarse,
@@ -86,6 +94,7 @@ def extract_job(
         remaining=len(corners),
         extract_seconds=elapsed,
         extents=extents,
+        view_offsets=view_offsets,
     )
 
 
@@ -118,14 +127,24 @@ def predict_batch(
     that average, exactly as without the shortcut.
     """
     parts = batch.parts
-    images = torch.cat([job.image_patches[a:b] for job, a, b in parts])  # (B, 3, S, S)
-    masks = torch.cat([job.mask_patches[a:b] for job, a, b in parts])  # (B, 1, S, S)
+    view_images = torch.cat([job.image_patches[a:b] for job, a, b in parts])  # (B, 3, V, V)
+    view_masks = torch.cat([job.mask_patches[a:b] for job, a, b in parts])  # (B, 1, V, V)
+    offsets = _view_offsets(parts)
+    patch = parts[0][0].probs.shape[-1]
+
+    def inside(views: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """The patches inside their views (all rows, or the ``rows`` of the batch)."""
+        if offsets is None:
+            return views
+        return crop_rows(views, offsets if rows is None else offsets[rows.cpu().numpy()], patch)
+
+    images, masks = inside(view_images), inside(view_masks)  # (B, 3, S, S), (B, 1, S, S): what the gate sees
     wants_tta = _row_mask(parts, lambda options: options.flip_tta, device)
     wants_gate = _row_mask(parts, lambda options: gate_applies(net, options), device)
     reject = torch.zeros(len(images), dtype=torch.bool, device=device)
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
     with torch.autocast(device_type=device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-        probs = infer_net.foreground_probability(images, masks)  # (B, S, S)
+        probs = inside(infer_net.foreground_probability(view_images, view_masks))  # (B, S, S)
         early = wants_tta & wants_gate
         if early_reject is not None and bool(early.any()):
             reject[early] = _judge(net, images, masks, probs, early) <= -early_reject
@@ -133,8 +152,10 @@ def predict_batch(
         mirror = wants_tta & ~reject
         if bool(mirror.any()):
             every = bool(mirror.all())  # no index copies in the common case
-            im, mk = (images, masks) if every else (images[mirror], masks[mirror])
-            mirrored = infer_net.foreground_probability(im.flip(-1), mk.flip(-1)).flip(-1)
+            im, mk = (view_images, view_masks) if every else (view_images[mirror], view_masks[mirror])
+            mirrored = inside(
+                infer_net.foreground_probability(im.flip(-1), mk.flip(-1)).flip(-1), None if every else mirror
+            )
             if every:
                 probs = 0.5 * (probs + mirrored)
             else:
@@ -150,6 +171,13 @@ def predict_batch(
         job.remaining -= b - a
         offset += b - a
     return int(reject.sum()), early_rejected
+
+
+def _view_offsets(parts: tuple) -> np.ndarray | None:
+    """(B, 2) each batch row's patch offset inside its view; None when the jobs crop no context."""
+    if parts[0][0].view_offsets is None:
+        return None
+    return np.concatenate([job.view_offsets[a:b] for job, a, b in parts])
 
 
 def _row_mask(parts: tuple, wants: Callable[[RefineOptions], bool], device: torch.device) -> torch.Tensor:

@@ -250,6 +250,32 @@ def _slice_squares(source: torch.Tensor, corners: np.ndarray, size: int, layers:
     )
 
 
+def view_corners(corners: np.ndarray, patch_size: int, context: int, height: int, width: int) -> np.ndarray:
+    """Corners (P, 2) [y0, x0] of the views that hold ``context`` more pixels on each side of the
+    ``patch_size`` patches at ``corners``, in a ``height`` x ``width`` source.
+
+    Near the source's edge a view shifts inside it rather than hanging over (the patch then sits
+    off-centre in its view): the network sees real pixels, not a padding it never trained on.
+    A source smaller than the view starts it at 0 (the crop repeats the last row / column)."""
+    view = patch_size + 2 * context
+    highest = np.maximum(np.array([height, width]) - view, 0)
+    return np.clip(corners - context, 0, highest).astype(np.int64)
+
+
+def crop_rows(views: torch.Tensor, offsets: np.ndarray, size: int) -> torch.Tensor:
+    """(B, ..., size, size): from each of ``views`` (B, ..., V, V) the square at its own
+    ``offsets`` row (B, 2) [dy, dx]: the patch inside its view."""
+    ar = torch.arange(size, device=views.device)
+    off = torch.as_tensor(offsets, device=views.device)
+    rows = (off[:, 0, None] + ar)[:, :, None]  # (B, S, 1)
+    cols = (off[:, 1, None] + ar)[:, None, :]  # (B, 1, S)
+    batch = torch.arange(len(views), device=views.device)[:, None, None]
+    lead = views.dim() - 3  # channel dimensions between the batch and the square
+    moved = views.movedim(0, -3) if lead else views  # (..., B, V, V)
+    picked = moved[..., batch, rows, cols]  # (..., B, S, S)
+    return picked.movedim(-3, 0) if lead else picked
+
+
 def pad_to_patch(source: torch.Tensor, size: int) -> torch.Tensor:
     """(..., H, W) grown to at least ``size`` x ``size`` by repeating the last row / column."""
     height, width = source.shape[-2:]

@@ -159,8 +159,10 @@ class Refiner:
             raise BprInputError(f"patch size must be at least 4 pixels, got {self.patch_size}")
         # infer_net computes the probabilities; self.net stays the checkpoint's module (the gate runs on it)
         self.infer_net: ProbabilityNet
+        # the network sees each patch's view: the patch and the checkpoint's context around it
+        self.view_size = self.patch_size + 2 * net.config.context
         self.backend, self.infer_net, self.precision = choose_runtime(
-            self.net, backend, self.device, self.patch_size, precision, fuse, from_checkpoint=checkpoint is not None
+            self.net, backend, self.device, self.view_size, precision, fuse, from_checkpoint=checkpoint is not None
         )
         self.checkpoint = str(checkpoint) if checkpoint is not None else None
         self.batch_size = batch_size
@@ -333,7 +335,9 @@ class Refiner:
 
         image (3, H, W) and masks (N, H, W) bool are on the device.
         """
-        job = passes.extract_job(image, masks, options, self.patch_size, self.device, active, max_patches)
+        job = passes.extract_job(
+            image, masks, options, self.patch_size, self.device, active, max_patches, self.net.config.context
+        )
         self.stats.add("extract", job.extract_seconds, patches=job.num_patches)
         return job
 

@@ -26,6 +26,13 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"recipe weights, e.g. 'grid=2,warp=1', or a named mix: {', '.join(NAMED_MIXES)} (default {default_mix})",
     )
     p.add_argument("--patch-size", type=int, default=64)
+    p.add_argument(
+        "--context",
+        type=int,
+        default=0,
+        help="also store this many image pixels around each side of every patch, for a refiner that sees "
+        "beyond the patch it predicts (bpr-train then trains one with this context; default 0)",
+    )
     p.add_argument("--nms-iou", type=float, default=0.25)
     p.add_argument("--val-fraction", type=float, default=0.05, help="share of images held out for validation")
     p.add_argument(
@@ -52,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         raise BprInputError(f"{args.out} already holds a patch set; choose a new --out")
     config = BuildConfig(
         patch_size=args.patch_size,
+        context=args.context,
         nms_iou=args.nms_iou,
         draws=args.draws,
         mix=mix,

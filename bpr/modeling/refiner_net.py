@@ -47,6 +47,10 @@ class RefinerConfig:
     gate: bool = (
         False  # a patch-quality gate (bpr/modeling/gate.py) that keeps the coarse patch where it predicts no gain
     )
+    # Image pixels the network sees beyond each side of a patch, at the patch's own scale: it
+    # predicts the whole view, and only the patch's pixels are pasted back, so every decision
+    # is made with the surroundings in sight (a patch edge is no longer the edge of the world).
+    context: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -89,6 +93,14 @@ class RefinerNet(nn.Module):
             mean, std = efficientnet.PIXEL_MEAN, efficientnet.PIXEL_STD
         else:
             raise ValueError(f"unknown arch {config.arch!r}; choose from {list(ALL_ARCHS)}")
+        if config.context < 0:
+            raise ValueError(f"context must be at least 0 pixels, got {config.context}")
+        view = config.patch_size + 2 * config.context
+        if config.arch in ENCODER_ARCHS and self.feed_size(view) % efficientnet.STRIDE:
+            raise ValueError(
+                f"effl0 needs a view fed at a multiple of {efficientnet.STRIDE} pixels; context {config.context} "
+                f"feeds it at {self.feed_size(view)}"
+            )
         self.detail_head = DetailHead(num_classes=2) if config.detail_head else None
         self.gate = PatchGate() if config.gate else None
         self.register_buffer("pixel_mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
@@ -127,13 +139,25 @@ class RefinerNet(nn.Module):
             logits = self.detail_head(logits, image, mask)
         return logits
 
-    def preprocess(self, image_patches: torch.Tensor, mask_patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Raw patches -> network inputs at ``input_size``.
+    def feed_size(self, crop: int, context: int | None = None) -> int:
+        """The input size a ``crop``-pixel square is fed at: a patch at ``input_size``; a view
+        holding ``context`` (default: the config's) pixels beyond each side of its patch at the
+        same scale, so the patch inside it is still fed at ``input_size``."""
+        context = self.config.context if context is None else context
+        if context == 0:
+            return self.config.input_size
+        return round(self.config.input_size * crop / (crop - 2 * context))
+
+    def preprocess(
+        self, image_patches: torch.Tensor, mask_patches: torch.Tensor, context: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw patches (or views with ``context``, default the config's) -> network inputs at
+        :meth:`feed_size`.
 
         image_patches: (B, 3, P, P) float in 0..255 RGB; mask_patches: (B, 1, P, P) in {0, 1}.
         Image resized bilinearly, mask by nearest neighbour, as in the reference.
         """
-        size = self.config.input_size
+        size = self.feed_size(int(image_patches.shape[-1]), context)
         if image_patches.shape[-1] != size:
             image_patches = F.interpolate(image_patches, size=(size, size), mode="bilinear", align_corners=False)
             mask_patches = F.interpolate(mask_patches, size=(size, size), mode="nearest")
@@ -145,7 +169,8 @@ class RefinerNet(nn.Module):
         return image, mask
 
     def foreground_probability(self, image_patches: torch.Tensor, mask_patches: torch.Tensor) -> torch.Tensor:
-        """Raw patches (see ``preprocess``) -> foreground probability (B, P, P) at patch size."""
+        """Raw patches (see ``preprocess``; views with ``config.context``) -> foreground
+        probability (B, P, P) at the size they came in (a view's, with context)."""
         patch = image_patches.shape[-1]
         logits = self(*self.preprocess(image_patches, mask_patches))
         prob = torch.softmax(logits.float(), dim=1)[:, 1:2]
@@ -160,7 +185,7 @@ class RefinerNet(nn.Module):
         if self.gate is None:
             raise RuntimeError("this refiner has no patch-quality gate")
         size = self.config.input_size
-        image, _ = self.preprocess(image_patches, mask_patches)
+        image, _ = self.preprocess(image_patches, mask_patches, context=0)
         mask = mask_patches.float()
         p = prob[:, None].float()
         if p.shape[-1] != size:

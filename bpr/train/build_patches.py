@@ -22,7 +22,7 @@ import torch
 from bpr.errors import BprInputError
 from bpr.io.coco import decode_segmentation, load_json
 from bpr.io.images import read_image
-from bpr.patches import crop_squares, extract_patch_corners, pad_to_patch
+from bpr.patches import crop_squares, extract_patch_corners, pad_to_patch, view_corners
 from bpr.signals import worker_defaults
 from bpr.train.patch_store import META_DTYPE, SPLITS, ShardWriter
 from bpr.train.synth import DEFAULT_MIX, synthesize
@@ -31,6 +31,7 @@ from bpr.train.synth import DEFAULT_MIX, synthesize
 @dataclass
 class BuildConfig:
     patch_size: int = 64
+    context: int = 0  # store each patch's view: this many more image pixels on each side (RefinerConfig.context)
     nms_iou: float = 0.25
     draws: int = 4  # synthetic coarse masks per GT instance (0 = real predictions only)
     mix: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_MIX))
@@ -110,7 +111,8 @@ def _image_task(task: dict[str, Any]) -> dict[str, Any]:
             meta["recipe"] = recipes.index(name)
             meta["split"] = task["split"]
             meta["y0"], meta["x0"] = corners[:, 0], corners[:, 1]
-            image_p, coarse_p, target_p = crop_training_patches(image, coarse, gt, corners, s)
+            crops = view_corners(corners, s, cfg.context, max(h, s), max(w, s)) if cfg.context else corners
+            image_p, coarse_p, target_p = crop_training_patches(image, coarse, gt, crops, s + 2 * cfg.context)
             out["images"].append(image_p)
             out["coarse"].append(coarse_p)
             out["target"].append(target_p)
@@ -197,7 +199,9 @@ def build_patches(
                 "recipes": recipes,
             }
 
-    writer = ShardWriter(Path(out), config.patch_size)
+    if config.context < 0:
+        raise BprInputError(f"--context must be at least 0, got {config.context}")
+    writer = ShardWriter(Path(out), config.patch_size, context=config.context)
     skipped = 0
     cv2.setNumThreads(1)
     from tqdm import tqdm

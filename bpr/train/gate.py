@@ -88,6 +88,16 @@ def refined_probability(net: RefinerNet, images: torch.Tensor, coarse: torch.Ten
     return prob
 
 
+def patch_parts(context: int, *views: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The patches inside stored views (the centre square, ``context`` in from each side): what
+    inference pastes back and the gate judges. A view shifted inside its image at the image's
+    edge (bpr.patches.view_corners) holds its patch off-centre; here every patch is taken from
+    the centre, a few pixels off for the patches that near an image edge."""
+    if not context:
+        return views
+    return tuple(v[..., context:-context, context:-context] for v in views)
+
+
 def change_stakes(prob: torch.Tensor, coarse: torch.Tensor, target: torch.Tensor, margin: float) -> torch.Tensor:
     """(B,) pixels the refined patch fixes minus pixels it breaks (the margin rule applied)."""
     c = coarse[:, 0] > 0.5
@@ -139,6 +149,7 @@ def evaluate_gate(
     for start in range(0, len(idx), 256):
         images, coarse, target = load_batch(data, idx[start : start + 256], np.random.default_rng(0), False)
         prob = refined_probability(net, images, coarse, flip_tta)
+        images, coarse, target, prob = patch_parts(data.context, images, coarse, target, prob)
         stake = change_stakes(prob, coarse, target, change_margin)
         accept = net.change_helps(images, coarse, prob) > 0
         alone += float(stake.sum())
@@ -194,6 +205,12 @@ def train_gate(cfg: GateTrainConfig) -> Path:
     opt = torch.optim.AdamW(net.gate.parameters(), lr=cfg.lr, weight_decay=1e-4)
 
     data = PatchSet.open(cfg.patches)
+    if data.context != net.config.context:
+        raise BprInputError(
+            f"the refiner sees {net.config.context} px of context and the patch sets hold {data.context}: "
+            "build them with bpr-build-patches --context "
+            f"{net.config.context}"
+        )
     train_idx, val_idx = split_patches(data, cfg)
     cfg.out.parent.mkdir(parents=True, exist_ok=True)
     log_path = cfg.out.with_suffix(".log.csv")
@@ -212,6 +229,7 @@ def train_gate(cfg: GateTrainConfig) -> Path:
             images, coarse, target = load_batch(data, idx, batch_rng, True)
             with torch.no_grad():
                 prob = refined_probability(net, images, coarse, cfg.flip_tta)
+                images, coarse, target, prob = patch_parts(data.context, images, coarse, target, prob)
                 stake = change_stakes(prob, coarse, target, cfg.change_margin)
             weight = patch_weights(stake, cfg.harm_weight, cfg.stake_power)
             logit = net.change_helps(images, coarse, prob)

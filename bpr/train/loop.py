@@ -129,7 +129,11 @@ class Trainer:
             raise BprInputError("the patch set has no training patches")
         torch.manual_seed(cfg.seed)
         config = RefinerConfig(
-            arch=cfg.arch, input_size=cfg.input_size, patch_size=self.data.patch_size, detail_head=cfg.detail_head
+            arch=cfg.arch,
+            input_size=cfg.input_size,
+            patch_size=self.data.patch_size,
+            detail_head=cfg.detail_head,
+            context=self.data.context,  # patches stored with context train a refiner that sees it
         )
         if cfg.init_checkpoint:
             init = load_refiner(cfg.init_checkpoint)

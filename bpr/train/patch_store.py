@@ -44,9 +44,10 @@ SPLITS = {"train": 0, "val": 1}
 class ShardWriter:
     """Accumulates patches and writes a shard every ``shard_size`` of them."""
 
-    def __init__(self, out: Path, patch_size: int, shard_size: int = 20000) -> None:
+    def __init__(self, out: Path, patch_size: int, shard_size: int = 20000, context: int = 0) -> None:
         self.out = out
         self.patch_size = patch_size
+        self.context = context  # stored squares are views of patch_size + 2 * context
         self.shard_size = shard_size
         self.shards: list[dict[str, Any]] = []
         self._buf: dict[str, list[np.ndarray]] = {"images": [], "coarse": [], "target": [], "meta": []}
@@ -78,6 +79,7 @@ class ShardWriter:
             "format": FORMAT,
             "version": 1,
             "patch_size": self.patch_size,
+            "context": self.context,
             "shards": self.shards,
             "total": sum(s["count"] for s in self.shards),
             **manifest,
@@ -96,11 +98,16 @@ class PatchSet:
     meta: list[np.ndarray]
     patch_size: int
     manifests: list[dict[str, Any]]
+    context: int = 0  # pixels of view beyond each side of a patch: the stored squares are view_size
+
+    @property
+    def view_size(self) -> int:
+        return self.patch_size + 2 * self.context
 
     @classmethod
     def open(cls, dirs: list[str | os.PathLike]) -> PatchSet:
         images, coarse, target, meta, manifests = [], [], [], [], []
-        patch_size = None
+        patch_size = context = None
         for d in dirs:
             d = Path(d)
             manifest_path = d / "manifest.json"
@@ -113,7 +120,9 @@ class PatchSet:
                 raise BprInputError(f"{manifest_path}: not a bpr patch manifest")
             if patch_size is not None and manifest["patch_size"] != patch_size:
                 raise BprInputError("all patch directories must have the same patch size")
-            patch_size = manifest["patch_size"]
+            if context is not None and manifest.get("context", 0) != context:
+                raise BprInputError("all patch directories must have the same context (bpr-build-patches --context)")
+            patch_size, context = manifest["patch_size"], manifest.get("context", 0)
             manifests.append(manifest)
             for shard in manifest["shards"]:
                 i = shard["index"]
@@ -123,7 +132,7 @@ class PatchSet:
                 meta.append(np.load(d / f"meta-{i:05d}.npy"))
         if patch_size is None:
             raise BprInputError("no patch directories given")
-        return cls(images, coarse, target, meta, patch_size, manifests)
+        return cls(images, coarse, target, meta, patch_size, manifests, context or 0)
 
     def indices(self, split: str) -> np.ndarray:
         """(K, 2) [shard, row] of every patch in ``split``."""
@@ -136,7 +145,7 @@ class PatchSet:
     def gather(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Patches at (K, 2) [shard, row] -> images (K,S,S,3), coarse (K,S,S), target (K,S,S)."""
         order = np.lexsort((idx[:, 1], idx[:, 0]))  # read each shard in row order: fewer seeks
-        k, s = len(idx), self.patch_size
+        k, s = len(idx), self.view_size
         images = np.empty((k, s, s, 3), np.uint8)
         coarse = np.empty((k, s, s), np.uint8)
         target = np.empty((k, s, s), np.uint8)
