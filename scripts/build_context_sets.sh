@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The effl0 campaign's patch sets rebuilt with 16 px of context around every patch (issue 21,
+# session 8; lab/configs/effl0_ft_ctx16.json trains on them). Same recipes and seeds as
+# scripts/train_effl0.sh, plus session 7's nearly right / bottom-up street-scene draws.
+# About 13 minutes and 14 GB on the 2-core machine; sets already built are kept.
+#
+#   bash scripts/build_context_sets.sh
+#   bpr-train lab/configs/effl0_ft_ctx16.json --out work/runs/effl0_ft_ctx16
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DATA=${BPR_SHARED_DATA:-../shared/data}
+patches() {  # patches <set> <out> <flags...>: build once
+  local set=$1 out=$2
+  shift 2
+  [ -f "$out/manifest.json" ] || bpr-build-patches --gt "$DATA/$set/gt.json" --images "$DATA/$set/images" \
+    --out "$out" --workers 2 --quiet --context 16 "$@"
+}
+for set in davis ecssd; do
+  [ -f "work/u2netp_$set.json" ] || python scripts/salient_predictions.py "$DATA/$set-train" "work/u2netp_$set.json"
+done
+patches cityscapes-train work/c16_cs --draws 2 --mix scene --seed 1
+patches davis-train work/c16_davis --draws 4 --mix salient --seed 2
+patches ecssd-train work/c16_ecssd --draws 3 --mix salient --seed 3
+patches davis-train work/c16_davis_u2net --coarse work/u2netp_davis.json --draws 0 --seed 4
+patches ecssd-train work/c16_ecssd_u2net --coarse work/u2netp_ecssd.json --draws 0 --seed 5
+patches davis-train work/c16_davis_near --draws 2 --mix near=1 --seed 7
+patches ecssd-train work/c16_ecssd_near --draws 1 --mix near=1 --seed 8
+patches cityscapes-train work/c16_cs_nearbu --draws 2 --mix near=0.6,stride=0.4 --seed 31
