@@ -208,8 +208,7 @@ def train_gate(cfg: GateTrainConfig) -> Path:
     if data.context != net.config.context:
         raise BprInputError(
             f"the refiner sees {net.config.context} px of context and the patch sets hold {data.context}: "
-            "build them with bpr-build-patches --context "
-            f"{net.config.context}"
+            f"build them with bpr-build-patches --context {net.config.context}"
         )
     train_idx, val_idx = split_patches(data, cfg)
     cfg.out.parent.mkdir(parents=True, exist_ok=True)
