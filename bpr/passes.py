@@ -142,8 +142,7 @@ def predict_batch(
     wants_tta = _row_mask(parts, lambda options: options.flip_tta, device)
     wants_gate = _row_mask(parts, lambda options: gate_applies(net, options), device)
     reject = torch.zeros(len(images), dtype=torch.bool, device=device)
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
-    with torch.autocast(device_type=device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+    with precision_autocast(device, precision):
         probs = inside(infer_net.foreground_probability(view_images, view_masks))  # (B, S, S)
         early = wants_tta & wants_gate
         if early_reject is not None and bool(early.any()):
@@ -171,6 +170,13 @@ def predict_batch(
         job.remaining -= b - a
         offset += b - a
     return int(reject.sum()), early_rejected
+
+
+def precision_autocast(device: torch.device, precision: str) -> torch.autocast:
+    """Autocast for a run ``precision``: "fp16" / "bf16" on ``device``, anything else float32
+    (a disabled autocast). Inference and gate training compute probabilities under it alike."""
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
+    return torch.autocast(device_type=device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
 
 def _view_offsets(parts: tuple) -> np.ndarray | None:
