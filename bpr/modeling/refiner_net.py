@@ -51,6 +51,7 @@ class RefinerConfig:
     # predicts the whole view, and only the patch's pixels are pasted back, so every decision
     # is made with the surroundings in sight (a patch edge is no longer the edge of the world).
     context: int = 0
+    gate_width: int = 16  # the gate's first layer's channels (it doubles twice); 16 in checkpoints before it was stored
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -102,7 +103,7 @@ class RefinerNet(nn.Module):
                 f"feeds it at {self.feed_size(view)}"
             )
         self.detail_head = DetailHead(num_classes=2) if config.detail_head else None
-        self.gate = PatchGate() if config.gate else None
+        self.gate = PatchGate(config.gate_width) if config.gate else None
         self.register_buffer("pixel_mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
         self.channels_last = False  # set by fused_for_inference: inputs are laid out channels-last too
