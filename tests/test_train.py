@@ -387,11 +387,17 @@ def test_train_gate_adds_a_trained_gate_and_keeps_every_refiner_weight(patch_dir
         "from": str(random_checkpoint),
         "patches": [str(patch_dir)],
         "steps": 4,
+        "batch_size": 8,
+        "gate_width": 16,
         "flip_tta": True,
         "change_margin": 0.0,
         "harm_weight": 1.0,
         "stake_power": 1.0,
+        "held_out": False,
+        "train_on_scored": False,
+        "training_patches": meta["training_patches"],
     }
+    assert meta["training_patches"] == len(PatchSet.open([patch_dir]).indices("train"))
 
 
 def test_train_gate_on_held_out_images_needs_held_out_patches(data_dir, tmp_path, random_checkpoint, capsys):
@@ -406,6 +412,60 @@ def test_train_gate_on_held_out_images_needs_held_out_patches(data_dir, tmp_path
     assert err.startswith("bpr-train-gate: error: --held-out: ") and "no held-out patches" in err
     assert "\n" not in err
     assert not out.exists() and not out.with_suffix(".log.csv").exists()
+
+
+def test_train_on_scored_needs_held_out_and_is_a_one_line_error(patch_dir, tmp_path, random_checkpoint, capsys):
+    out = tmp_path / "gated.pt"
+    assert train_gate_main(_gate_args(random_checkpoint, patch_dir, out, "--train-on-scored")) == 2
+    err = capsys.readouterr().err.strip()
+    assert (
+        err
+        == "bpr-train-gate: error: --train-on-scored needs --held-out (it adds the held-out images that score the gate)"
+    )
+    assert not out.exists()
+
+
+def test_train_on_scored_trains_on_every_held_out_patch_and_a_wider_gate_travels(
+    patch_dir, tmp_path, random_checkpoint
+):
+    from bpr.train.gate import split_by_image_parity
+
+    data = PatchSet.open([patch_dir])
+    even, odd = split_by_image_parity(data, data.indices("val"))
+    assert len(even) and len(odd)  # the fixture holds held-out images of both parities
+    runs = {}
+    for name, flags in {"split": [], "both": ["--train-on-scored"]}.items():
+        out = tmp_path / f"{name}.pt"
+        args = _gate_args(random_checkpoint, patch_dir, out, "--held-out", "--gate-width", "8", *flags)
+        assert train_gate_main(args) == 0
+        runs[name] = torch.load(out, weights_only=True)["meta"]["gate_training"]["training_patches"]
+    assert runs == {"split": len(even), "both": len(even) + len(odd)}
+    gated = load_refiner(tmp_path / "both.pt")
+    assert gated.config.gate_width == 8 and gated.gate.features[0].out_channels == 8
+
+
+def test_refined_patches_mirror_patch_and_flip_tta_output_together(patch_dir, random_checkpoint):
+    """A training batch is mirrored after refining: with flip TTA, exactly the refiner's output
+    on the mirrored patch, so the cached output stands for both."""
+    from bpr.train.gate import refine_patches, refined_probability
+
+    data = PatchSet.open([patch_dir])
+    refiner = Refiner(random_checkpoint, backend="torch")
+    rows = data.indices("train")[:12]
+    cached = refine_patches(refiner, data, rows, flip_tta=True)
+    mirror = np.arange(12) % 3 == 0
+    images, coarse, target, prob = cached.batch(np.arange(12), mirror)
+    plain_images, plain_coarse, plain_target, plain_prob = cached.batch(np.arange(12))
+    assert torch.equal(images[mirror], plain_images[mirror].flip(-1)) and torch.equal(
+        images[~mirror], plain_images[~mirror]
+    )
+    assert torch.equal(target[mirror], plain_target[mirror].flip(-1)) and torch.equal(
+        coarse[~mirror], plain_coarse[~mirror]
+    )
+    with torch.inference_mode():
+        fresh = refined_probability(refiner, images, coarse, flip_tta=True)
+    assert (fresh - prob).abs().max() < 2e-3  # stored as float16
+    assert (plain_prob - prob).abs().max() > 0.1  # a random refiner's output is not mirror-symmetric
 
 
 def _cityscapes_scene(data_dir, index=3):

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from bpr.backends import BACKENDS
 from bpr.cli.common import command_parser, run_cli
 from bpr.train import gate
 from bpr.train.gate import GateTrainConfig, train_gate
@@ -24,6 +25,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=GateTrainConfig.steps)
     p.add_argument("--batch-size", type=int, default=GateTrainConfig.batch_size)
     p.add_argument("--lr", type=float, default=GateTrainConfig.lr)
+    p.add_argument(
+        "--gate-width",
+        type=int,
+        default=GateTrainConfig.gate_width,
+        help="channels of the gate's first layer (doubled twice after; default %(default)s)",
+    )
     p.add_argument("--flip-tta", action="store_true", help="score the change as flip-TTA inference makes it")
     p.add_argument(
         "--change-margin",
@@ -49,6 +56,25 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="train on the patch sets' held-out images only (the refiner never saw them): patches of "
         "even-numbered held-out images train the gate, odd-numbered ones score it",
+    )
+    p.add_argument(
+        "--train-on-scored",
+        action="store_true",
+        help="with --held-out: train on the odd-numbered images too (the gate to ship, once the recipe "
+        "is chosen on the split; its scores are then in-sample)",
+    )
+    p.add_argument(
+        "--backend",
+        choices=list(BACKENDS),
+        default=GateTrainConfig.backend,
+        help="what computes the refiner's output, once per patch (as bpr-refine --backend; default %(default)s)",
+    )
+    p.add_argument(
+        "--max-patches",
+        type=int,
+        default=GateTrainConfig.max_patches,
+        help="training patches kept in memory with the refiner's output, a random subset beyond "
+        "(about 64 KB each at 64 px with 16 px of context; default %(default)s)",
     )
     p.add_argument("--eval-every", type=int, default=GateTrainConfig.eval_every)
     p.add_argument("--eval-patches", type=int, default=GateTrainConfig.eval_patches)
