@@ -2,7 +2,8 @@
 # The effl0 campaign's patch sets rebuilt with 16 px of context around every patch (issue 21,
 # session 8; lab/configs/effl0_ft_ctx16.json trains on them). Same recipes and seeds as
 # scripts/train_effl0.sh, plus session 7's nearly right / bottom-up street-scene draws.
-# About 13 minutes and 14 GB on the 2-core machine; sets already built are kept.
+# About 13 minutes and 14 GB on the 2-core machine; sets already built are kept. Then, for the
+# gate (session 9): more draws of the held-out images only (about 1 minute, 3 GB).
 #
 #   bash scripts/build_context_sets.sh
 #   bpr-train lab/configs/effl0_ft_ctx16.json --out work/runs/effl0_ft_ctx16
@@ -26,3 +27,10 @@ patches ecssd-train work/c16_ecssd_u2net --coarse work/u2netp_ecssd.json --draws
 patches davis-train work/c16_davis_near --draws 2 --mix near=1 --seed 7
 patches ecssd-train work/c16_ecssd_near --draws 1 --mix near=1 --seed 8
 patches cityscapes-train work/c16_cs_nearbu --draws 2 --mix near=0.6,stride=0.4 --seed 31
+# the gate's sets: new draws (other seeds) of the images the refiner never trained on
+patches cityscapes-train work/g16_cs --held-out-only --draws 6 --mix scene --seed 101
+patches cityscapes-train work/g16_cs_near --held-out-only --draws 4 --mix near=0.6,stride=0.4 --seed 102
+patches davis-train work/g16_davis --held-out-only --draws 8 --mix salient --seed 103
+patches davis-train work/g16_davis_near --held-out-only --draws 8 --mix near=1 --seed 104
+patches ecssd-train work/g16_ecssd --held-out-only --draws 6 --mix salient --seed 105
+patches ecssd-train work/g16_ecssd_near --held-out-only --draws 6 --mix near=1 --seed 106
