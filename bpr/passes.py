@@ -111,20 +111,25 @@ def predict_batch(
     device: torch.device,
     precision: str,
     early_reject: float | None,
+    companion_net: ProbabilityNet | None = None,
 ) -> tuple[int, int]:
     """The network: one forward pass over a batch of patches; fills in their Jobs' probabilities.
 
     net: the checkpoint's module (its gate judges the patches); infer_net: what computes the
     probabilities (the same module, a fused copy or an exported graph: :mod:`bpr.backends`).
+    companion_net: the same for ``net.companion``, the checkpoint's second refiner, if it has
+    one: its probability on each patch's view is averaged in with ``companion_weight``, and
+    ``net`` gets the patch inside the view.
     precision: "fp16" / "bf16" run under autocast on ``device``; anything else in float32.
-    Returns (patches the gate rejected, of which rejected before their mirrored forward).
+    Returns (patches the gate rejected, of which rejected before their second opinion).
 
-    With flip TTA and the quality gate, the gate first judges each patch on the plain
-    forward alone; a patch it rejects by more than ``early_reject`` logits keeps its
-    coarse mask without its mirrored forward: a margin the checkpoint carries, chosen
-    where the TTA average turned (almost) none of those rejections into acceptances on
-    the dev inputs. Every other patch is averaged with its mirror and judged again on
-    that average, exactly as without the shortcut.
+    With the quality gate and a second opinion to come (flip TTA's mirrored forward, the
+    companion's forward, or both), the gate first judges each patch on ``net``'s plain
+    forward alone; a patch it rejects by more than ``early_reject`` logits keeps its coarse
+    mask without the second opinion: a margin the checkpoint carries, chosen where the
+    average turned (almost) none of those rejections into acceptances on the dev inputs.
+    Every other patch gets the average and is judged again on it, exactly as without the
+    shortcut.
     """
     parts = batch.parts
     view_images = torch.cat([job.image_patches[a:b] for job, a, b in parts])  # (B, 3, V, V)
@@ -139,26 +144,56 @@ def predict_batch(
         return crop_rows(views, offsets if rows is None else offsets[rows.cpu().numpy()], patch)
 
     images, masks = inside(view_images), inside(view_masks)  # (B, 3, S, S), (B, 1, S, S): what the gate sees
+    # net sees the views when they carry its own context, else the patches inside them
+    net_sees_views = offsets is None or net.config.context > 0
+
+    def probability(runtime: ProbabilityNet, on_views: bool, rows: torch.Tensor | None, mirror: bool) -> torch.Tensor:
+        """(rows, S, S) ``runtime``'s probability on the rows' views or patches, of the
+        mirrored rows mirrored back when ``mirror``."""
+        source = (view_images, view_masks) if on_views else (images, masks)
+        im, mk = source if rows is None else (source[0][rows], source[1][rows])
+        if mirror:
+            prob = runtime.foreground_probability(im.flip(-1), mk.flip(-1)).flip(-1)
+        else:
+            prob = runtime.foreground_probability(im, mk)
+        return inside(prob, rows) if on_views else prob
+
+    def averaged(prob: torch.Tensor, runtime: ProbabilityNet, on_views: bool, rows: torch.Tensor) -> torch.Tensor:
+        """``prob`` with the ``rows``' mirrored forward of ``runtime`` averaged in."""
+        every = bool(rows.all())  # no index copies in the common case
+        mirrored = probability(runtime, on_views, None if every else rows, mirror=True)
+        if every:
+            return 0.5 * (prob + mirrored)
+        prob[rows] = 0.5 * (prob[rows] + mirrored)
+        return prob
+
     wants_tta = _row_mask(parts, lambda options: options.flip_tta, device)
     wants_gate = _row_mask(parts, lambda options: gate_applies(net, options), device)
     reject = torch.zeros(len(images), dtype=torch.bool, device=device)
     with precision_autocast(device, precision):
-        probs = inside(infer_net.foreground_probability(view_images, view_masks))  # (B, S, S)
-        early = wants_tta & wants_gate
+        probs = probability(infer_net, net_sees_views, None, mirror=False)  # (B, S, S)
+        early = (wants_tta | (companion_net is not None)) & wants_gate  # a second opinion to come
         if early_reject is not None and bool(early.any()):
             reject[early] = _judge(net, images, masks, probs, early) <= -early_reject
         early_rejected = int(reject.sum())
         mirror = wants_tta & ~reject
         if bool(mirror.any()):
-            every = bool(mirror.all())  # no index copies in the common case
-            im, mk = (view_images, view_masks) if every else (view_images[mirror], view_masks[mirror])
-            mirrored = inside(
-                infer_net.foreground_probability(im.flip(-1), mk.flip(-1)).flip(-1), None if every else mirror
-            )
+            probs = averaged(probs, infer_net, net_sees_views, mirror)
+        keep = ~reject
+        if companion_net is not None and bool(keep.any()):
+            every = bool(keep.all())
             if every:
-                probs = 0.5 * (probs + mirrored)
+                other = probability(companion_net, True, None, mirror=False)
+            else:  # the early-rejected rows keep net's own (their coarse mask replaces it below)
+                other = probs.clone()
+                other[keep] = probability(companion_net, True, keep, mirror=False).to(other.dtype)
+            if bool(mirror.any()):
+                other = averaged(other, companion_net, True, mirror)
+            weight = net.config.companion_weight
+            if every:
+                probs = (1 - weight) * probs + weight * other.to(probs.dtype)
             else:
-                probs[mirror] = 0.5 * (probs[mirror] + mirrored)
+                probs[keep] = ((1 - weight) * probs[keep] + weight * other[keep]).to(probs.dtype)
         judge = wants_gate & ~reject
         if bool(judge.any()):
             reject[judge] = _judge(net, images, masks, probs, judge) <= 0

@@ -159,11 +159,24 @@ class Refiner:
             raise BprInputError(f"patch size must be at least 4 pixels, got {self.patch_size}")
         # infer_net computes the probabilities; self.net stays the checkpoint's module (the gate runs on it)
         self.infer_net: ProbabilityNet
-        # the network sees each patch's view: the patch and the checkpoint's context around it
-        self.view_size = self.patch_size + 2 * net.config.context
+        # each patch is cut with its view: the patch and the context around it that the
+        # network (or its companion) sees; each network runs at its own crop of it
+        self.view_size = self.patch_size + 2 * net.view_context
         self.backend, self.infer_net, self.precision = choose_runtime(
-            self.net, backend, self.device, self.view_size, precision, fuse, from_checkpoint=checkpoint is not None
+            self.net,
+            backend,
+            self.device,
+            self.patch_size + 2 * net.config.context,
+            precision,
+            fuse,
+            from_checkpoint=checkpoint is not None,
         )
+        # the checkpoint's second refiner, if any, through the same backend (bpr.passes.predict_batch averages them)
+        self.companion_net: ProbabilityNet | None = None
+        if net.companion is not None:
+            _, self.companion_net, _ = choose_runtime(
+                net.companion, self.backend, self.device, self.view_size, self.precision, fuse, checkpoint is not None
+            )
         self.checkpoint = str(checkpoint) if checkpoint is not None else None
         self.batch_size = batch_size
         self.options = recommended_options(net, **options)
@@ -336,7 +349,7 @@ class Refiner:
         image (3, H, W) and masks (N, H, W) bool are on the device.
         """
         job = passes.extract_job(
-            image, masks, options, self.patch_size, self.device, active, max_patches, self.net.config.context
+            image, masks, options, self.patch_size, self.device, active, max_patches, self.net.view_context
         )
         self.stats.add("extract", job.extract_seconds, patches=job.num_patches)
         return job
@@ -346,7 +359,7 @@ class Refiner:
         patches, flip TTA and the gate as each job's options ask; fills in the jobs' probabilities."""
         t0 = time.perf_counter()
         gated, early_gated = passes.predict_batch(
-            batch, self.net, self.infer_net, self.device, self.precision, self.early_reject
+            batch, self.net, self.infer_net, self.device, self.precision, self.early_reject, self.companion_net
         )
         self.stats.add("network", time.perf_counter() - t0, batches=1, gated=gated, early_gated=early_gated)
 

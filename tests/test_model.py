@@ -164,7 +164,7 @@ def test_packaging_writes_fp16_weights_and_exactly_the_settings_given(random_che
     [
         (["--change-margin", "0.7"], "change margin must be in [0, 0.5), got 0.7"),
         (["--gate-threshold", "1.5"], "has no quality gate; --gate-threshold needs one"),
-        (["--flip-tta", "--gate-early-reject", "1"], "--gate-early-reject needs a quality gate and --flip-tta"),
+        (["--flip-tta", "--gate-early-reject", "1"], "--gate-early-reject needs a quality gate and a second opinion"),
     ],
 )
 def test_packaging_refuses_bad_settings_in_one_line_and_writes_nothing(

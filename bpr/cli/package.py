@@ -4,7 +4,7 @@ one not given is left to the library's default), and the evaluation numbers in i
 
     bpr-package work/runs/default/model.pt bpr/models/bpr_default.pt --flip-tta \\
         [--iterations 1] [--fallback-iou 0.5] [--min-area 1024] [--change-margin 0.2] \\
-        [--eval models/bpr_default.eval.json]
+        [--eval models/bpr_default.eval.json] [--companion second.pt --companion-weight 0.4]
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 
 from bpr.cli.common import add_option_flags, command_parser, run_cli
 from bpr.errors import BprInputError
-from bpr.modeling.checkpoint import build_refiner, is_run_state, read_checkpoint, save_refiner
+from bpr.modeling.checkpoint import build_refiner, is_run_state, read_checkpoint, save_refiner, with_companion
 from bpr.options import RefineOptions, option_infos
 
 
@@ -37,9 +37,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--gate-early-reject",
         type=float,
-        help="with flip TTA, patches the gate rejects on the plain forward by more than this many logits "
-        "skip their mirrored forward (measured on the dev inputs: work out how many rejections the TTA "
-        "average would have overturned at each margin)",
+        help="with flip TTA or a companion, patches the gate rejects on the plain forward by more than this "
+        "many logits skip their mirrored and companion forwards (measured on the dev inputs: work out how many "
+        "rejections the average would have overturned at each margin)",
+    )
+    p.add_argument(
+        "--companion",
+        type=Path,
+        help="a second refiner checkpoint to ship inside this one: its probability is averaged in "
+        "(--companion-weight) and this one's gate judges the average; it may see context, this one may not",
+    )
+    p.add_argument(
+        "--companion-weight", type=float, default=0.5, help="the companion's share of the average (default 0.5)"
     )
     p.add_argument("--eval", type=Path, help="evaluation json (scripts/evaluate_refiner.py --json) to embed")
     return p
@@ -54,8 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     recommended["gate_early_reject"] = args.gate_early_reject
     RefineOptions().updated(**{k: v for k, v in recommended.items() if k in option_infos()})  # bounds checked
     net.recommended = {k: v for k, v in recommended.items() if v is not None}
-    if args.gate_early_reject is not None and (net.gate is None or not args.flip_tta):
-        raise BprInputError("--gate-early-reject needs a quality gate and --flip-tta")
+    if args.gate_early_reject is not None and (net.gate is None or not (args.flip_tta or args.companion)):
+        raise BprInputError("--gate-early-reject needs a quality gate and a second opinion (--flip-tta or --companion)")
     if is_run_state(source):  # a bpr-train last.pt: its step and training time
         meta = {"step": source["step"], "train_seconds": round(source["seconds"], 1)}
     else:
@@ -66,6 +75,14 @@ def main(argv: list[str] | None = None) -> int:
         with torch.no_grad():
             net.gate.classifier.bias.sub_(args.gate_threshold)
         meta["gate_threshold"] = args.gate_threshold
+    if args.companion:
+        companion_source = read_checkpoint(args.companion)
+        net = with_companion(net, build_refiner(companion_source, args.companion), args.companion_weight)
+        meta["companion"] = {
+            "from": str(args.companion),
+            "weight": args.companion_weight,
+            "meta": companion_source.get("meta", {}),
+        }
     if args.eval:
         try:
             meta["evaluation"] = json.loads(args.eval.read_text())

@@ -14,6 +14,7 @@ packaged and measured as it stands.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -21,7 +22,7 @@ from typing import Any
 
 import torch
 
-from bpr.errors import ModelNotAvailableError
+from bpr.errors import BprInputError, ModelNotAvailableError
 from bpr.io.atomic import atomic_path
 from bpr.modeling.refiner_net import EXTRA_RECOMMENDATIONS, RefinerConfig, RefinerNet
 from bpr.options import option_infos
@@ -178,3 +179,26 @@ def save_refiner(
     }
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
+
+
+def with_companion(net: RefinerNet, companion: RefinerNet, weight: float) -> RefinerNet:
+    """``net`` with ``companion`` as its second refiner (:attr:`RefinerConfig.companion`),
+    averaged in with ``weight``: one checkpoint that holds both. The companion's own gate is
+    left out (``net``'s judges the average); ``net`` keeps its recommendations."""
+    if net.companion is not None or companion.companion is not None:
+        raise BprInputError("cannot pair these refiners: one of them already has a companion")
+    gateless = {k: v for k, v in companion.state_dict().items() if not k.startswith("gate.")}
+    config = dataclasses.replace(
+        net.config,
+        companion=dataclasses.replace(companion.config, gate=False).to_dict(),
+        companion_weight=weight,
+    )
+    try:
+        both = RefinerNet(config, net.recommended)
+    except ValueError as exc:
+        raise BprInputError(f"cannot pair these refiners: {exc}") from None
+    missing, unexpected = both.load_state_dict(net.state_dict(), strict=False)
+    assert not unexpected and all(k.startswith("companion.") for k in missing), (missing, unexpected)
+    assert both.companion is not None
+    both.companion.load_state_dict(gateless)
+    return both.eval()

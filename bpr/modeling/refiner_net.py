@@ -52,6 +52,14 @@ class RefinerConfig:
     # is made with the surroundings in sight (a patch edge is no longer the edge of the world).
     context: int = 0
     gate_width: int = 16  # the gate's first layer's channels (it doubles twice); 16 in checkpoints before it was stored
+    # A second refiner (its RefinerConfig as a dict) whose probability is averaged into this
+    # one's with weight ``companion_weight``: two networks trained apart make different
+    # mistakes, so a change only one of them calls for is damped. It may see context (the
+    # views are then cut with its context, and this network gets the patch inside each view);
+    # this network's gate judges the average. ``foreground_probability`` stays this network's
+    # alone: the pass loop (:func:`bpr.passes.predict_batch`) runs the two and averages them.
+    companion: dict | None = None
+    companion_weight: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -104,10 +112,34 @@ class RefinerNet(nn.Module):
             )
         self.detail_head = DetailHead(num_classes=2) if config.detail_head else None
         self.gate = PatchGate(config.gate_width) if config.gate else None
+        self.companion = self._build_companion(config)
         self.register_buffer("pixel_mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
         self.channels_last = False  # set by fused_for_inference: inputs are laid out channels-last too
         self.inference_graph: nn.Module | None = None  # set by fused_for_inference
+
+    @staticmethod
+    def _build_companion(config: RefinerConfig) -> RefinerNet | None:
+        """The second refiner ``config`` names, checked to fit beside this one; None if it names none."""
+        if config.companion is None:
+            return None
+        companion = RefinerConfig.from_dict(config.companion)
+        if companion.companion is not None or companion.gate:
+            raise ValueError("a companion refiner has no companion and no gate of its own")
+        if companion.patch_size != config.patch_size:
+            raise ValueError(
+                f"the companion refiner's patch size ({companion.patch_size}) differs from {config.patch_size}"
+            )
+        if config.context:
+            raise ValueError("a refiner with a companion sees no context itself (its companion may)")
+        if not 0 < config.companion_weight < 1:
+            raise ValueError(f"companion_weight must be in (0, 1), got {config.companion_weight}")
+        return RefinerNet(companion)
+
+    @property
+    def view_context(self) -> int:
+        """Pixels cut around each patch for this network and its companion: the larger context."""
+        return max(self.config.context, self.companion.config.context if self.companion is not None else 0)
 
     def fused_for_inference(self) -> RefinerNet:
         """An inference-only copy that runs about 1.5x faster on a CPU: every BatchNorm folded
@@ -123,6 +155,7 @@ class RefinerNet(nn.Module):
         graph = fuse(copy.deepcopy(self).eval()).to(memory_format=torch.channels_last)
         net = copy.deepcopy(self).eval()
         net.backbone = net.decode_head = net.detail_head = None  # the graph holds their folded copies
+        net.companion = None  # it runs as a runtime of its own (Refiner.companion_net)
         net.inference_graph = graph
         net.channels_last = True
         return net

@@ -259,6 +259,11 @@ def train_gate(cfg: GateTrainConfig) -> Path:
     torch.manual_seed(cfg.seed)
     source = read_checkpoint(cfg.checkpoint)
     base = build_refiner(source, cfg.checkpoint)
+    if base.companion is not None:
+        raise BprInputError(
+            f"{cfg.checkpoint} holds a companion refiner: train the gate of the first refiner alone, "
+            "then ship the pair with bpr-package --companion"
+        )
     config = dataclasses.replace(base.config, gate=True, gate_width=cfg.gate_width)
     net = RefinerNet(config, base.recommended)
     missing, unexpected = net.load_state_dict(base.state_dict(), strict=False)

@@ -16,7 +16,7 @@ from bpr.cli.dev_table import main
 
 
 @torch.inference_mode()
-def predict_batch(batch, net, infer_net, device, precision, early_reject):
+def predict_batch(batch, net, infer_net, device, precision, early_reject, companion_net=None):
     """bpr.passes.predict_batch with both views kept apart and combined toward the coarse label."""
     parts = batch.parts
     images = torch.cat([job.image_patches[a:b] for job, a, b in parts])
