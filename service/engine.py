@@ -32,12 +32,13 @@ T = TypeVar("T")
 class OverBudget(TooManyPatches):
     """The request would cost more network patch forwards than one request may (BPR_MAX_REQUEST_PATCHES).
 
-    Cost = patches per pass x passes x (2 with flip_tta): what decides how long the network
-    works for one request, whichever parameter makes it large."""
+    Cost = patches per pass x passes x (2 with flip_tta) x (2 with a checkpoint of two refiners,
+    the network and its companion): what decides how long the network works for one request,
+    whichever parameter makes it large."""
 
-    def __init__(self, needed: int, passes: int, tta: bool, budget: int) -> None:
-        factor = passes * (2 if tta else 1)
-        tta_words = " x 2 (flip_tta)" if tta else ""
+    def __init__(self, needed: int, passes: int, tta: bool, budget: int, networks: int = 1) -> None:
+        factor = forwards_per_patch(passes, tta, networks)
+        tta_words = (" x 2 (flip_tta)" if tta else "") + (f" x {networks} (refiners)" if networks > 1 else "")
         super().__init__(needed, budget // factor)
         self.args = (
             f"this request needs {needed} boundary patches per pass x {passes} pass(es){tta_words} = "
@@ -46,6 +47,13 @@ class OverBudget(TooManyPatches):
             "flip_tta=false, or fewer or smaller instances",
         )
         self.budget, self.forwards = budget, needed * factor
+
+
+def forwards_per_patch(passes: int, tta: bool, networks: int) -> int:
+    """Network forwards one boundary patch costs: a pass each, mirrored too with flip TTA, in
+    each of the checkpoint's refiners (a companion's forward is counted whether or not the gate
+    lets a patch skip it)."""
+    return passes * (2 if tta else 1) * networks
 
 
 @dataclass(frozen=True)
@@ -112,15 +120,17 @@ class RefineEngine:
         options = self.refiner.resolve(options, **overrides)
         queue_limit = self.batcher.max_queued_patches
         per_pass = queue_limit
+        networks = 1 if getattr(self.refiner, "companion_net", None) is None else 2
         if self.max_request_patches is not None:
-            per_pass = min(
-                queue_limit, self.max_request_patches // (options.iterations * (2 if options.flip_tta else 1))
-            )
+            cost = forwards_per_patch(options.iterations, options.flip_tta, networks)
+            per_pass = min(queue_limit, self.max_request_patches // cost)
         try:
             return await self._refine(image, masks, options, per_pass)
         except TooManyPatches as exc:
             if exc.limit < queue_limit and self.max_request_patches is not None:
-                raise OverBudget(exc.needed, options.iterations, options.flip_tta, self.max_request_patches) from None
+                raise OverBudget(
+                    exc.needed, options.iterations, options.flip_tta, self.max_request_patches, networks
+                ) from None
             raise
 
     async def _refine(self, image: np.ndarray, masks: np.ndarray, options: RefineOptions, max_patches: int) -> Refined:

@@ -81,6 +81,27 @@ def test_the_budget_counts_passes_and_tta_together(checkpoint: Path, good) -> No
         assert refine_request(live.url, good[0], good[1], params={"flip_tta": "true"}).status_code == 200
 
 
+def test_the_budget_counts_a_companion_refiners_forwards_too(checkpoint: Path, good, tmp_path: Path) -> None:
+    """A checkpoint of two refiners (bpr-package --companion) runs both on every patch: a plain
+    request of n patches costs 2n forwards, so budget 2n - 1 refuses it, naming the refiners, and 2n fits."""
+    import torch
+
+    from bpr.cli.package import main as package_main
+    from bpr.modeling import RefinerConfig, RefinerNet, save_refiner
+
+    torch.manual_seed(0)
+    save_refiner(RefinerNet(RefinerConfig(arch="effl0", input_size=64, context=16)), tmp_path / "second.pt")
+    pair = tmp_path / "pair.pt"
+    assert package_main([str(checkpoint), str(pair), "--companion", str(tmp_path / "second.pt")]) == 0
+    n = _patches_of(checkpoint, good, 0.25)
+    with serve(pair, max_request_patches=2 * n - 1) as live:
+        r = refine_request(live.url, good[0], good[1])
+        assert r.status_code == 422 and r.json()["code"] == "over_budget", r.text
+        assert f"{n} boundary patches per pass x 1 pass(es) x 2 (refiners) = {2 * n} network" in r.json()["detail"]
+    with serve(pair, max_request_patches=2 * n) as live:
+        assert refine_request(live.url, good[0], good[1]).status_code == 200
+
+
 def test_the_budget_defaults_by_device() -> None:
     from service.settings import Settings
 
