@@ -316,15 +316,17 @@ def test_fine_tuning_adds_a_detail_head_to_a_checkpoint_without_one(patch_dir, t
     assert load_refiner(trainer.export()).config.detail_head
 
 
-def test_fine_tuning_from_the_packaged_default_keeps_its_refiner_and_drops_its_gate(patch_dir, tmp_path):
+def test_fine_tuning_from_the_packaged_default_keeps_its_refiner_and_drops_its_gate_and_companion(patch_dir, tmp_path):
     """The shipped model carries a quality gate trained on its own refiner; a fine-tuned refiner
-    needs a new one (bpr-train-gate), so training starts from every refiner weight only."""
+    needs a new one (bpr-train-gate), so training starts from every refiner weight only. Its
+    companion is another network: left out, to be paired again with bpr-package --companion."""
     shipped = default_checkpoint()
     trainer = Trainer(_cfg(patch_dir, iters=2, detail_head=True, init_checkpoint=str(shipped)), tmp_path / "run")
     base = load_refiner(shipped)
     assert base.gate is not None and trainer.net.gate is None
+    assert base.companion is not None and trainer.net.companion is None
     own = trainer.net.state_dict()
-    carried = [k for k in base.state_dict() if not k.startswith("gate.")]
+    carried = [k for k in base.state_dict() if not k.startswith(("gate.", "companion."))]
     assert carried and all(torch.equal(own[k].float(), base.state_dict()[k].float()) for k in carried)
     trainer.run(progress=False)
     assert load_refiner(trainer.export()).gate is None

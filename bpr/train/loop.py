@@ -139,8 +139,10 @@ class Trainer:
             init = load_refiner(cfg.init_checkpoint)
             self.net = RefinerNet(config)
             # A packaged model's quality gate judges the refiner it was trained on: fine-tuning
-            # the refiner invalidates it, so it is dropped here and retrained afterwards.
-            weights = {k: v for k, v in init.state_dict().items() if not k.startswith("gate.")}
+            # the refiner invalidates it, so it is dropped here and retrained afterwards. A
+            # companion refiner is a network of its own: left out too (bpr-package --companion
+            # pairs the fine-tuned refiner with it again).
+            weights = {k: v for k, v in init.state_dict().items() if not k.startswith(("gate.", "companion."))}
             missing, unexpected = self.net.load_state_dict(weights, strict=False)
             # A checkpoint without a detail head may seed one with it: that head starts as identity.
             if unexpected or any(not k.startswith("detail_head.") for k in missing):
