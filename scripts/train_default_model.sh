@@ -17,7 +17,14 @@
 # fine-tuning steps from stage 2 (lab/configs/finetune_scene_p64_1500.json).
 # Stage 4: the patch-quality gate, 800 steps on the frozen stage-3 refiner over the
 # Cityscapes patches (scripts/train_gate.py), then packaging with the inference settings
-# chosen on the whole dev table (models/MODEL_CARD.md).
+# chosen on the whole dev table (models/MODEL_CARD.md): the default until 2026-12-05, kept as
+# lab/runs/hr18s_default/model.pt.
+# Stage 5 (2026-12-05): a companion. The context-16 effl0 refiner of the issue-21 campaign
+# (scripts/train_effl0.sh, scripts/build_context_sets.sh, then bpr-train
+# lab/configs/effl0_ft_ctx16.json; its weights: lab/runs/effl0_ft_ctx16/model.pt, or
+# COMPANION=<file>) is shipped inside the stage-4 checkpoint: its probability (weight 0.4) is
+# averaged into the HRNet's (0.6), one pass each, and the stage-4 gate judges the average;
+# patches that gate rejects by more than 0.5 logits on the HRNet alone skip the companion.
 # Every run saves last.pt every 250 steps and continues from it with the same batches.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -60,6 +67,9 @@ else
 fi
 [ -f work/gate/cs_m20_h2.pt ] || python scripts/train_gate.py work/runs/scene1500/model.pt --patches work/p_cs \
   --out work/gate/cs_m20_h2.pt --steps 800 --batch-size 64 --flip-tta --change-margin 0.2 --harm-weight 2
-python scripts/package_model.py work/gate/cs_m20_h2.pt bpr/models/bpr_default.pt --flip-tta --iterations 1 \
+python scripts/package_model.py work/gate/cs_m20_h2.pt work/hr18s_default.pt --flip-tta --iterations 1 \
   --fallback-iou 0.5 --min-area 1024 --change-margin 0.2 --gate-threshold 1.5
+python scripts/package_model.py work/hr18s_default.pt bpr/models/bpr_default.pt \
+  --companion "${COMPANION:-lab/runs/effl0_ft_ctx16/model.pt}" --companion-weight 0.4 --no-flip-tta \
+  --iterations 1 --fallback-iou 0.5 --min-area 1024 --change-margin 0.2 --gate-early-reject 0.5
 python scripts/dev_table.py --checkpoint bpr/models/bpr_default.pt --json lab/runs/dev_table_default.json

@@ -18,6 +18,7 @@ from bpr.io.coco import load_json
 from bpr.io.images import read_image
 from bpr.io.results import entries_to_masks
 from bpr.modeling import RefinerConfig, RefinerNet, load_refiner, save_refiner
+from bpr.patches import crop_rows
 from bpr.refiner import Refiner, default_checkpoint
 
 pytest.importorskip("openvino", reason="the openvino backend is not installed")
@@ -32,8 +33,9 @@ def graph_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("BPR_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "graph-cache"))
 
 
-def real_patches(data_dir, count=4):
-    """First-pass patches of real cityscapes-dev images with Mask R-CNN-like coarse masks."""
+def real_patches(data_dir, count=4, views=False):
+    """First-pass patches of real cityscapes-dev images with Mask R-CNN-like coarse masks (with
+    ``views``: the 96 px views the default model's companion sees around them)."""
     root = data_dir / "cityscapes-dev"
     info = {i["id"]: i for i in load_json(root / "gt.json")["images"]}
     entries: dict = {}
@@ -46,8 +48,12 @@ def real_patches(data_dir, count=4):
         job = cutter.start_numpy(
             read_image(root / "images" / im["file_name"]), entries_to_masks(entries[key], im["height"], im["width"])
         ).advance()
-        images.append(job.image_patches)
-        masks.append(job.mask_patches)
+        if views:
+            images.append(job.image_patches)
+            masks.append(job.mask_patches)
+        else:
+            images.append(crop_rows(job.image_patches, job.view_offsets, 64))
+            masks.append(crop_rows(job.mask_patches, job.view_offsets, 64))
     return torch.cat(images), torch.cat(masks)
 
 
@@ -62,6 +68,19 @@ def test_the_exported_default_model_gives_the_torch_probabilities_on_real_patche
     assert got.shape == expected.shape
     assert (got - expected).abs().max() < 1e-4
     assert ((got > 0.5) != (expected > 0.5)).float().mean() < 1e-5
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_the_default_models_exported_companion_gives_the_torch_probabilities_on_real_views(runtime, data_dir):
+    images, masks = real_patches(data_dir, count=2, views=True)
+    assert images.shape[1:] == (3, 96, 96)
+    companion = load_refiner(default_checkpoint()).companion
+    assert companion is not None and companion.config.context == 16
+    with torch.inference_mode():
+        expected = companion.foreground_probability(images, masks)
+    got = load_runtime(companion, runtime, 96, "fp32").foreground_probability(images, masks)
+    assert got.shape == expected.shape == (len(images), 96, 96)
+    assert (got - expected).abs().max() < 1e-4
 
 
 @pytest.mark.parametrize(

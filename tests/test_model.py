@@ -137,12 +137,16 @@ def test_the_bundled_model_loads_with_the_settings_its_card_states():
     assert c.detail_head and c.gate and net.gate is not None
     r = net.recommended
     assert (r["flip_tta"], r["iterations"], r["fallback_iou"], r["min_area"], r["change_margin"]) == (
-        True,
+        False,
         1,
         0.5,
         1024,
         0.2,
     )
+    assert r["gate_early_reject"] == 0.5
+    # its companion: the context-16 effl0 refiner, a 0.4 share of the average, without a gate of its own
+    assert net.companion is not None and c.companion_weight == 0.4
+    assert (net.companion.config.arch, net.companion.config.context, net.companion.gate) == ("effl0", 16, None)
     assert DEFAULT_CHECKPOINT.stat().st_size < 20e6
 
 
