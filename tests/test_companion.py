@@ -8,12 +8,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import davis_frame
 
 from bpr.cli.package import main as package_main
 from bpr.cli.train_gate import main as train_gate_main
 from bpr.feed import PatchBatch
-from bpr.io.coco import decode_segmentation, load_json
-from bpr.io.images import read_image
 from bpr.modeling import RefinerConfig, RefinerNet, load_refiner, save_refiner
 from bpr.modeling.checkpoint import read_checkpoint
 from bpr.passes import predict_batch
@@ -37,16 +36,6 @@ class GreenEchoNet(RefinerNet):
         return image_patches[:, 1] / 255.0
 
 
-def _davis_frame(data_dir, index=0):
-    root = data_dir / "davis-dev-real"
-    gt = load_json(root / "gt.json")
-    info = gt["images"][index]
-    image = read_image(root / "images" / info["file_name"])
-    results = [r for r in load_json(root / "osvos.json") if r["image_id"] == info["id"]]
-    masks = np.stack([decode_segmentation(r["segmentation"], info["height"], info["width"]) for r in results])
-    return image, masks
-
-
 def _echo_pair(weight: float) -> RefinerNet:
     companion = RefinerConfig(input_size=64, context=CONTEXT)
     net = RedEchoNet(RefinerConfig(input_size=64, companion=companion.to_dict(), companion_weight=weight))
@@ -56,7 +45,7 @@ def _echo_pair(weight: float) -> RefinerNet:
 
 @pytest.mark.parametrize("flip_tta", [False, True])
 def test_the_companion_sees_the_view_the_refiner_its_patch_and_their_weighted_average_is_pasted(data_dir, flip_tta):
-    image, masks = _davis_frame(data_dir, 39)  # 82 patches, 11 of them at the frame's edge
+    image, masks = davis_frame(data_dir, 39)  # 82 patches, 11 of them at the frame's edge
     refiner = Refiner(_echo_pair(0.25), backend="torch", flip_tta=flip_tta, min_area=0, change_margin=0)
     assert refiner.view_size == 64 + 2 * CONTEXT  # views are cut for the companion's context
     job = refiner.prepare(torch.from_numpy(image).permute(2, 0, 1), torch.from_numpy(masks), refiner.options)
@@ -120,7 +109,7 @@ def test_a_pair_missing_a_companion_weight_is_a_one_line_load_error(pair, tmp_pa
 
 
 def test_the_pass_loop_averages_the_two_networks_and_the_gate_judges_the_average(pair, data_dir):
-    image, masks = _davis_frame(data_dir, 24)  # 4 of its 22 patches at the frame's edge
+    image, masks = davis_frame(data_dir, 24)  # 4 of its 22 patches at the frame's edge
     refiner = Refiner(pair / "pair.pt", backend="torch", fuse=False, precision="fp32", min_area=0)
     net = refiner.net
     job = refiner.prepare(torch.from_numpy(image).permute(2, 0, 1), torch.from_numpy(masks), refiner.options)
@@ -142,7 +131,7 @@ def test_the_pass_loop_averages_the_two_networks_and_the_gate_judges_the_average
 
 
 def test_early_rejected_patches_skip_the_companion_and_keep_their_coarse_patch(pair, data_dir):
-    image, masks = _davis_frame(data_dir, 24)
+    image, masks = davis_frame(data_dir, 24)
     refiner = Refiner(pair / "pair.pt", backend="torch", fuse=False, precision="fp32", min_area=0)
     net = refiner.net
     job = refiner.prepare(torch.from_numpy(image).permute(2, 0, 1), torch.from_numpy(masks), refiner.options)
@@ -166,7 +155,7 @@ def test_early_rejected_patches_skip_the_companion_and_keep_their_coarse_patch(p
 
 
 def test_a_refiner_without_a_companion_runs_as_before(random_checkpoint, data_dir):
-    image, masks = _davis_frame(data_dir, 1)
+    image, masks = davis_frame(data_dir, 1)
     refiner = Refiner(random_checkpoint, backend="torch", min_area=0)
     assert refiner.companion_net is None and refiner.view_size == 64
     assert refiner.refine(image, masks).shape == masks.shape
@@ -206,7 +195,7 @@ def test_training_a_gate_for_a_pair_is_a_one_line_error(pair, tmp_path, capsys):
 def test_the_exported_pair_refines_as_the_torch_pair(pair, data_dir, tmp_path, monkeypatch):
     pytest.importorskip("openvino", reason="the openvino backend is not installed")
     monkeypatch.setenv("BPR_CACHE_DIR", str(tmp_path / "cache"))
-    image, masks = _davis_frame(data_dir, 3)
+    image, masks = davis_frame(data_dir, 3)
     exported = Refiner(pair / "pair.pt", backend="openvino", precision="fp32", min_area=0)
     plain = Refiner(pair / "pair.pt", backend="torch", precision="fp32", fuse=False, min_area=0)
     assert exported.companion_net is not None and type(exported.companion_net).__name__ == "OpenVinoNet"

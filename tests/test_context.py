@@ -10,11 +10,10 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import davis_frame
 
 from bpr.cli.build_patches import main as build_main
 from bpr.cli.train_gate import main as train_gate_main
-from bpr.io.coco import decode_segmentation, load_json
-from bpr.io.images import read_image
 from bpr.modeling import RefinerConfig, RefinerNet, load_refiner, save_refiner
 from bpr.patches import crop_rows, extract_patch_corners, view_corners
 from bpr.refiner import Refiner
@@ -30,16 +29,6 @@ class RedEchoNet(RefinerNet):
 
     def foreground_probability(self, image_patches: torch.Tensor, mask_patches: torch.Tensor) -> torch.Tensor:
         return image_patches[:, 0] / 255.0
-
-
-def _davis_frame(data_dir, index=0):
-    root = data_dir / "davis-dev-real"
-    gt = load_json(root / "gt.json")
-    info = gt["images"][index]
-    image = read_image(root / "images" / info["file_name"])
-    results = [r for r in load_json(root / "osvos.json") if r["image_id"] == info["id"]]
-    masks = np.stack([decode_segmentation(r["segmentation"], info["height"], info["width"]) for r in results])
-    return image, masks
 
 
 def test_views_hold_their_patch_centred_and_shift_inside_the_image_at_its_edges():
@@ -65,7 +54,7 @@ def test_crop_rows_cuts_each_row_its_own_square():
 
 @pytest.mark.parametrize("flip_tta", [False, True])
 def test_the_network_sees_the_view_and_the_patch_part_of_its_answer_is_pasted(data_dir, flip_tta):
-    image, masks = _davis_frame(data_dir)
+    image, masks = davis_frame(data_dir)
     net = RedEchoNet(RefinerConfig(input_size=64, context=CONTEXT))
     refiner = Refiner(net, backend="torch", flip_tta=flip_tta, min_area=0)
     image_t, masks_t = torch.from_numpy(image).permute(2, 0, 1), torch.from_numpy(masks)
@@ -106,7 +95,7 @@ def test_the_exported_graph_of_a_context_refiner_gives_the_torch_probabilities(d
     monkeypatch.setenv("BPR_CACHE_DIR", str(tmp_path / "cache"))
     torch.manual_seed(0)
     save_refiner(RefinerNet(RefinerConfig(arch="effl0", input_size=64, context=CONTEXT)), tmp_path / "c.pt")
-    image, masks = _davis_frame(data_dir, 3)
+    image, masks = davis_frame(data_dir, 3)
     exported = Refiner(tmp_path / "c.pt", backend="openvino", precision="fp32", min_area=0)
     plain = Refiner(tmp_path / "c.pt", backend="torch", precision="fp32", fuse=False, min_area=0)
     assert exported.view_size == 96
@@ -164,7 +153,7 @@ def test_training_on_views_makes_a_context_refiner_that_refines_and_takes_a_gate
     trainer.run()
     net = load_refiner(tmp_path / "run" / "model.pt")
     assert net.config.context == CONTEXT and net.config.patch_size == 64
-    image, masks = _davis_frame(data_dir)
+    image, masks = davis_frame(data_dir)
     refined = Refiner(tmp_path / "run" / "model.pt", backend="torch", min_area=0).refine(image, masks)
     assert refined.shape == masks.shape
     gated = tmp_path / "gated.pt"
@@ -188,7 +177,7 @@ def test_a_gate_for_a_refiner_of_another_context_is_a_one_line_error(patch_sets,
 
 
 def test_corners_of_a_real_mask_give_views_inside_the_frame(data_dir):
-    image, masks = _davis_frame(data_dir, 5)
+    image, masks = davis_frame(data_dir, 5)
     corners = extract_patch_corners(masks[0], 64)
     views = view_corners(corners, 64, CONTEXT, *image.shape[:2])
     offsets = corners - views
