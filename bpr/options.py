@@ -184,7 +184,8 @@ class RefineStats:
     images / instances count each image once, whatever the number of passes; patches and
     batches count the network's work; fallbacks are instances returned as they came in by
     the ``fallback_iou`` rule, small ones those left alone by ``min_area``; gated counts
-    patches the quality gate kept coarse (early_gated of them without their mirrored forward).
+    patches the quality gate kept coarse (early_gated of them without their second opinion: the
+    mirrored forward of flip TTA, or the companion refiner's).
     """
 
     images: int = 0

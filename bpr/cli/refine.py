@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{seconds:.1f} s ({s.images / max(seconds, 1e-9):.2f} images/s, {refiner.backend} backend); "
             f"{s.fallbacks} instances kept as given by the fallback "
             f"rule, {s.small} under the minimum area, {s.gated} patches kept coarse by the quality gate "
-            f"({s.early_gated} of them without a mirrored forward) -> {out}",
+            f"({s.early_gated} of them without a second opinion: the mirrored or companion forward) -> {out}",
             file=sys.stderr,
         )
     return 0
