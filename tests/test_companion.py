@@ -179,17 +179,47 @@ def test_a_pair_that_cannot_work_is_a_one_line_packaging_error(tmp_path, capsys,
     assert not (tmp_path / "out.pt").exists()
 
 
+def test_a_pair_repackaged_keeps_its_companion_and_may_take_an_early_reject_margin(pair, tmp_path):
+    out = tmp_path / "again.pt"
+    assert package_main([str(pair / "pair.pt"), str(out), "--gate-early-reject", "0.5", "--no-flip-tta"]) == 0
+    again = load_refiner(out)
+    assert again.companion is not None and again.recommended["gate_early_reject"] == 0.5
+
+
 def test_a_pair_is_not_packaged_again_with_a_third(pair, tmp_path, capsys):
     code = package_main([str(pair / "pair.pt"), str(tmp_path / "out.pt"), "--companion", str(pair / "second.pt")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "already has a companion" in err
 
 
-def test_training_a_gate_for_a_pair_is_a_one_line_error(pair, tmp_path, capsys):
+def test_a_gate_trained_for_a_pair_judges_the_pairs_average(pair, tmp_path, data_dir):
+    from bpr.cli.build_patches import main as build_main
+    from bpr.train.gate import refined_probability
+    from bpr.train.patch_store import PatchSet
+
+    sets = tmp_path / "c16"
+    flags = ["--max-images", "2", "--draws", "1", "--workers", "1", "--quiet", "--seed", "5", "--context", "16"]
+    davis = data_dir / "davis-train"
+    flags += ["--gt", str(davis / "gt.json"), "--images", str(davis / "images"), "--out", str(sets)]
+    assert build_main(flags) == 0
+    data = PatchSet.open([sets])
+    images, coarse, _ = (torch.from_numpy(a) for a in data.gather(data.indices("train")[:8]))
+    images, coarse = images.permute(0, 3, 1, 2).float(), coarse[:, None].float()
+    refiner = Refiner(pair / "pair.pt", backend="torch", fuse=False, precision="fp32")
+    prob = refined_probability(refiner, images, coarse, flip_tta=False)
+    net, centre = refiner.net, (..., slice(16, 80), slice(16, 80))
+    with torch.inference_mode():
+        own = net.foreground_probability(images[centre], coarse[centre])
+        other = net.companion.foreground_probability(images, coarse)
+    assert torch.allclose(prob[centre], 0.6 * own + 0.4 * other[centre], atol=1e-6)  # what the pass loop pastes
     out = tmp_path / "g.pt"
-    code = train_gate_main([str(pair / "pair.pt"), "--patches", str(tmp_path), "--out", str(out), "--steps", "1"])
-    err = capsys.readouterr().err.strip()
-    assert code == 2 and "\n" not in err and "companion" in err and not out.exists()
+    short = ["--steps", "2", "--batch-size", "4", "--eval-patches", "16", "--eval-every", "2", "--gate-width", "8"]
+    assert train_gate_main([str(pair / "pair.pt"), "--patches", str(sets), "--out", str(out), *short]) == 0
+    gated = load_refiner(out)
+    assert gated.companion is not None and gated.config.companion_weight == 0.4
+    assert gated.gate is not None and gated.config.gate_width == 8  # a new gate, not the pair's own (width 16)
+    for name, tensor in net.companion.state_dict().items():
+        assert torch.equal(gated.companion.state_dict()[name], tensor), name  # the networks as they were
 
 
 def test_the_exported_pair_refines_as_the_torch_pair(pair, data_dir, tmp_path, monkeypatch):

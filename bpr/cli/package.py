@@ -63,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     recommended["gate_early_reject"] = args.gate_early_reject
     RefineOptions().updated(**{k: v for k, v in recommended.items() if k in option_infos()})  # bounds checked
     net.recommended = {k: v for k, v in recommended.items() if v is not None}
-    if args.gate_early_reject is not None and (net.gate is None or not (args.flip_tta or args.companion)):
+    second_opinion = args.flip_tta or args.companion or net.companion is not None
+    if args.gate_early_reject is not None and (net.gate is None or not second_opinion):
         raise BprInputError("--gate-early-reject needs a quality gate and a second opinion (--flip-tta or --companion)")
     if is_run_state(source):  # a bpr-train last.pt: its step and training time
         meta = {"step": source["step"], "train_seconds": round(source["seconds"], 1)}

@@ -8,7 +8,8 @@ For every training patch the frozen refiner's change is applied as inference app
 minus pixels it breaks against the ground truth. The gate learns "fixes more than it breaks"
 with each patch weighted by the size of that stake (broken pixels ``--harm-weight`` times a
 fixed one), so it is judged by the pixels its decisions win or lose, not by how many patches
-it classifies right.
+it classifies right. A checkpoint that already has a gate gets a new one. A pair (a checkpoint
+with a companion refiner) gets a gate for the pair's averaged answer, as the pass loop makes it.
 
 The refiner is frozen, so its output on every patch is computed once, before the first step,
 through the backend inference uses (``--backend``, default automatic: the probabilities the
@@ -45,6 +46,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from bpr.backends import ProbabilityNet
 from bpr.errors import BprInputError
 from bpr.modeling.checkpoint import build_refiner, read_checkpoint, save_refiner
 from bpr.modeling.refiner_net import RefinerNet
@@ -148,13 +150,28 @@ class RefinedPatches:
 
 def refined_probability(refiner: Refiner, images: torch.Tensor, coarse: torch.Tensor, flip_tta: bool) -> torch.Tensor:
     """(B, V, V) foreground probability of raw patches (images (B, 3, V, V) 0..255, coarse
-    (B, 1, V, V)) as ``refiner``'s backend and precision compute it, mirrored and averaged with flip TTA."""
-    net = refiner.infer_net
-    with precision_autocast(refiner.device, refiner.precision):
-        prob = net.foreground_probability(images, coarse)
+    (B, 1, V, V)) as ``refiner``'s backend and precision compute it, mirrored and averaged with flip TTA.
+
+    A pair (a checkpoint with a companion) answers as the pass loop does: the companion on the
+    view, the first network on the patch at its centre, averaged there with ``companion_weight``
+    (outside the centre, which the gate never sees, the companion's answer stands)."""
+
+    def answer(net: ProbabilityNet, im: torch.Tensor, mk: torch.Tensor) -> torch.Tensor:
+        prob = net.foreground_probability(im, mk)
         if flip_tta:
-            prob = 0.5 * (prob + net.foreground_probability(images.flip(-1), coarse.flip(-1)).flip(-1))
-    return prob.float()
+            prob = 0.5 * (prob + net.foreground_probability(im.flip(-1), mk.flip(-1)).flip(-1))
+        return prob.float()
+
+    with precision_autocast(refiner.device, refiner.precision):
+        if refiner.companion_net is None:
+            return answer(refiner.infer_net, images, coarse)
+        c = refiner.net.view_context
+        centre = (..., slice(c, -c), slice(c, -c)) if c else (...,)
+        prob = answer(refiner.companion_net, images, coarse)
+        own = answer(refiner.infer_net, images[centre], coarse[centre])
+        weight = refiner.net.config.companion_weight
+        prob[centre] = (1 - weight) * own + weight * prob[centre]
+    return prob
 
 
 @torch.no_grad()  # not inference_mode: the gate's autograd later reads these tensors
@@ -259,14 +276,11 @@ def train_gate(cfg: GateTrainConfig) -> Path:
     torch.manual_seed(cfg.seed)
     source = read_checkpoint(cfg.checkpoint)
     base = build_refiner(source, cfg.checkpoint)
-    if base.companion is not None:
-        raise BprInputError(
-            f"{cfg.checkpoint} holds a companion refiner: train the gate of the first refiner alone, "
-            "then ship the pair with bpr-package --companion"
-        )
     config = dataclasses.replace(base.config, gate=True, gate_width=cfg.gate_width)
     net = RefinerNet(config, base.recommended)
-    missing, unexpected = net.load_state_dict(base.state_dict(), strict=False)
+    # a new gate: a gate the checkpoint already has judged whatever it was trained on
+    refiner_weights = {k: v for k, v in base.state_dict().items() if not k.startswith("gate.")}
+    missing, unexpected = net.load_state_dict(refiner_weights, strict=False)
     assert not unexpected and all(k.startswith("gate.") for k in missing), (missing, unexpected)
     net.eval()
     net.gate.train()
@@ -275,10 +289,10 @@ def train_gate(cfg: GateTrainConfig) -> Path:
     opt = torch.optim.AdamW(net.gate.parameters(), lr=cfg.lr, weight_decay=1e-4)
 
     data = PatchSet.open(cfg.patches)
-    if data.context != net.config.context:
+    if data.context != net.view_context:
         raise BprInputError(
-            f"the refiner sees {net.config.context} px of context and the patch sets hold {data.context}: "
-            f"build them with bpr-build-patches --context {net.config.context}"
+            f"the refiner sees {net.view_context} px of context and the patch sets hold {data.context}: "
+            f"build them with bpr-build-patches --context {net.view_context}"
         )
     train_idx, val_idx = split_patches(data, cfg)
     t_start = time.perf_counter()
