@@ -759,3 +759,24 @@ def test_the_moving_average_is_what_a_run_evaluates_exports_and_resumes(patch_di
             assert torch.allclose(a, b, atol=1e-5), k
     with pytest.raises(BprInputError, match="ema_decay"):
         Trainer(_cfg(patch_dir, ema_decay=1.0), tmp_path / "c")
+
+
+def test_a_grabcut_draw_is_the_same_whatever_opencvs_global_rng_did_before(data_dir):
+    """Pool workers reach a draw after different earlier calls; a draw must not depend on them."""
+    import cv2
+
+    from bpr.io.coco import decode_segmentation, load_json
+    from bpr.io.images import read_image
+    from bpr.train.synth import grabcut
+
+    root = data_dir / "davis-train"
+    gt = load_json(root / "gt.json")
+    info = gt["images"][0]
+    ann = next(a for a in gt["annotations"] if a["image_id"] == info["id"])
+    image = read_image(root / "images" / info["file_name"])
+    mask = decode_segmentation(ann["segmentation"], info["height"], info["width"])
+    draws = []
+    for state in (1, 987654):
+        cv2.setRNGSeed(state)
+        draws.append(grabcut(image, mask, np.random.default_rng(3)))
+    assert draws[0].any() and np.array_equal(draws[0], draws[1])

@@ -11,6 +11,7 @@ All recipes take (image HxWx3 uint8 RGB, gt HxW bool, rng) and return an HxW boo
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable
 
 import cv2
@@ -182,6 +183,10 @@ def grabcut(image: np.ndarray, gt: np.ndarray, rng: np.random.Generator) -> np.n
     if not (gc == cv2.GC_FGD).any() or not (gc == cv2.GC_BGD).any():
         return boundary_noise(image, gt, rng)
     bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+    # GrabCut seeds its colour models from OpenCV's global RNG, whose state depends on every
+    # earlier call in the process (which images a pool worker happened to get): seeded from the
+    # inputs, a draw is the same whichever worker makes it, without touching ``rng``'s stream
+    cv2.setRNGSeed((zlib.crc32(gc.tobytes()) ^ zlib.crc32(crop_img.tobytes())) & 0x7FFFFFFF)
     cv2.grabCut(crop_img, gc, None, bgd, fgd, 2, cv2.GC_INIT_WITH_MASK)
     out = np.zeros_like(gt)
     out[ys:ye, xs:xe] = (gc == cv2.GC_FGD) | (gc == cv2.GC_PR_FGD)
