@@ -199,12 +199,18 @@ def predict_batch(
             reject[judge] = _judge(net, images, masks, probs, judge) <= 0
     # rejected patches get their coarse mask back as their probability
     probs[reject] = masks[reject, 0].to(probs.dtype)
+    hand_out(batch, probs)
+    return int(reject.sum()), early_rejected
+
+
+def hand_out(batch: PatchBatch, probs: torch.Tensor) -> None:
+    """Give each job of ``batch`` its rows of ``probs`` (B, S, S), in the batch's order, and
+    count them as done."""
     offset = 0
-    for job, a, b in parts:
+    for job, a, b in batch.parts:
         job.probs[a:b] = probs[offset : offset + b - a]
         job.remaining -= b - a
         offset += b - a
-    return int(reject.sum()), early_rejected
 
 
 def precision_autocast(device: torch.device, precision: str) -> torch.autocast:

@@ -67,11 +67,7 @@ def predict_batch(batch, net, infer_net, device, precision, early_reject, compan
         accept &= SECOND.net.change_helps(images, masks, probs) > THRESHOLDS[1]
     reject = ~accept
     probs[reject] = masks[reject, 0].to(probs.dtype)
-    offset = 0
-    for job, a, b in parts:
-        job.probs[a:b] = probs[offset : offset + b - a]
-        job.remaining -= b - a
-        offset += b - a
+    passes.hand_out(batch, probs)
     return int(reject.sum()), 0
 
 

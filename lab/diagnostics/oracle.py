@@ -17,7 +17,7 @@ from bpr.io.coco import decode_segmentation, load_json, write_json_atomic
 from bpr.io.datasets import shared_data_root
 from bpr.io.images import read_image
 from bpr.io.results import entries_to_masks, refined_entry
-from bpr.patches import crop_squares, pad_to_patch
+from bpr.patches import crop_rows, crop_squares, pad_to_patch
 from bpr.refiner import Refiner
 from bpr.train.gate import refined_probability
 
@@ -79,9 +79,13 @@ def main() -> None:
             probs = []
             for b in range(0, len(job.corners), BATCH):
                 im, mk = job.image_patches[b : b + BATCH], job.mask_patches[b : b + BATCH]
-                probs.append(refined_probability(refiner.infer_net, im, mk, flip_tta=True))
+                probs.append(refined_probability(refiner, im, mk, flip_tta=True))
             probs = torch.cat(probs) if probs else torch.zeros((0, s, s))
-        cm = job.mask_patches[:, 0] > 0.5
+        mask_patches = job.mask_patches
+        if job.view_offsets is not None:  # a refiner (or its companion) that sees context: the patch in each view
+            probs = crop_rows(probs, job.view_offsets, s)
+            mask_patches = crop_rows(mask_patches, job.view_offsets, s)
+        cm = mask_patches[:, 0] > 0.5
         gm = gt_p > 0.5
         rm = probs > 0.5
         stats.append(
