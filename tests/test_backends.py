@@ -330,14 +330,19 @@ def test_a_saved_effl0_checkpoint_runs_through_the_automatic_backend(tmp_path, d
 
 
 def test_int8_is_calibrated_on_real_patches_and_stays_near_fp32(data_dir, tmp_path):
-    from bpr.backends.quantize import calibration_patches, quantized_graph
+    from bpr.backends.quantize import calibration_digest, calibration_patches, quantized_graph
 
     images, masks = calibration_patches(64)
     assert images.shape == (192, 3, 64, 64) and masks.shape == (192, 1, 64, 64)
     assert 0.2 < float(masks.mean()) < 0.8 and float(images.std()) > 20  # real boundary patches, not blanks
-    small_images, small_masks = calibration_patches(48)  # other patch sizes are resized
-    assert small_images.shape[-1] == small_masks.shape[-1] == 48
-    assert set(small_masks.unique().tolist()) <= {0.0, 1.0}
+    # the shipped views carry 16 px of context: a patch refiner is calibrated on their centres, at
+    # the scale it sees at inference, a context refiner on the whole view
+    views, view_masks = calibration_patches(96)
+    assert torch.equal(views[..., 16:80, 16:80], images) and torch.equal(view_masks[..., 16:80, 16:80], masks)
+    assert torch.equal(calibration_patches(48)[0], views[..., 24:72, 24:72])
+    large_images, large_masks = calibration_patches(128)  # beyond the views: resized
+    assert large_images.shape[-1] == large_masks.shape[-1] == 128
+    assert set(large_masks.unique().tolist()) <= {0.0, 1.0}
     net = load_refiner(default_checkpoint())
     runtime = load_runtime(net, "openvino", 64, "int8")
     assert runtime.precision == "int8"
@@ -349,7 +354,7 @@ def test_int8_is_calibrated_on_real_patches_and_stays_near_fp32(data_dir, tmp_pa
     assert ((got > 0.5) != (expected > 0.5)).float().mean() < 0.005
     graph = cached_graph(net, 64)
     int8 = quantized_graph(graph, 64)
-    assert int8.name == graph.stem + "-int8.onnx"
+    assert int8.name == f"{graph.stem}-int8-{calibration_digest()}.onnx"  # new calibration, new graph
     mtime = int8.stat().st_mtime_ns
     assert quantized_graph(graph, 64).stat().st_mtime_ns == mtime  # cached, not quantized again
     with pytest.raises(BprInputError, match="int8 runs with the openvino or onnxruntime backend"):

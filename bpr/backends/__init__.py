@@ -166,7 +166,9 @@ def load_runtime(
         if failed is None:
             return opened
         if attempt == 0:  # a corrupt or foreign file under the right name: export afresh
-            for stale in {graph, graph.with_name(graph.stem.removesuffix("-int8") + ".onnx")}:
+            from bpr.backends.quantize import INT8_MARK
+
+            for stale in {graph, graph.with_name(graph.stem.split(INT8_MARK)[0] + ".onnx")}:
                 stale.unlink(missing_ok=True)
             graph = _graph(net, patch_size, precision)
     assert failed is not None  # the loop returned otherwise

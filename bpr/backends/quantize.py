@@ -1,11 +1,16 @@
 """int8: the exported graph statically quantized, calibrated on real boundary patches.
 
 Static quantization needs activation ranges, so it needs real inputs: ``calibration.npz``
-beside this file holds 192 boundary patches (64 px image + coarse mask) from the training sets
-(cityscapes-train street scenes with Mask R-CNN-like masks, DAVIS and ECSSD salient objects),
-built by ``python -m bpr.backends.quantize --build PATCH_DIRS...``. Weights are quantized per
-channel, activations per tensor (QDQ format, ONNX Runtime's quantizer), and the quantized
-graph is cached beside the float one under the same key. OpenVINO runs it with int8 kernels.
+beside this file holds 192 boundary patches with 16 px of context around each (96 px views of
+image + coarse mask) from the training sets' held-out images (cityscapes-train street scenes
+with Mask R-CNN-like masks, DAVIS and ECSSD salient objects), built by ``python -m
+bpr.backends.quantize --build PATCH_DIRS... --counts N...`` from context sets. A graph whose
+input is smaller than the views (a 64 px patch refiner) is calibrated on their centres, a
+context refiner on the views themselves: both at the scale they see at inference. Weights are
+quantized per channel, activations per tensor (QDQ format, ONNX Runtime's quantizer), and the
+quantized graph is cached beside the float one under its key and the calibration's digest, so
+new calibration patches never reuse a graph quantized on the old ones. OpenVINO runs it with
+int8 kernels.
 
 Measured with the default model (docs/benchmarks.md, Speed): the whole dev table within 0.05 points of
 fp32 torch on every input but RVOS F (+0.06), about 1.2x the speed of bf16 on this CPU. Opt in with
@@ -15,6 +20,7 @@ fp32 torch on every input but RVOS F (+0.06), about 1.2x the speed of bf16 on th
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib.util
 import logging
 from pathlib import Path
@@ -28,13 +34,27 @@ from bpr.io.atomic import atomic_path
 
 CALIBRATION = Path(__file__).with_name("calibration.npz")
 BATCH = 32
+INT8_MARK = "-int8-"  # an int8 graph is named <float graph's stem>-int8-<calibration digest>.onnx
+
+
+def calibration_digest() -> str:
+    """A short digest of the shipped calibration patches: part of every int8 graph's name."""
+    return hashlib.sha256(CALIBRATION.read_bytes()).hexdigest()[:12]
 
 
 def calibration_patches(patch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The shipped calibration patches at ``patch_size``: images (N,3,P,P) 0..255, masks (N,1,P,P)."""
+    """The shipped calibration patches at ``patch_size`` (a graph's input: a patch, or a patch
+    with its context): images (N,3,P,P) 0..255, masks (N,1,P,P). Up to the stored views' size
+    they are the views' centres, at the image's own scale as at inference; larger ones are the
+    views resized."""
     with np.load(CALIBRATION) as data:
         images = torch.from_numpy(data["images"]).permute(0, 3, 1, 2).float()
         masks = torch.from_numpy(np.unpackbits(data["masks"], axis=-1)[..., : data["images"].shape[2]])[:, None].float()
+    view = images.shape[-1]
+    if patch_size <= view:
+        start = (view - patch_size) // 2
+        crop = slice(start, start + patch_size)
+        return images[..., crop, crop].contiguous(), masks[..., crop, crop].contiguous()
     if images.shape[-1] != patch_size:
         images = F.interpolate(images, size=(patch_size, patch_size), mode="bilinear", align_corners=False)
         masks = F.interpolate(masks, size=(patch_size, patch_size), mode="nearest")
@@ -42,8 +62,9 @@ def calibration_patches(patch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def quantized_graph(graph: Path, patch_size: int) -> Path:
-    """The int8 version of ``graph`` (cached beside it; quantized now if missing)."""
-    path = graph.with_name(graph.stem + "-int8.onnx")
+    """The int8 version of ``graph`` (cached beside it under the calibration's digest; quantized
+    now if missing)."""
+    path = graph.with_name(f"{graph.stem}{INT8_MARK}{calibration_digest()}.onnx")
     if path.is_file():
         return path
     if importlib.util.find_spec("onnxruntime") is None:
@@ -82,7 +103,8 @@ def quantized_graph(graph: Path, patch_size: int) -> Path:
 
 
 def build_calibration(patch_dirs: list[str], per_set: list[int], seed: int = 0) -> None:
-    """Write calibration.npz from bpr-build-patches sets (held-out patches where a set has them)."""
+    """Write calibration.npz from bpr-build-patches sets (held-out patches where a set has them);
+    sets built with ``--context`` give views, which calibrate context refiners at their own size."""
     from bpr.train.patch_store import PatchSet
 
     rng = np.random.default_rng(seed)
