@@ -12,9 +12,10 @@ quantized graph is cached beside the float one under its key and the calibration
 new calibration patches never reuse a graph quantized on the old ones. OpenVINO runs it with
 int8 kernels.
 
-Measured with the default model (docs/benchmarks.md, Speed): the whole dev table within 0.05 points of
-fp32 torch on every input but RVOS F (+0.06), about 1.2x the speed of bf16 on this CPU. Opt in with
-``--precision int8``; it needs ``onnxruntime`` for the quantization step (the onnx extra).
+Measured with the default pair (docs/benchmarks.md, Speed): the whole dev table within 0.05
+points of fp32 torch on every number but cs-maskrcnn28 AP_L / boundary AP_L (-0.06 / -0.07),
+about 1.2x the speed of bf16 on this CPU. Opt in with ``--precision int8``; it needs
+``onnxruntime`` for the quantization step (the onnx extra).
 """
 
 from __future__ import annotations
