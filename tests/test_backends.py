@@ -187,6 +187,19 @@ def test_a_corrupt_or_foreign_cached_graph_is_rebuilt(tmp_path):
     assert stored_key(rebuilt) == key
 
 
+def test_openvino_keeps_its_compilation_beside_the_graph_and_reuses_it(data_dir):
+    torch.manual_seed(0)
+    net = RefinerNet(RefinerConfig(input_size=64)).eval()
+    first = load_runtime(net, "openvino", 64, "fp32")
+    kept = cached_graph(net, 64).parent / "openvino"
+    blobs = {path: path.stat().st_mtime_ns for path in kept.iterdir()}
+    assert blobs  # OpenVINO wrote its compiled graph there
+    second = load_runtime(net, "openvino", 64, "fp32")
+    assert {path: path.stat().st_mtime_ns for path in kept.iterdir()} == blobs  # read back, not compiled again
+    images, masks = real_patches(data_dir, count=1)
+    assert torch.equal(first.foreground_probability(images, masks), second.foreground_probability(images, masks))
+
+
 def test_a_changed_weight_changes_the_key():
     torch.manual_seed(0)
     net = RefinerNet(RefinerConfig(input_size=64))
@@ -207,14 +220,14 @@ def test_a_graph_that_disagrees_with_torch_is_rebuilt_once_then_refused(monkeypa
         def foreground_probability(self, images, masks):
             return torch.zeros(len(images), images.shape[-2], images.shape[-1])
 
-    def flaky(runtime, graph, threads, precision):  # wrong the first time only: a corrupt graph
-        opened.append(graph)
-        return Wrong() if len(opened) == 1 else real_open(runtime, graph, threads, precision)
+    def flaky(runtime, graph, threads, precision, keep_compiled):  # wrong the first time only: a corrupt graph
+        opened.append((graph, keep_compiled))
+        return Wrong() if len(opened) == 1 else real_open(runtime, graph, threads, precision, keep_compiled)
 
     monkeypatch.setattr(backends, "_open", flaky)
     assert load_runtime(net, "openvino", 64, "fp32") is not None
-    assert len(opened) == 2
-    monkeypatch.setattr(backends, "_open", lambda *a: Wrong())
+    assert [keep for _, keep in opened] == [True, False]  # the retry compiles afresh, not from OpenVINO's kept copy
+    monkeypatch.setattr(backends, "_open", lambda *a, **k: Wrong())
     with pytest.raises(
         ModelNotAvailableError, match=r"disagrees with the torch network by 0\.\d+ \(max, tolerance 0\.001\)"
     ) as err:
@@ -255,10 +268,10 @@ def test_reduced_precision_is_judged_by_mean_and_99th_percentile_and_faults_stil
     assert set(backends.TOLERANCE["bf16"]) == set(backends.TOLERANCE["int8"]) == {"mean", "p99"}
     monkeypatch.setattr(backends, "_graph", lambda *a: Path("unused.onnx"))
     for fault, precision, statistic in ((OnePixelOff(), "fp32", "max"), (BorderRingFlipped(), "int8", "p99")):
-        monkeypatch.setattr(backends, "_open", lambda *a, fault=fault: fault)
+        monkeypatch.setattr(backends, "_open", lambda *a, fault=fault, **k: fault)
         with pytest.raises(ModelNotAvailableError, match=rf"\({statistic}, tolerance"):
             load_runtime(net, "openvino", 64, precision)
-    monkeypatch.setattr(backends, "_open", lambda *a: OnePixelOff())
+    monkeypatch.setattr(backends, "_open", lambda *a, **k: OnePixelOff())
     assert isinstance(load_runtime(net, "openvino", 64, "bf16"), OnePixelOff)  # one pixel: kept
 
 

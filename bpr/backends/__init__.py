@@ -126,11 +126,11 @@ def _beyond(differences: dict[str, float], bounds: dict[str, float]) -> tuple[st
     return None
 
 
-def _open(runtime: str, graph: Path, threads: int, precision: str) -> ProbabilityNet:
+def _open(runtime: str, graph: Path, threads: int, precision: str, keep_compiled: bool = True) -> ProbabilityNet:
     from bpr.backends.runtimes import OnnxRuntimeNet, OpenVinoNet
 
     if runtime == "openvino":
-        return OpenVinoNet(graph, threads, precision)
+        return OpenVinoNet(graph, threads, precision, keep_compiled)
     return OnnxRuntimeNet(graph, threads)
 
 
@@ -157,7 +157,8 @@ def load_runtime(
     graph = _graph(net, patch_size, precision)
     for attempt in range(2):
         try:
-            opened = _open(runtime, graph, threads, precision)
+            # a retry also compiles afresh, in case OpenVINO's kept compilation is what failed
+            opened = _open(runtime, graph, threads, precision, keep_compiled=attempt == 0)
             failed = _beyond(mismatch(opened, net, patch_size), bounds)
         except ModelNotAvailableError:
             if attempt:
