@@ -89,14 +89,24 @@ def main() -> None:
         ids = {k for k, v in held.items() if v == (part == "held-out")}
         if not ids:
             continue
-        part_gt = {**gt, "images": [i for i in gt["images"] if i["id"] in ids],
-                   "annotations": [x for x in gt["annotations"] if x["image_id"] in ids]}
+        part_gt = {
+            **gt,
+            "images": [i for i in gt["images"] if i["id"] in ids],
+            "annotations": [x for x in gt["annotations"] if x["image_id"] in ids],
+        }
         part_gt_path, coarse_path = out / f"{part}.gt.json", out / f"{part}.near.json"
         write_json_atomic(part_gt_path, part_gt)
         write_json_atomic(coarse_path, [e for e in near if e["image_id"] in ids])
         run = refine_file(refiner, part_gt_path, images, coarse_path, out / f"{part}.refined.json")
         row = score(part_gt_path, coarse_path, out / f"{part}.refined.json")
-        result[part] = {"images": len(ids), "J": row["J"], "F": row["F"], "worse": row["worse"], "gated": run["gated"], "patches": run["patches"]}
+        result[part] = {
+            "images": len(ids),
+            "J": row["J"],
+            "F": row["F"],
+            "worse": row["worse"],
+            "gated": run["gated"],
+            "patches": run["patches"],
+        }
         print(a.set, a.scale, part, json.dumps(result[part]))
     write_json_atomic(out / f"result_gate{int(not a.no_quality_gate)}.json", result)
 
