@@ -1,0 +1,73 @@
+#!/usr/bin/env python
+"""What if the refiner could never remove the thin parts of a coarse mask?
+
+Without its gate, the default pair makes 19 of 89 nearly right DAVIS frames worse, and they
+are paragliding-launch, bmx-trees, kite-surf and motocross frames: cords, lines and bike frames
+that the nearly right mask keeps in part and the refiner erases (a few hundred pixels a frame,
+1-4 IoU points). This refines every dev input, then adds back to each refined mask the coarse
+mask's thin parts (what a morphological opening of radius R removes from it) and scores
+before / after both ways. An experiment (issue 21, session 11), not in the library.
+
+    python lab/diagnostics/keep_thin.py --radius 2 [--no-quality-gate] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from bpr.evaluate.dev_table import INPUTS, input_files, refine_file, score
+from bpr.io.coco import decode_segmentation, encode_mask, load_json, mask_to_bbox, write_json_atomic
+from bpr.io.datasets import shared_data_root
+from bpr.refiner import Refiner
+
+
+def thin_parts(mask: np.ndarray, radius: int) -> np.ndarray:
+    """The pixels of ``mask`` that an opening with a disk of ``radius`` removes."""
+    disk = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+    return mask & ~cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_OPEN, disk).astype(bool)
+
+
+def with_thin_parts_kept(gt_path: Path, coarse_path: Path, refined_path: Path, radius: int, out: Path) -> None:
+    sizes = {i["id"]: (i["height"], i["width"]) for i in load_json(gt_path)["images"]}
+    kept = []
+    for c, r in zip(load_json(coarse_path), load_json(refined_path), strict=True):
+        h, w = sizes[c["image_id"]]
+        coarse = decode_segmentation(c["segmentation"], h, w)
+        refined = decode_segmentation(r["segmentation"], h, w) | thin_parts(coarse, radius)
+        kept.append({**r, "segmentation": encode_mask(refined), "bbox": mask_to_bbox(refined), "area": int(refined.sum())})
+    write_json_atomic(out, kept)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--checkpoint", default=None)
+    p.add_argument("--radius", type=int, default=2)
+    p.add_argument("--no-quality-gate", action="store_true")
+    p.add_argument("--json", type=Path, default=None)
+    a = p.parse_args()
+    refiner = Refiner.from_checkpoint(a.checkpoint, quality_gate=not a.no_quality_gate)
+    rows = {}
+    with tempfile.TemporaryDirectory() as tmp_dir:
+        tmp = Path(tmp_dir)
+        for name in INPUTS:
+            gt_path, images, coarse_path = input_files(name, shared_data_root(), Path("work/dev_inputs"))
+            refined, kept = tmp / f"{name}.refined.json", tmp / f"{name}.kept.json"
+            refine_file(refiner, gt_path, images, coarse_path, refined)
+            with_thin_parts_kept(gt_path, coarse_path, refined, a.radius, kept)
+            plain, thin = score(gt_path, coarse_path, refined), score(gt_path, coarse_path, kept)
+            rows[name] = {"plain": plain, "kept": thin}
+            keys = ("AP", "bAP", "AP_L", "bAP_L") if name.startswith("cs-") else ()
+            cells = [f"{k} {(plain[k][1] - plain[k][0]) * 100:+.2f} -> {(thin[k][1] - thin[k][0]) * 100:+.2f}" for k in (*keys, "J", "F")]
+            print(name, " | ".join(cells), f"| worse {plain['worse'] * 100:.1f}% -> {thin['worse'] * 100:.1f}%", flush=True)
+    if a.json:
+        write_json_atomic(a.json, rows)
+
+
+if __name__ == "__main__":
+    main()
