@@ -14,7 +14,6 @@ before / after both ways. An experiment (issue 21, session 11), not in the libra
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 
@@ -40,8 +39,14 @@ def with_thin_parts_kept(gt_path: Path, coarse_path: Path, refined_path: Path, r
         h, w = sizes[c["image_id"]]
         coarse = decode_segmentation(c["segmentation"], h, w)
         refined = decode_segmentation(r["segmentation"], h, w) | thin_parts(coarse, radius)
-        kept.append({**r, "segmentation": encode_mask(refined), "bbox": mask_to_bbox(refined), "area": int(refined.sum())})
+        box, area = mask_to_bbox(refined), int(refined.sum())
+        kept.append({**r, "segmentation": encode_mask(refined), "bbox": box, "area": area})
     write_json_atomic(out, kept)
+
+
+def gain(row: dict, key: str) -> float:
+    """After minus before, in points."""
+    return (row[key][1] - row[key][0]) * 100
 
 
 def main() -> None:
@@ -63,8 +68,9 @@ def main() -> None:
             plain, thin = score(gt_path, coarse_path, refined), score(gt_path, coarse_path, kept)
             rows[name] = {"plain": plain, "kept": thin}
             keys = ("AP", "bAP", "AP_L", "bAP_L") if name.startswith("cs-") else ()
-            cells = [f"{k} {(plain[k][1] - plain[k][0]) * 100:+.2f} -> {(thin[k][1] - thin[k][0]) * 100:+.2f}" for k in (*keys, "J", "F")]
-            print(name, " | ".join(cells), f"| worse {plain['worse'] * 100:.1f}% -> {thin['worse'] * 100:.1f}%", flush=True)
+            cells = [f"{k} {gain(plain, k):+.2f} -> {gain(thin, k):+.2f}" for k in (*keys, "J", "F")]
+            worse = f"| worse {plain['worse'] * 100:.1f}% -> {thin['worse'] * 100:.1f}%"
+            print(name, " | ".join(cells), worse, flush=True)
     if a.json:
         write_json_atomic(a.json, rows)
 
