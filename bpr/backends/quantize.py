@@ -56,10 +56,9 @@ def calibration_patches(patch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         start = (view - patch_size) // 2
         crop = slice(start, start + patch_size)
         return images[..., crop, crop].contiguous(), masks[..., crop, crop].contiguous()
-    if images.shape[-1] != patch_size:
-        images = F.interpolate(images, size=(patch_size, patch_size), mode="bilinear", align_corners=False)
-        masks = F.interpolate(masks, size=(patch_size, patch_size), mode="nearest")
-    return images, masks
+    size = (patch_size, patch_size)
+    images = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+    return images, F.interpolate(masks, size=size, mode="nearest")
 
 
 def quantized_graph(graph: Path, patch_size: int) -> Path:

@@ -37,8 +37,8 @@ class OpenVinoNet:
             raise ModelNotAvailableError("the openvino backend needs OpenVINO: pip install openvino") from None
         hint = "bf16" if precision == "bf16" else "f32"
         config = {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY"}
-        compiled_dir = graph.parent / "openvino"
         if keep_compiled:
+            compiled_dir = graph.parent / "openvino"
             try:
                 compiled_dir.mkdir(parents=True, exist_ok=True)
                 config["CACHE_DIR"] = str(compiled_dir)
