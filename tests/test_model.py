@@ -163,6 +163,18 @@ def test_packaging_writes_fp16_weights_and_exactly_the_settings_given(random_che
             assert saved[k].dtype == torch.float16 and torch.equal(saved[k], v.half()), k
 
 
+def test_gate_thresholds_given_at_each_packaging_add_up_in_the_bias_and_in_meta(tmp_path):
+    """Repackaging a gated checkpoint with --gate-threshold raises the threshold already folded
+    in; meta records the total a patch's gate logit must exceed, never only the last step."""
+    torch.manual_seed(0)
+    save_refiner(RefinerNet(RefinerConfig(input_size=64, gate=True)), tmp_path / "gated.pt", half=False)
+    assert package_main([str(tmp_path / "gated.pt"), str(tmp_path / "t1.pt"), "--gate-threshold", "1.5"]) == 0
+    assert package_main([str(tmp_path / "t1.pt"), str(tmp_path / "t2.pt"), "--gate-threshold", "-0.5"]) == 0
+    bias = {name: load_refiner(tmp_path / name).gate.classifier.bias.float() for name in ("gated.pt", "t2.pt")}
+    assert torch.allclose(bias["gated.pt"] - bias["t2.pt"], torch.tensor(1.0), atol=2e-3)  # fp16 weights
+    assert torch.load(tmp_path / "t2.pt", weights_only=True)["meta"]["gate_threshold"] == 1.0
+
+
 @pytest.mark.parametrize(
     "flags, message",
     [

@@ -31,8 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--gate-threshold",
         type=float,
         default=0.0,
-        help="accept a patch only where the quality gate's logit is above this: folded into the gate's "
-        "bias (the threshold is chosen on every dev input at once, bpr-dev-table)",
+        help="raise the quality gate's threshold by this many logits, on top of any threshold the source "
+        "already has folded into the gate's bias (meta records the total); a patch is accepted only where "
+        "the gate's logit is above the total (chosen on every dev input at once, bpr-dev-table)",
     )
     p.add_argument(
         "--gate-early-reject",
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             raise BprInputError(f"{args.src} has no quality gate; --gate-threshold needs one")
         with torch.no_grad():
             net.gate.classifier.bias.sub_(args.gate_threshold)
-        meta["gate_threshold"] = args.gate_threshold
+        meta["gate_threshold"] = meta.get("gate_threshold", 0.0) + args.gate_threshold
     if args.companion:
         companion_source = read_checkpoint(args.companion)
         net = with_companion(net, build_refiner(companion_source, args.companion), args.companion_weight)
