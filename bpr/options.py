@@ -137,6 +137,17 @@ class RefineOptions:
         ge=-1,
         recommended=True,
     )
+    keep_thin: int = option(
+        0,
+        "parts of an input mask narrower than 2r+1 pixels (what an opening with a disk of radius r removes: "
+        "cords, lines, poles, bike frames) are never removed by refinement (0 = off): the refiner erases thin "
+        "structures that a nearly right mask kept",
+        "keep thin (radius, pixels)",
+        ge=0,
+        le=16,
+        recommended=True,
+        per_request=True,
+    )
     quality_gate: bool = option(
         True,
         "with a checkpoint that has a patch-quality gate, patches the gate expects to break more pixels "
@@ -185,7 +196,8 @@ class RefineStats:
     batches count the network's work; fallbacks are instances returned as they came in by
     the ``fallback_iou`` rule, small ones those left alone by ``min_area``; gated counts
     patches the quality gate kept coarse (early_gated of them without their second opinion: the
-    mirrored forward of flip TTA, or the companion refiner's).
+    mirrored forward of flip TTA, or the companion refiner's); thin_kept instances got back thin
+    parts of their input mask that refinement had removed (``keep_thin``).
     """
 
     images: int = 0
@@ -196,6 +208,7 @@ class RefineStats:
     small: int = 0
     gated: int = 0
     early_gated: int = 0
+    thin_kept: int = 0
     seconds: dict[str, float] = field(default_factory=lambda: {"extract": 0.0, "network": 0.0, "reassemble": 0.0})
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 

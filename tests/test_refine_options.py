@@ -322,7 +322,12 @@ def test_a_request_may_set_fewer_passes_than_the_library_allows():
         RefineQuery(iterations=4)
     with pytest.raises(ValidationError):
         RefineQuery(nms_iou=0.0)
-    assert RefineQuery(min_area=5).model_dump() == {"nms_iou": None, "flip_tta": None, "iterations": None}
+    assert RefineQuery(min_area=5).model_dump() == {
+        "nms_iou": None,
+        "flip_tta": None,
+        "iterations": None,
+        "keep_thin": None,
+    }
 
 
 def test_settings_and_flags_reach_the_refiner_spec():

@@ -147,7 +147,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{seconds:.1f} s ({s.images / max(seconds, 1e-9):.2f} images/s, {refiner.backend} backend); "
             f"{s.fallbacks} instances kept as given by the fallback "
             f"rule, {s.small} under the minimum area, {s.gated} patches kept coarse by the quality gate "
-            f"({s.early_gated} of them without a second opinion: the mirrored or companion forward) -> {out}",
+            f"({s.early_gated} of them without a second opinion: the mirrored or companion forward)"
+            + (f", {s.thin_kept} instances given back thin parts" if refiner.options.keep_thin else "")
+            + f" -> {out}",
             file=sys.stderr,
         )
     return 0

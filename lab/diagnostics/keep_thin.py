@@ -9,6 +9,12 @@ mask's thin parts (what a morphological opening of radius R removes from it) and
 before / after both ways. An experiment (issue 21, session 11), not in the library.
 
     python lab/diagnostics/keep_thin.py --radius 2 [--no-quality-gate] [--json out.json]
+        [--refined-dir work/s12/refined_<name>] [--min-extent L]
+
+``--refined-dir`` keeps each input's refined masks there and reuses them on the next run, so
+variants of the rule cost only scoring. ``--min-extent`` keeps only thin parts whose connected
+piece spans at least L pixels (bounding-box diagonal): cords and frames, not the corners an
+opening trims off every staircase boundary.
 """
 
 from __future__ import annotations
@@ -26,19 +32,29 @@ from bpr.io.datasets import shared_data_root
 from bpr.refiner import Refiner
 
 
-def thin_parts(mask: np.ndarray, radius: int) -> np.ndarray:
-    """The pixels of ``mask`` that an opening with a disk of ``radius`` removes."""
+def thin_parts(mask: np.ndarray, radius: int, min_extent: float = 0.0) -> np.ndarray:
+    """The pixels of ``mask`` that an opening with a disk of ``radius`` removes, in connected
+    pieces spanning at least ``min_extent`` pixels."""
     disk = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
-    return mask & ~cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_OPEN, disk).astype(bool)
+    thin = mask & ~cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_OPEN, disk).astype(bool)
+    if min_extent <= 0 or not thin.any():
+        return thin
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(thin.astype(np.uint8), connectivity=8)
+    extent = np.hypot(stats[:, cv2.CC_STAT_WIDTH], stats[:, cv2.CC_STAT_HEIGHT])
+    keep = extent >= min_extent
+    keep[0] = False
+    return keep[labels]
 
 
-def with_thin_parts_kept(gt_path: Path, coarse_path: Path, refined_path: Path, radius: int, out: Path) -> None:
+def with_thin_parts_kept(
+    gt_path: Path, coarse_path: Path, refined_path: Path, radius: int, out: Path, min_extent: float = 0.0
+) -> None:
     sizes = {i["id"]: (i["height"], i["width"]) for i in load_json(gt_path)["images"]}
     kept = []
     for c, r in zip(load_json(coarse_path), load_json(refined_path), strict=True):
         h, w = sizes[c["image_id"]]
         coarse = decode_segmentation(c["segmentation"], h, w)
-        refined = decode_segmentation(r["segmentation"], h, w) | thin_parts(coarse, radius)
+        refined = decode_segmentation(r["segmentation"], h, w) | thin_parts(coarse, radius, min_extent)
         box, area = mask_to_bbox(refined), int(refined.sum())
         kept.append({**r, "segmentation": encode_mask(refined), "bbox": box, "area": area})
     write_json_atomic(out, kept)
@@ -55,6 +71,8 @@ def main() -> None:
     p.add_argument("--radius", type=int, default=2)
     p.add_argument("--no-quality-gate", action="store_true")
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--refined-dir", type=Path, default=None)
+    p.add_argument("--min-extent", type=float, default=0.0)
     a = p.parse_args()
     refiner = Refiner.from_checkpoint(a.checkpoint, quality_gate=not a.no_quality_gate)
     rows = {}
@@ -62,9 +80,12 @@ def main() -> None:
         tmp = Path(tmp_dir)
         for name in INPUTS:
             gt_path, images, coarse_path = input_files(name, shared_data_root(), Path("work/dev_inputs"))
-            refined, kept = tmp / f"{name}.refined.json", tmp / f"{name}.kept.json"
-            refine_file(refiner, gt_path, images, coarse_path, refined)
-            with_thin_parts_kept(gt_path, coarse_path, refined, a.radius, kept)
+            kept = tmp / f"{name}.kept.json"
+            refined = (a.refined_dir or tmp) / f"{name}.refined.json"
+            if not refined.exists():
+                refined.parent.mkdir(parents=True, exist_ok=True)
+                refine_file(refiner, gt_path, images, coarse_path, refined)
+            with_thin_parts_kept(gt_path, coarse_path, refined, a.radius, kept, a.min_extent)
             plain, thin = score(gt_path, coarse_path, refined), score(gt_path, coarse_path, kept)
             rows[name] = {"plain": plain, "kept": thin}
             keys = ("AP", "bAP", "AP_L", "bAP_L") if name.startswith("cs-") else ()
