@@ -3,6 +3,9 @@ writes the same masks whichever runs, a stale or corrupt graph is rebuilt or ref
 automatic choice is pinned."""
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +14,7 @@ import torch
 
 import bpr.backends as backends
 from bpr.backends import automatic_backend, automatic_precision, load_runtime, select_backend
-from bpr.backends.export import KEY_FIELD, cached_graph, graph_key, stored_key
+from bpr.backends.export import KEY_FIELD, cached_graph, graph_key, model_metadata, stored_key
 from bpr.cli.refine import main as refine_main
 from bpr.errors import BprInputError, ModelNotAvailableError
 from bpr.io.coco import load_json
@@ -185,6 +188,35 @@ def test_a_corrupt_or_foreign_cached_graph_is_rebuilt(tmp_path):
     assert stored_key(path) == graph_key(other, 64) != key
     rebuilt = cached_graph(net, 64, tmp_path)
     assert stored_key(rebuilt) == key
+
+
+def test_the_graph_key_is_read_without_onnx_as_onnx_wrote_it_and_a_torn_graph_has_none(tmp_path):
+    """stored_key walks the protobuf itself (start-up without importing onnx): it must read every
+    metadata entry exactly as onnx does, and a graph cut short anywhere has no key."""
+    import onnx
+
+    torch.manual_seed(0)
+    path = cached_graph(RefinerNet(RefinerConfig(input_size=64)).eval(), 64, tmp_path)
+    model = onnx.load(str(path))
+    model.metadata_props.add(key="note", value="ünïcode and = signs")
+    onnx.save(model, str(path))
+    data = path.read_bytes()
+    assert model_metadata(data) == {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert model_metadata(data)["note"] == "ünïcode and = signs"
+    for cut in (1, 100, len(data) // 2, len(data) - 1):
+        path.write_bytes(data[:cut])
+        assert stored_key(path) is None, cut
+
+
+def test_loading_a_refiner_from_its_cached_graph_never_imports_onnx(tmp_path):
+    code = (
+        "import sys; from bpr.refiner import Refiner; Refiner.from_checkpoint(None, backend='openvino'); "
+        "print('onnx' in sys.modules)"
+    )
+    env = {**os.environ, "BPR_CACHE_DIR": str(tmp_path)}
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True)  # exports (onnx)
+    again = subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True)
+    assert again.stdout.strip() == "False"
 
 
 def test_openvino_keeps_its_compilation_beside_the_graph_and_reuses_it(data_dir):

@@ -90,14 +90,72 @@ def export_onnx(net: RefinerNet, patch_size: int, path: Path, key: str) -> Path:
 
 
 def stored_key(path: Path) -> str | None:
-    """The key written into a cached graph, or None when the file is not a readable ONNX graph."""
-    import onnx
+    """The key written into a cached graph, or None when the file is not a readable ONNX graph.
 
+    Read with :func:`model_metadata`, not the ``onnx`` package: importing ``onnx`` (and the
+    ``ml_dtypes`` it pulls in) took 0.6 s of every start-up that only needed this one string.
+    """
     try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception:  # noqa: BLE001 - any unreadable file is a graph to rebuild
+        return model_metadata(path.read_bytes()).get(KEY_FIELD)
+    except (OSError, ValueError):
         return None
-    return next((p.value for p in model.metadata_props if p.key == KEY_FIELD), None)
+
+
+def model_metadata(data: bytes) -> dict[str, str]:
+    """``metadata_props`` of a serialized ONNX ``ModelProto`` (field 14: repeated
+    ``StringStringEntryProto`` with ``key`` = 1 and ``value`` = 2), read straight from the
+    protobuf wire format: the top-level fields are walked and the graph (field 7) is skipped by
+    its length, never parsed. ValueError when ``data`` is not a well-formed message."""
+    props: dict[str, str] = {}
+    for number, value in _fields(memoryview(data)):
+        if number == 14 and isinstance(value, memoryview):
+            entry = {n: bytes(v) for n, v in _fields(value) if isinstance(v, memoryview)}
+            props[entry.get(1, b"").decode("utf-8", "replace")] = entry.get(2, b"").decode("utf-8", "replace")
+    return props
+
+
+def _fields(data: memoryview) -> list[tuple[int, int | memoryview]]:
+    """The (field number, value) pairs of one protobuf message: varints and fixed-width values as
+    ints, length-delimited ones as views into ``data`` (the graph is not copied)."""
+    out: list[tuple[int, int | memoryview]] = []
+    pos, end = 0, len(data)
+    while pos < end:
+        tag, pos = _varint(data, pos)
+        number, wire = tag >> 3, tag & 7
+        if number == 0:
+            raise ValueError("field number 0")
+        if wire == 0:
+            value, pos = _varint(data, pos)
+            out.append((number, value))
+        elif wire in (1, 5):
+            width = 8 if wire == 1 else 4
+            if pos + width > end:
+                raise ValueError("truncated fixed-width field")
+            out.append((number, int.from_bytes(data[pos : pos + width].tobytes(), "little")))
+            pos += width
+        elif wire == 2:
+            length, pos = _varint(data, pos)
+            if pos + length > end:
+                raise ValueError("truncated length-delimited field")
+            out.append((number, data[pos : pos + length]))
+            pos += length
+        else:
+            raise ValueError(f"unsupported wire type {wire}")
+    return out
+
+
+def _varint(data: memoryview, pos: int) -> tuple[int, int]:
+    """A base-128 varint at ``pos``: its value and the position after it."""
+    value = shift = 0
+    while True:
+        if pos >= len(data) or shift > 63:
+            raise ValueError("truncated or overlong varint")
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
 
 
 def cached_graph(net: RefinerNet, patch_size: int, directory: Path | None = None) -> Path:
