@@ -46,8 +46,33 @@ def thin_parts(mask: np.ndarray, radius: int, min_extent: float = 0.0) -> np.nda
     return keep[labels]
 
 
+def thin_gaps(mask: np.ndarray, radius: int) -> np.ndarray:
+    """The pixels outside ``mask`` that a closing with a disk of ``radius`` adds: gaps and holes
+    narrower than the disk (twigs across a rider, the space between a cord and a body)."""
+    disk = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+    return ~mask & (cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_CLOSE, disk) > 0)
+
+
+def holes(mask: np.ndarray) -> np.ndarray:
+    """Background pixels of ``mask`` enclosed by it: 4-connected background pieces that do not
+    reach the image's edge."""
+    count, labels = cv2.connectedComponents((~mask).astype(np.uint8), connectivity=4)
+    edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    enclosed = np.ones(count, dtype=bool)
+    enclosed[0] = False
+    enclosed[edge] = False
+    return enclosed[labels]
+
+
 def with_thin_parts_kept(
-    gt_path: Path, coarse_path: Path, refined_path: Path, radius: int, out: Path, min_extent: float = 0.0
+    gt_path: Path,
+    coarse_path: Path,
+    refined_path: Path,
+    radius: int,
+    out: Path,
+    min_extent: float = 0.0,
+    gaps: bool = False,
+    keep_holes: bool = False,
 ) -> None:
     sizes = {i["id"]: (i["height"], i["width"]) for i in load_json(gt_path)["images"]}
     kept = []
@@ -55,6 +80,10 @@ def with_thin_parts_kept(
         h, w = sizes[c["image_id"]]
         coarse = decode_segmentation(c["segmentation"], h, w)
         refined = decode_segmentation(r["segmentation"], h, w) | thin_parts(coarse, radius, min_extent)
+        if gaps:
+            refined &= ~thin_gaps(coarse, radius)
+        if keep_holes:
+            refined &= ~holes(coarse)
         box, area = mask_to_bbox(refined), int(refined.sum())
         kept.append({**r, "segmentation": encode_mask(refined), "bbox": box, "area": area})
     write_json_atomic(out, kept)
@@ -73,6 +102,8 @@ def main() -> None:
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--refined-dir", type=Path, default=None)
     p.add_argument("--min-extent", type=float, default=0.0)
+    p.add_argument("--gaps", action="store_true", help="also keep thin gaps of the coarse mask open")
+    p.add_argument("--holes", action="store_true", help="also keep the coarse mask's holes open")
     a = p.parse_args()
     refiner = Refiner.from_checkpoint(a.checkpoint, quality_gate=not a.no_quality_gate)
     rows = {}
@@ -85,7 +116,7 @@ def main() -> None:
             if not refined.exists():
                 refined.parent.mkdir(parents=True, exist_ok=True)
                 refine_file(refiner, gt_path, images, coarse_path, refined)
-            with_thin_parts_kept(gt_path, coarse_path, refined, a.radius, kept, a.min_extent)
+            with_thin_parts_kept(gt_path, coarse_path, refined, a.radius, kept, a.min_extent, a.gaps, a.holes)
             plain, thin = score(gt_path, coarse_path, refined), score(gt_path, coarse_path, kept)
             rows[name] = {"plain": plain, "kept": thin}
             keys = ("AP", "bAP", "AP_L", "bAP_L") if name.startswith("cs-") else ()
