@@ -140,8 +140,8 @@ class RefineOptions:
     keep_thin: int = option(
         0,
         "parts of an input mask narrower than 2r+1 pixels (what an opening with a disk of radius r removes: "
-        "cords, lines, poles, bike frames) are never removed by refinement (0 = off): the refiner erases thin "
-        "structures that a nearly right mask kept",
+        "cords, lines, poles, bike frames, corner tips) are never removed by refinement, unless another "
+        "instance won them (0 = off): the refiner erases thin structures that a nearly right mask kept",
         "keep thin (radius, pixels)",
         ge=0,
         le=16,

@@ -181,7 +181,8 @@ class Refinement:
 
     def _keep_thin(self, refined: torch.Tensor) -> torch.Tensor:
         """With ``keep_thin`` at r > 0, pixels of an input mask's thin parts (narrower than 2r+1
-        pixels) that refinement removed come back.
+        pixels) that refinement removed come back, except pixels another instance newly gained
+        (resolve_overlaps gave them to the more confident one: no overlap is made here).
 
         On nearly right masks of DAVIS frames the refiner's worst harm is erasing cords, lines and
         bike frames that the mask kept: a patch sees a thin run of foreground as noise on a
@@ -203,9 +204,16 @@ class Refinement:
             py1, px1 = min(y1 + radius + 1, height), min(x1 + radius + 1, width)
             given = self.input[i, py0:py1, px0:px1].cpu().numpy()
             thin = torch.from_numpy(thin_parts(given, radius)).to(refined.device)
-            r = refined[i, py0:py1, px0:px1]
-            if bool(torch.any(thin & ~r)):
-                refined[i, py0:py1, px0:px1] = r | thin
+            ys, xs = torch.nonzero(thin & ~refined[i, py0:py1, px0:px1], as_tuple=True)
+            if len(ys) == 0:
+                continue
+            ys, xs = ys + py0, xs + px0
+            # a pixel another instance newly gained (and won, resolve_overlaps) stays that one's
+            claimed = refined[:, ys, xs] & ~self.input[:, ys, xs]
+            claimed[i] = False
+            free = ~claimed.any(0)
+            if bool(free.any()):
+                refined[i, ys[free], xs[free]] = True
                 kept += 1
         if kept:
             self.refiner.stats.add(thin_kept=kept)
@@ -257,9 +265,10 @@ def anchored(refined: np.ndarray, given: np.ndarray, reach: int = 0) -> np.ndarr
 
 def thin_parts(mask: np.ndarray, radius: int) -> np.ndarray:
     """The pixels of ``mask`` (H, W bool) that an opening with a disk of ``radius`` removes:
-    parts narrower than the disk (2 * radius + 1 pixels), and the tips of sharp corners. Beyond
-    the array's edge the mask counts as continuing (an object cut by the image's border is not
-    thin there)."""
+    parts narrower than the disk (2 * radius + 1 pixels), the tips of sharp corners and the
+    one-pixel bumps of a jagged boundary. The erosion sees foreground beyond the array's edge,
+    so an object cut by the edge is not thin there, but a sliver along the edge up to
+    ``radius`` pixels deep still is."""
     disk = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
     opened = cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_OPEN, disk)
     return mask & (opened == 0)

@@ -208,6 +208,37 @@ def test_the_graph_key_is_read_without_onnx_as_onnx_wrote_it_and_a_torn_graph_ha
         assert stored_key(path) is None, cut
 
 
+@pytest.mark.parametrize(
+    "data, props",
+    [
+        # a fixed64 (field 1) and a fixed32 (field 2) beside one entry: skipped by their widths
+        (b"\x09" + bytes(8) + b"\x15" + bytes(4) + b"\x72\x06\x0a\x01k\x12\x01v", {"k": "v"}),
+        # a varint field, then two entries with the same key: the first wins
+        (b"\x08\x96\x01" + b"\x72\x06\x0a\x01k\x12\x01a" + b"\x72\x06\x0a\x01k\x12\x01b", {"k": "a"}),
+        (b"", {}),
+    ],
+)
+def test_the_metadata_reader_walks_every_wire_type(data, props):
+    assert model_metadata(data) == props
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\x08" + b"\xff" * 11,  # a varint over 64 bits
+        b"\x08\x80",  # a varint cut short
+        b"\x0d\x00\x00",  # a fixed32 cut short
+        b"\x09" + bytes(4),  # a fixed64 cut short
+        b"\x0b",  # a group: not in ONNX
+        b"\x00\x01",  # field number 0
+        b"\x72\x10\x0a\x01k",  # an entry longer than the file
+    ],
+)
+def test_the_metadata_reader_refuses_a_malformed_message(data):
+    with pytest.raises(ValueError):
+        model_metadata(data)
+
+
 def test_loading_a_refiner_from_its_cached_graph_never_imports_onnx(tmp_path):
     code = (
         "import sys; from bpr.refiner import Refiner; Refiner.from_checkpoint(None, backend='openvino'); "

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import InvertNet, davis_frame
+import torch
+from conftest import IdentityNet, InvertNet, davis_frame
 
 from bpr.evaluate.dev_table import near_perfect
 from bpr.io.coco import decode_segmentation, load_json
 from bpr.io.images import read_image
 from bpr.modeling import RefinerConfig
+from bpr.options import RefineOptions, RefineStats
 from bpr.refinement import thin_parts
 from bpr.refiner import Refiner
 
@@ -30,6 +32,60 @@ def test_thin_parts_are_a_cord_and_corner_tips_never_a_body_or_a_wide_bar():
     assert thin[40:52, 200:290].sum() <= 4 * 6  # the bar: a few pixels at each corner tip only
     assert not thin[42:50, 202:288].any()
     assert not thin_parts(mask, 1)[99:102, 120:195].any()  # a 3 px cord is as wide as a radius-1 disk
+
+
+def test_a_solid_mask_has_no_thin_parts_and_the_image_edge_is_no_edge_of_the_object():
+    assert not thin_parts(np.ones((40, 60), dtype=bool), 4).any()
+    mask = np.zeros((40, 60), dtype=bool)
+    mask[:12, :] = True  # a band cut by the top edge: 12 px deep, wider than the disk
+    assert not thin_parts(mask, 4)[:8].any()
+    mask[:] = False
+    mask[:3, :] = True  # a sliver along the top edge, 3 px deep: thin
+    assert thin_parts(mask, 4)[:3, 5:55].all()
+
+
+def test_keep_thin_gives_nothing_back_where_another_instance_won_the_pixel():
+    """A cord (instance 1) crosses a body (instance 0) that refinement grows over it with more
+    confidence: resolve_overlaps gives the crossing to the body, and keep_thin must not hand it
+    back to the cord (that would make an overlap). Elsewhere the cord keeps its thin pixels."""
+    from bpr.refinement import Refinement
+
+    h, w = 120, 160
+    body = np.zeros((h, w), dtype=bool)
+    body[30:90, 20:80] = True
+    cord = np.zeros((h, w), dtype=bool)
+    cord[59:62, 70:150] = True  # 3 px wide, its first 10 px inside the body's refined reach
+    grown = body.copy()
+    grown[30:90, 20:90] = True  # the body, refined, now covers x 80-89: cord pixels there
+    refined_cord = np.zeros_like(cord)  # refinement erased the cord
+    masks = torch.from_numpy(np.stack([body, cord]))
+    out = torch.from_numpy(np.stack([grown, refined_cord]))
+
+    class Steps:
+        patch_size = 64
+        stats = RefineStats()
+
+    rule = Refinement.__new__(Refinement)
+    rule.refiner, rule.options = Steps(), RefineOptions(keep_thin=4)
+    rule.input, rule.input_extents = masks, None
+    rule.reach_boxes = np.array([[20, 0, 100, 100], [40, 60, 80, 160]])
+    kept = rule._keep_thin(out.clone()).numpy()
+    won = cord & grown & ~body  # the crossing the body gained (x 80-89)
+    assert won.sum() == 30 and not kept[1][won].any() and kept[0][won].all()
+    assert np.array_equal(kept[0] & kept[1], body & cord)  # no overlap but the detector's own
+    assert kept[1][cord & ~won].all()  # the rest of the cord came back
+    assert Steps.stats.thin_kept == 1
+
+
+def test_an_instance_refinement_left_whole_is_not_counted():
+    """Only instances that actually get thin pixels back are counted."""
+    image = np.full((100, 100, 3), 128, dtype=np.uint8)
+    masks = np.zeros((2, 100, 100), dtype=bool)
+    masks[0, 20:80, 20:80] = True  # a square: IdentityNet leaves it as it is
+    masks[1, 50:53, 5:95] = True  # a cord
+    refiner = Refiner(IdentityNet(RefinerConfig(input_size=64)), backend="torch", min_area=0)
+    assert np.array_equal(refiner.refine(image, masks, keep_thin=4), masks)
+    assert refiner.stats.thin_kept == 0
 
 
 @pytest.mark.parametrize("index", [58, 0])  # paragliding-launch_00070 (cords), bear_00000

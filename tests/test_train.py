@@ -19,7 +19,7 @@ from bpr.cli.train_gate import main as train_gate_main
 from bpr.errors import BprInputError, ModelNotAvailableError
 from bpr.io.coco import decode_segmentation, load_json
 from bpr.io.images import read_image
-from bpr.modeling import RefinerConfig, load_refiner
+from bpr.modeling import RefinerConfig, load_refiner, save_refiner
 from bpr.refiner import Refiner, default_checkpoint
 from bpr.train.build_patches import crop_training_patches
 from bpr.train.loop import TrainConfig, Trainer, edge_band
@@ -336,6 +336,18 @@ def _gate_args(checkpoint, patches, out, *flags):
     """A bpr-train-gate run of 4 steps of batch 8, scored on 32 held-out patches."""
     short = ["--steps", "4", "--batch-size", "8", "--eval-patches", "32"]
     return [str(checkpoint), "--patches", str(patches), "--out", str(out), *short, *flags]
+
+
+def test_a_new_gate_does_not_inherit_the_threshold_folded_into_the_old_one(patch_dir, tmp_path, random_checkpoint):
+    """bpr-package records a threshold it folds into a gate's bias; retraining the gate replaces
+    that bias, so the source's recorded threshold must not travel on (a later --gate-threshold
+    would otherwise add to a threshold no longer there)."""
+    source = tmp_path / "thresholded.pt"
+    save_refiner(load_refiner(random_checkpoint), source, meta={"gate_threshold": 1.5, "note": "kept"}, half=False)
+    out = tmp_path / "regated.pt"
+    assert train_gate_main(_gate_args(source, patch_dir, out)) == 0
+    meta = torch.load(out, weights_only=True)["meta"]
+    assert "gate_threshold" not in meta and meta["note"] == "kept" and "gate_training" in meta
 
 
 def test_a_patch_weighs_its_stake_to_the_stake_power_and_harm_counts_more():

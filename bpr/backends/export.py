@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -109,15 +110,20 @@ def model_metadata(data: bytes) -> dict[str, str]:
     props: dict[str, str] = {}
     for number, value in _fields(memoryview(data)):
         if number == 14 and isinstance(value, memoryview):
-            entry = {n: bytes(v) for n, v in _fields(value) if isinstance(v, memoryview)}
-            props[entry.get(1, b"").decode("utf-8", "replace")] = entry.get(2, b"").decode("utf-8", "replace")
+            entry: dict[int, bytes] = {}
+            for n, v in _fields(value):
+                if isinstance(v, memoryview):
+                    entry.setdefault(n, bytes(v))
+            key = entry.get(1, b"").decode("utf-8", "replace")
+            # a key given twice: the first wins, as stored_key has always read it
+            props.setdefault(key, entry.get(2, b"").decode("utf-8", "replace"))
     return props
 
 
-def _fields(data: memoryview) -> list[tuple[int, int | memoryview]]:
-    """The (field number, value) pairs of one protobuf message: varints and fixed-width values as
-    ints, length-delimited ones as views into ``data`` (the graph is not copied)."""
-    out: list[tuple[int, int | memoryview]] = []
+def _fields(data: memoryview) -> Iterator[tuple[int, int | memoryview]]:
+    """The (field number, value) pairs of one protobuf message, one at a time (a malformed file
+    of many tiny fields costs no memory): varints and fixed-width values as ints,
+    length-delimited ones as views into ``data`` (the graph is not copied)."""
     pos, end = 0, len(data)
     while pos < end:
         tag, pos = _varint(data, pos)
@@ -126,22 +132,21 @@ def _fields(data: memoryview) -> list[tuple[int, int | memoryview]]:
             raise ValueError("field number 0")
         if wire == 0:
             value, pos = _varint(data, pos)
-            out.append((number, value))
+            yield number, value
         elif wire in (1, 5):
             width = 8 if wire == 1 else 4
             if pos + width > end:
                 raise ValueError("truncated fixed-width field")
-            out.append((number, int.from_bytes(data[pos : pos + width].tobytes(), "little")))
+            yield number, int.from_bytes(data[pos : pos + width].tobytes(), "little")
             pos += width
         elif wire == 2:
             length, pos = _varint(data, pos)
             if pos + length > end:
                 raise ValueError("truncated length-delimited field")
-            out.append((number, data[pos : pos + length]))
+            yield number, data[pos : pos + length]
             pos += length
         else:
             raise ValueError(f"unsupported wire type {wire}")
-    return out
 
 
 def _varint(data: memoryview, pos: int) -> tuple[int, int]:

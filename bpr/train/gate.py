@@ -348,6 +348,7 @@ def train_gate(cfg: GateTrainConfig) -> Path:
                 running = 0.0
                 t0 = time.perf_counter()
     meta = source.get("meta", {})
+    meta.pop("gate_threshold", None)  # a threshold folded into the old gate says nothing of the new one
     meta["gate_training"] = {
         "from": str(cfg.checkpoint),
         "patches": cfg.patches,
