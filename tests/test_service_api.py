@@ -280,6 +280,23 @@ def test_per_request_passes_and_tta_match_the_cli_flags(server, checkpoint: Path
     )  # at most MAX_PASSES
 
 
+def test_keep_thin_per_request_matches_the_cli_flag(server, checkpoint: Path, tmp_path: Path) -> None:
+    """?keep_thin=4 answers what bpr-refine --keep-thin 4 writes, and the rule acts (the answer
+    differs from the one without it); out of its range it is a 422."""
+    items = davis_items(2)
+    cli = refine_with_cli(items, DAVIS, checkpoint, tmp_path, "--keep-thin", "4")
+    got, plain = [], []
+    for img, entries in items:
+        path = DAVIS / "images" / img["file_name"]
+        r = refine_request(server.url, path, entries, params={"keep_thin": 4})
+        assert r.status_code == 200, r.text
+        got += r.json()["instances"]
+        plain += refine_request(server.url, path, entries).json()["instances"]
+    assert got == cli and got != plain
+    r = refine_request(server.url, DAVIS / "images" / items[0][0]["file_name"], items[0][1], params={"keep_thin": 17})
+    assert r.status_code == 422 and "keep_thin" in r.text
+
+
 def test_answers_are_checked_against_their_declared_model() -> None:
     from pydantic import ValidationError
 
