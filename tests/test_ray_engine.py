@@ -24,7 +24,7 @@ import pytest
 from conftest import make_checkpoint
 
 from bpr.cli.refine import main as refine_cli
-from bpr.distributed.shards import WorkDir, plan_shards, refine_shard
+from bpr.distributed.shards import STAT_FIELDS, WorkDir, plan_shards, refine_shard
 from bpr.io.datasets import shared_data_root
 
 ray = pytest.importorskip("ray", reason="ray is not installed (the ray extra: pip install '.[ray]')")
@@ -222,7 +222,7 @@ def test_a_worker_failure_names_the_image(dataset: dict[str, Path]) -> None:
     """Whatever breaks inside a worker comes back as the shard's error, naming its image."""
 
     class Broken:
-        stats = type("S", (), {k: 0 for k in ("images", "instances", "patches", "fallbacks", "small", "gated")})()
+        stats = type("S", (), dict.fromkeys(STAT_FIELDS, 0))()
 
         def refine_many(self, items: Any) -> Iterator[np.ndarray]:
             for _ in items:

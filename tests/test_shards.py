@@ -88,3 +88,7 @@ def test_a_shard_that_refines_returns_every_entry_once(data_dir, random_checkpoi
     got = shards.refine_shard(refiner, shard.payload())
     assert [index for index, _ in got["refined"]] == shard.indices
     assert got["stats"]["images"] == 3
+    assert got["stats"]["thin_kept"] == 0  # the rule is off by default
+    thin_refiner = Refiner.from_checkpoint(random_checkpoint, backend="torch", keep_thin=4)
+    with_thin = shards.refine_shard(thin_refiner, shard.payload())
+    assert with_thin["stats"]["thin_kept"] > 0 and with_thin["stats"]["instances"] == got["stats"]["instances"]

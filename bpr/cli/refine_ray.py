@@ -139,7 +139,10 @@ def run_ray(
             f"{elapsed:.1f} s ({computed_patches / max(elapsed, 1e-9):.0f} patches/s computed) on {workers} workers; "
             f"{len(shards) - len(todo)} of {len(shards)} shards reused from {work.root}; {totals['fallbacks']} "
             f"instances kept as given by the fallback rule, {totals['small']} under the minimum area, "
-            f"{totals['gated']} patches kept coarse by the quality gate -> {out}",
+            f"{totals['gated']} patches kept coarse by the quality gate ({totals['early_gated']} of them without a "
+            f"second opinion: the mirrored or companion forward)"
+            + (f", {totals['thin_kept']} instances given back thin parts" if totals["thin_kept"] else "")
+            + f" -> {out}",
             file=sys.stderr,
         )
     return 0

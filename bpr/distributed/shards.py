@@ -32,7 +32,8 @@ from bpr.io.coco import write_json_atomic
 from bpr.io.results import load_image_masks, refined_entry
 
 MANIFEST = "manifest.json"
-STAT_FIELDS = ("images", "instances", "patches", "fallbacks", "small", "gated")
+# counters a shard reports (a shard file written before a counter was added reads as 0 for it)
+STAT_FIELDS = ("images", "instances", "patches", "fallbacks", "small", "gated", "early_gated", "thin_kept")
 
 
 @dataclass(frozen=True)
