@@ -29,14 +29,14 @@ import numpy as np
 from bpr.evaluate.dev_table import INPUTS, input_files, refine_file, score
 from bpr.io.coco import decode_segmentation, encode_mask, load_json, mask_to_bbox, write_json_atomic
 from bpr.io.datasets import shared_data_root
+from bpr.refinement import thin_parts
 from bpr.refiner import Refiner
 
 
-def thin_parts(mask: np.ndarray, radius: int, min_extent: float = 0.0) -> np.ndarray:
-    """The pixels of ``mask`` that an opening with a disk of ``radius`` removes, in connected
+def long_thin_parts(mask: np.ndarray, radius: int, min_extent: float = 0.0) -> np.ndarray:
+    """The library's thin parts of ``mask`` (bpr.refinement.thin_parts), only in connected
     pieces spanning at least ``min_extent`` pixels."""
-    disk = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
-    thin = mask & ~cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_OPEN, disk).astype(bool)
+    thin = thin_parts(mask, radius)
     if min_extent <= 0 or not thin.any():
         return thin
     count, labels, stats, _ = cv2.connectedComponentsWithStats(thin.astype(np.uint8), connectivity=8)
@@ -79,7 +79,7 @@ def with_thin_parts_kept(
     for c, r in zip(load_json(coarse_path), load_json(refined_path), strict=True):
         h, w = sizes[c["image_id"]]
         coarse = decode_segmentation(c["segmentation"], h, w)
-        refined = decode_segmentation(r["segmentation"], h, w) | thin_parts(coarse, radius, min_extent)
+        refined = decode_segmentation(r["segmentation"], h, w) | long_thin_parts(coarse, radius, min_extent)
         if gaps:
             refined &= ~thin_gaps(coarse, radius)
         if keep_holes:
