@@ -8,7 +8,7 @@ import functools
 import os
 import signal
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from bpr import __version__
@@ -59,6 +59,18 @@ def add_option_flags(parser: argparse.ArgumentParser, recommend: bool = False) -
                 )
         else:
             parser.add_argument(flag, type=types[name], default=None, help=help_text)
+
+
+def rules_summary(counts: Mapping[str, int], thin: bool) -> str:
+    """What the do-no-harm rules did, for a summary line (``bpr-refine`` with either engine):
+    ``counts`` holds :class:`bpr.options.RefineStats`' counters by name; ``thin`` adds the
+    ``keep_thin`` count."""
+    text = (
+        f"{counts['fallbacks']} instances kept as given by the fallback rule, {counts['small']} under the minimum "
+        f"area, {counts['gated']} patches kept coarse by the quality gate ({counts['early_gated']} of them without "
+        "a second opinion: the mirrored or companion forward)"
+    )
+    return text + (f", {counts['thin_kept']} instances given back thin parts" if thin else "")
 
 
 def torch_threads(flag: int | None) -> int | None:

@@ -13,7 +13,7 @@ import numpy as np
 from tqdm import tqdm
 
 from bpr.backends import BACKENDS, backend_from_env
-from bpr.cli.common import add_option_flags, command_parser, run_cli, torch_threads
+from bpr.cli.common import add_option_flags, command_parser, rules_summary, run_cli, torch_threads
 from bpr.cli.refine_ray import add_ray_arguments, check_engine_flags, run_ray
 from bpr.errors import BprInputError
 from bpr.io.atomic import check_writable
@@ -145,11 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"bpr-refine: {s.images} images, {s.instances} instances, {s.patches} patches in "
             f"{seconds:.1f} s ({s.images / max(seconds, 1e-9):.2f} images/s, {refiner.backend} backend); "
-            f"{s.fallbacks} instances kept as given by the fallback "
-            f"rule, {s.small} under the minimum area, {s.gated} patches kept coarse by the quality gate "
-            f"({s.early_gated} of them without a second opinion: the mirrored or companion forward)"
-            + (f", {s.thin_kept} instances given back thin parts" if refiner.options.keep_thin else "")
-            + f" -> {out}",
+            f"{rules_summary(vars(s), bool(refiner.options.keep_thin))} -> {out}",
             file=sys.stderr,
         )
     return 0

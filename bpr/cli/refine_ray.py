@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bpr.cli.common import rules_summary
 from bpr.distributed.shards import WorkDir, fingerprint, plan_shards, spec_settings
 from bpr.errors import BprInputError
 from bpr.io.coco import load_image_records, write_json_atomic
@@ -137,12 +138,8 @@ def run_ray(
         print(
             f"bpr-refine (ray): {len(groups)} images, {len(results)} instances, {totals['patches']} patches in "
             f"{elapsed:.1f} s ({computed_patches / max(elapsed, 1e-9):.0f} patches/s computed) on {workers} workers; "
-            f"{len(shards) - len(todo)} of {len(shards)} shards reused from {work.root}; {totals['fallbacks']} "
-            f"instances kept as given by the fallback rule, {totals['small']} under the minimum area, "
-            f"{totals['gated']} patches kept coarse by the quality gate ({totals['early_gated']} of them without a "
-            f"second opinion: the mirrored or companion forward)"
-            + (f", {totals['thin_kept']} instances given back thin parts" if totals["thin_kept"] else "")
-            + f" -> {out}",
+            f"{len(shards) - len(todo)} of {len(shards)} shards reused from {work.root}; "
+            f"{rules_summary(totals, bool(totals['thin_kept']))} -> {out}",
             file=sys.stderr,
         )
     return 0
