@@ -139,6 +139,29 @@ def test_a_context_set_stores_views_whose_patch_is_the_plain_sets_patch(patch_se
     assert np.array_equal(v_target[inner][:, centre, centre], p_target[inner])
 
 
+def test_the_centres_of_a_context_set_are_its_patches_for_a_refiner_without_context(patch_sets, tmp_path):
+    plain_dir, views_dir = patch_sets
+    plain, views = PatchSet.open([plain_dir]), PatchSet.open([views_dir])
+    centres = views.patch_centres()
+    assert centres.context == 0 and centres.view_size == 64 and views.context == CONTEXT  # the set itself is kept
+    idx = plain.indices("train")
+    v = views.gather(idx)
+    c = centres.gather(idx)
+    centre = slice(CONTEXT, CONTEXT + 64)
+    for whole, cut in zip(v, c):
+        assert cut.shape[1:3] == (64, 64) and np.array_equal(cut, whole[:, centre, centre])
+    meta = plain.meta[0][idx[:, 1]]
+    inner = (meta["y0"] >= CONTEXT) & (meta["x0"] >= CONTEXT) & (meta["y0"] + 64 + CONTEXT <= 480)
+    inner &= meta["x0"] + 64 + CONTEXT <= 854
+    for stored, cut in zip(plain.gather(idx), c):
+        assert np.array_equal(cut[inner], stored[inner])  # away from the image's edge: the very patch
+    cfg = TrainConfig(
+        patches=[str(views_dir)], patch_centres=True, iters=2, batch_size=4, eval_every=2, eval_patches=16
+    )
+    Trainer(cfg, tmp_path / "run").run(progress=False)
+    assert load_refiner(tmp_path / "run" / "model.pt").config.context == 0
+
+
 def test_sets_of_different_context_do_not_mix(patch_sets):
     from bpr.errors import BprInputError
 

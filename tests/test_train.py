@@ -24,7 +24,7 @@ from bpr.refiner import Refiner, default_checkpoint
 from bpr.train.build_patches import crop_training_patches
 from bpr.train.loop import TrainConfig, Trainer, edge_band
 from bpr.train.patch_store import PatchSet
-from bpr.train.synth import LARGE_MIX, RECIPES, parse_mix, synthesize, thin_parts_lost
+from bpr.train.synth import LARGE_MIX, NEARLY_RIGHT, RECIPES, parse_mix, synthesize, thin_parts_lost
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +142,7 @@ def test_a_training_triple_is_what_inference_cuts_at_the_same_place(shape, data_
     assert np.array_equal(target_p, expected)
 
 
-@pytest.mark.parametrize("recipe", sorted(set(RECIPES) - {"near"}))
+@pytest.mark.parametrize("recipe", sorted(set(RECIPES) - NEARLY_RIGHT))
 def test_every_recipe_differs_from_gt_but_overlaps_it(recipe, data_dir):
     gt = load_json(data_dir / "davis-train" / "gt.json")
     info, ann = gt["images"][3], gt["annotations"][3]
@@ -501,6 +501,25 @@ def test_nearly_right_draws_stay_within_a_pixel_or_two_of_the_ground_truth(data_
         grown = cv2.dilate(g.astype(np.uint8), kernel).astype(bool)
         shrunk = cv2.erode(g.astype(np.uint8), kernel).astype(bool)
         assert not (c & ~grown).any() and not (shrunk & ~c).any()  # every change within 2 px of the boundary
+
+
+def test_low_resolution_nearly_right_draws_keep_smooth_boundaries_and_thin_parts_in_part():
+    """A 2 px cord below a body: through 1/1.5-1/3 resolution the body's edge stays within a
+    pixel, and the cord survives whole in some draws and thinned in others, never erased and
+    never grown past a pixel: the target then teaches a refiner to keep a thin part it is given."""
+    g = np.zeros((480, 480), bool)
+    g[100:300, 100:300] = True
+    g[300:460, 190:192] = True
+    image = np.zeros((480, 480, 3), np.uint8)
+    cord_kept = []
+    for seed in range(8):
+        c, name = synthesize(image, g, np.random.default_rng(seed), {"near_lowres": 1.0})
+        assert name == "near_lowres"  # no second error on a nearly right draw
+        grown = cv2.dilate(g.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+        shrunk = cv2.erode(g.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+        assert not (c & ~grown).any() and not (shrunk & ~c)[:300].any()
+        cord_kept.append(c[310:450, 190:192].mean())
+    assert min(cord_kept) > 0.4 and max(cord_kept) == 1.0 and min(cord_kept) < 1.0
 
 
 def test_neighbour_draws_run_into_touching_instances(data_dir):

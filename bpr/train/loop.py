@@ -64,6 +64,7 @@ class TrainConfig:
     init_step: int = 0  # with init_checkpoint: continue a run's schedule and batches from this step
     device: str = "cpu"
     threads: int = 0  # torch CPU threads (0 = torch's default)
+    patch_centres: bool = False  # train on the patch inside each stored view only: a refiner without context
 
 
 def _lr_at(cfg: TrainConfig, step: int) -> float:
@@ -123,6 +124,8 @@ class Trainer:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.data = PatchSet.open(cfg.patches)
+        if cfg.patch_centres:
+            self.data = self.data.patch_centres()
         self.train_idx = self.data.indices("train")
         self.val_idx = self.data.indices("val")
         if len(self.train_idx) == 0:

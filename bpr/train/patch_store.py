@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -145,7 +145,7 @@ class PatchSet:
     def gather(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Patches at (K, 2) [shard, row] -> images (K,S,S,3), coarse (K,S,S), target (K,S,S)."""
         order = np.lexsort((idx[:, 1], idx[:, 0]))  # read each shard in row order: fewer seeks
-        k, s = len(idx), self.view_size
+        k, s = len(idx), self.images[0].shape[1]  # the stored square (a view of patch_centres() is cut below)
         images = np.empty((k, s, s, 3), np.uint8)
         coarse = np.empty((k, s, s), np.uint8)
         target = np.empty((k, s, s), np.uint8)
@@ -156,4 +156,15 @@ class PatchSet:
             images[sel] = self.images[shard][rows]
             coarse[sel] = self.coarse[shard][rows]
             target[sel] = self.target[shard][rows]
+        if s != self.view_size:
+            a = (s - self.view_size) // 2
+            cut = slice(a, a + self.view_size)
+            return images[:, cut, cut], coarse[:, cut, cut], target[:, cut, cut]
         return images, coarse, target
+
+    def patch_centres(self) -> PatchSet:
+        """The same patches without their context, so a refiner that sees none (BPR's HRNet)
+        trains on sets built for one that does: the central square of each stored view. That is
+        the patch itself, or, where the view was shifted to stay inside the image, a square up to
+        ``context`` px off it; image, coarse and target are cut alike, so either is a sample."""
+        return replace(self, context=0)
