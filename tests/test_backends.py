@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -300,7 +299,32 @@ def test_a_graph_that_disagrees_with_torch_is_rebuilt_once_then_refused(monkeypa
         load_runtime(net, "openvino", 64, "bf16")  # reduced precision: the mean difference is bounded
 
 
-def test_reduced_precision_is_judged_by_mean_and_99th_percentile_and_faults_still_fail(monkeypatch):
+def test_a_warm_start_reads_the_torch_probe_answer_kept_beside_the_graph(monkeypatch, tmp_path):
+    """The torch network's probabilities on the probe batch are a function of the graph's key,
+    so they are kept beside the graph: a second start skips that forward pass. A kept answer
+    that is torn or wrong is never trusted: computed afresh, or the graph rebuilt and checked."""
+    monkeypatch.setenv("BPR_CACHE_DIR", str(tmp_path))
+    torch.manual_seed(0)
+    net = RefinerNet(RefinerConfig(input_size=64)).eval()
+    calls = []
+    forward = net.foreground_probability
+    monkeypatch.setattr(net, "foreground_probability", lambda *a: calls.append(1) or forward(*a))
+    load_runtime(net, "openvino", 64, "fp32")  # exports (one traced call) and checks (one call)
+    kept = backends.probe_file(cached_graph(net, 64))
+    assert len(calls) == 2 and kept.is_file()
+    right = torch.load(kept, weights_only=True)
+    assert torch.allclose(right, forward(*backends.probe_batch(64)))
+    load_runtime(net, "openvino", 64, "fp32")
+    assert len(calls) == 2  # the warm start ran the torch network not at all
+    kept.write_bytes(kept.read_bytes()[:100])  # torn: read as absent, computed and kept again
+    load_runtime(net, "openvino", 64, "fp32")
+    assert len(calls) == 3 and torch.equal(torch.load(kept, weights_only=True), right)
+    torch.save(torch.zeros_like(right), kept)  # a wrong answer fails the check: exported and checked afresh
+    assert load_runtime(net, "openvino", 64, "fp32") is not None
+    assert len(calls) == 5 and torch.equal(torch.load(kept, weights_only=True), right)
+
+
+def test_reduced_precision_is_judged_by_mean_and_99th_percentile_and_faults_still_fail(monkeypatch, tmp_path):
     """bf16 moves a few probe pixels far (effl0 at step 31,000: 0.051 at one pixel, over the
     old max bound of 0.05) but little on average or at the 99th percentile; another network's
     graph differs by 0.25 and more on average; a fault confined to each patch's border ring (6%
@@ -329,7 +353,7 @@ def test_reduced_precision_is_judged_by_mean_and_99th_percentile_and_faults_stil
     ring = backends.mismatch(BorderRingFlipped(), net, 64)
     assert ring["mean"] < backends.TOLERANCE["int8"]["mean"] and ring["p99"] > 0.4
     assert set(backends.TOLERANCE["bf16"]) == set(backends.TOLERANCE["int8"]) == {"mean", "p99"}
-    monkeypatch.setattr(backends, "_graph", lambda *a: Path("unused.onnx"))
+    monkeypatch.setattr(backends, "_graph", lambda *a: tmp_path / "unused.onnx")
     for fault, precision, statistic in ((OnePixelOff(), "fp32", "max"), (BorderRingFlipped(), "int8", "p99")):
         monkeypatch.setattr(backends, "_open", lambda *a, fault=fault, **k: fault)
         with pytest.raises(ModelNotAvailableError, match=rf"\({statistic}, tolerance"):

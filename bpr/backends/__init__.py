@@ -104,13 +104,45 @@ def probe_batch(patch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     return images, masks
 
 
-def mismatch(runtime: ProbabilityNet, net: RefinerNet, patch_size: int) -> dict[str, float]:
+def _kept_expectation(kept: Path | None, shape: torch.Size) -> torch.Tensor | None:
+    """The torch probabilities stored in ``kept``, if it holds a float tensor of ``shape``."""
+    if kept is None or not kept.is_file():
+        return None
+    try:
+        stored = torch.load(kept, map_location="cpu", weights_only=True)
+    except Exception:  # a truncated or foreign file: computed afresh and written again
+        return None
+    if isinstance(stored, torch.Tensor) and stored.dtype == torch.float32 and stored.shape == shape:
+        return stored
+    return None
+
+
+def _keep_expectation(kept: Path, expected: torch.Tensor) -> None:
+    from bpr.io.atomic import atomic_path
+
+    try:
+        with atomic_path(kept) as tmp:
+            torch.save(expected.clone(), tmp)
+    except OSError:  # a read-only cache: the next start computes them again
+        pass
+
+
+def mismatch(runtime: ProbabilityNet, net: RefinerNet, patch_size: int, kept: Path | None = None) -> dict[str, float]:
     """|p_runtime - p_torch| on the probe batch: its largest value (``max``), mean (``mean``)
-    and 99th percentile (``p99``)."""
+    and 99th percentile (``p99``).
+
+    ``kept``: a file beside the exported graph for the torch network's probabilities. The
+    graph's name hashes the weights, so they are the same on every start; read from there,
+    a start skips the torch network's forward pass on the probe batch."""
     images, masks = probe_batch(patch_size)
     with torch.inference_mode():
-        expected = net.foreground_probability(images, masks).float()
-        difference = (runtime.foreground_probability(images, masks).float() - expected).abs().flatten()
+        got = runtime.foreground_probability(images, masks).float()
+        expected = _kept_expectation(kept, got.shape)
+        if expected is None:
+            expected = net.foreground_probability(images, masks).float()
+            if kept is not None:
+                _keep_expectation(kept, expected)
+        difference = (got - expected).abs().flatten()
     return {
         "max": float(difference.max()),
         "mean": float(difference.mean()),
@@ -124,6 +156,11 @@ def _beyond(differences: dict[str, float], bounds: dict[str, float]) -> tuple[st
         if not differences[statistic] <= bound:  # NaN fails too
             return statistic, differences[statistic], bound
     return None
+
+
+def probe_file(graph: Path) -> Path:
+    """Where the torch network's probe probabilities are kept for ``graph`` (see mismatch)."""
+    return graph.with_name(graph.stem + ".probe.pt")
 
 
 def _open(runtime: str, graph: Path, threads: int, precision: str, keep_compiled: bool = True) -> ProbabilityNet:
@@ -159,7 +196,7 @@ def load_runtime(
         try:
             # a retry also compiles afresh, in case OpenVINO's kept compilation is what failed
             opened = _open(runtime, graph, threads, precision, keep_compiled=attempt == 0)
-            failed = _beyond(mismatch(opened, net, patch_size), bounds)
+            failed = _beyond(mismatch(opened, net, patch_size, probe_file(graph)), bounds)
         except ModelNotAvailableError:
             if attempt:
                 raise
@@ -171,6 +208,7 @@ def load_runtime(
 
             for stale in {graph, graph.with_name(graph.stem.split(INT8_MARK)[0] + ".onnx")}:
                 stale.unlink(missing_ok=True)
+                probe_file(stale).unlink(missing_ok=True)
             graph = _graph(net, patch_size, precision)
     assert failed is not None  # the loop returned otherwise
     statistic, error, tolerance = failed
