@@ -175,6 +175,30 @@ def test_gate_thresholds_given_at_each_packaging_add_up_in_the_bias_and_in_meta(
     assert torch.load(tmp_path / "t2.pt", weights_only=True)["meta"]["gate_threshold"] == 1.0
 
 
+def test_a_fine_tuned_refiner_takes_the_gate_and_threshold_of_its_source(tmp_path):
+    """bpr-train drops a fine-tuned refiner's gate; --gate-from gives it back the judge it had,
+    its threshold included, while every refiner weight stays the fine-tuned one's."""
+    torch.manual_seed(0)
+    save_refiner(RefinerNet(RefinerConfig(input_size=64, gate=True, gate_width=8)), tmp_path / "judge.pt", half=False)
+    assert package_main([str(tmp_path / "judge.pt"), str(tmp_path / "t.pt"), "--gate-threshold", "1.5"]) == 0
+    save_refiner(RefinerNet(RefinerConfig(input_size=64, detail_head=True)), tmp_path / "tuned.pt", half=False)
+    args = [str(tmp_path / "tuned.pt"), str(tmp_path / "out.pt"), "--gate-from", str(tmp_path / "t.pt")]
+    assert package_main([*args, "--gate-threshold", "-0.5"]) == 0
+    out, judge, tuned = (load_refiner(tmp_path / n) for n in ("out.pt", "t.pt", "tuned.pt"))
+    assert out.config.gate and out.config.gate_width == 8 and out.config.detail_head
+    for k, v in out.state_dict().items():
+        source = judge if k.startswith("gate.") else tuned
+        expected = source.state_dict()[k]
+        if k == "gate.classifier.bias":
+            expected = expected + 0.5
+        assert torch.allclose(v.float(), expected.float(), atol=2e-3), k
+    assert torch.load(tmp_path / "out.pt", weights_only=True)["meta"]["gate_threshold"] == 1.0
+    assert (
+        package_main([str(tmp_path / "tuned.pt"), str(tmp_path / "x.pt"), "--gate-from", str(tmp_path / "tuned.pt")])
+        == 2
+    )
+
+
 @pytest.mark.parametrize(
     "flags, message",
     [

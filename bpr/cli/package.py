@@ -18,7 +18,14 @@ import torch
 
 from bpr.cli.common import add_option_flags, command_parser, run_cli
 from bpr.errors import BprInputError
-from bpr.modeling.checkpoint import build_refiner, is_run_state, read_checkpoint, save_refiner, with_companion
+from bpr.modeling.checkpoint import (
+    build_refiner,
+    is_run_state,
+    read_checkpoint,
+    save_refiner,
+    with_companion,
+    with_gate_of,
+)
 from bpr.options import RefineOptions, option_infos
 
 
@@ -27,6 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("src", type=Path)
     p.add_argument("dst", type=Path)
     add_option_flags(p, recommend=True)
+    p.add_argument(
+        "--gate-from",
+        type=Path,
+        help="take the quality gate of this checkpoint, with the threshold it has (a fine-tuned refiner keeps "
+        "the judge it had; bpr-train-gate trains a new one)",
+    )
     p.add_argument(
         "--gate-threshold",
         type=float,
@@ -60,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     source = read_checkpoint(args.src)
     net = build_refiner(source, args.src)
+    if args.gate_from:
+        judge_source = read_checkpoint(args.gate_from)
+        net = with_gate_of(net, build_refiner(judge_source, args.gate_from))
     recommended = {name: getattr(args, name) for name, info in option_infos().items() if info.recommended}
     recommended["gate_early_reject"] = args.gate_early_reject
     RefineOptions().updated(**{k: v for k, v in recommended.items() if k in option_infos()})  # bounds checked
@@ -71,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
         meta = {"step": source["step"], "train_seconds": round(source["seconds"], 1)}
     else:
         meta = source.get("meta", {})
+    if args.gate_from:
+        meta["gate_from"] = str(args.gate_from)
+        meta["gate_threshold"] = judge_source.get("meta", {}).get("gate_threshold", 0.0)
     if args.gate_threshold:
         if net.gate is None:
             raise BprInputError(f"{args.src} has no quality gate; --gate-threshold needs one")

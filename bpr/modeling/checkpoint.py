@@ -202,3 +202,18 @@ def with_companion(net: RefinerNet, companion: RefinerNet, weight: float) -> Ref
     assert both.companion is not None
     both.companion.load_state_dict(gateless)
     return both.eval()
+
+
+def with_gate_of(net: RefinerNet, judge: RefinerNet) -> RefinerNet:
+    """``net`` with ``judge``'s patch-quality gate (threshold folded into its bias as it is).
+    The gate is a network of its own that looks at image, coarse mask and refined probability,
+    not at the refiner's features, so a fine-tuned refiner can keep the judge it had; whether
+    that judge still fits is for the dev table to say (bpr-train-gate trains a new one)."""
+    if judge.gate is None:
+        raise BprInputError("the checkpoint to take the gate from has no quality gate")
+    config = dataclasses.replace(net.config, gate=True, gate_width=judge.config.gate_width)
+    gated = RefinerNet(config, net.recommended)
+    weights = {k: v for k, v in net.state_dict().items() if not k.startswith("gate.")}
+    weights.update({k: v for k, v in judge.state_dict().items() if k.startswith("gate.")})
+    gated.load_state_dict(weights)
+    return gated.eval()
