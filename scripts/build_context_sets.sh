@@ -27,6 +27,17 @@ patches ecssd-train work/c16_ecssd_u2net --coarse work/u2netp_ecssd.json --draws
 patches davis-train work/c16_davis_near --draws 2 --mix near=1 --seed 7
 patches ecssd-train work/c16_ecssd_near --draws 1 --mix near=1 --seed 8
 patches cityscapes-train work/c16_cs_nearbu --draws 2 --mix near=0.6,stride=0.4 --seed 31
+# session 13: ground truth through 1/1.5-1/3 resolution (thin parts thinned or dashed), for
+# lab/configs/effl0_ft_ctx16_nlr.json and hr18s_ft_nlr.json (the 0.7-scale davis-train images come
+# from lab/diagnostics/near_harm_probe.py, see the model card's session 11)
+patches davis-train work/c16_davis_nlr --draws 4 --mix near_lowres=1 --seed 51
+patches ecssd-train work/c16_ecssd_nlr --draws 2 --mix near_lowres=1 --seed 52
+patches cityscapes-train work/c16_cs_nlr --draws 1 --mix near_lowres=1 --seed 53
+if [ -f work/s11/rescaled/davis-train_x0.7_every1/gt.json ] && [ ! -f work/c16_davis_x07_nlr/manifest.json ]; then
+  bpr-build-patches --gt work/s11/rescaled/davis-train_x0.7_every1/gt.json \
+    --images work/s11/rescaled/davis-train_x0.7_every1/images --out work/c16_davis_x07_nlr --workers 2 --quiet \
+    --context 16 --draws 2 --mix near_lowres=1 --seed 54
+fi
 # the gate's sets: new draws (other seeds) of the images the refiner never trained on
 patches cityscapes-train work/g16_cs --held-out-only --draws 6 --mix scene --seed 101
 patches cityscapes-train work/g16_cs_near --held-out-only --draws 4 --mix near=0.6,stride=0.4 --seed 102
@@ -34,3 +45,6 @@ patches davis-train work/g16_davis --held-out-only --draws 8 --mix salient --see
 patches davis-train work/g16_davis_near --held-out-only --draws 8 --mix near=1 --seed 104
 patches ecssd-train work/g16_ecssd --held-out-only --draws 6 --mix salient --seed 105
 patches ecssd-train work/g16_ecssd_near --held-out-only --draws 6 --mix near=1 --seed 106
+patches davis-train work/g16_davis_nlr --held-out-only --draws 8 --mix near_lowres=1 --seed 201
+patches ecssd-train work/g16_ecssd_nlr --held-out-only --draws 6 --mix near_lowres=1 --seed 202
+patches cityscapes-train work/g16_cs_nlr --held-out-only --draws 4 --mix near_lowres=1 --seed 203
