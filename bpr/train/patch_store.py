@@ -145,7 +145,8 @@ class PatchSet:
     def gather(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Patches at (K, 2) [shard, row] -> images (K,S,S,3), coarse (K,S,S), target (K,S,S)."""
         order = np.lexsort((idx[:, 1], idx[:, 0]))  # read each shard in row order: fewer seeks
-        k, s = len(idx), self.images[0].shape[1]  # the stored square (a view of patch_centres() is cut below)
+        k = len(idx)
+        s = self.images[0].shape[1] if self.images else self.view_size  # stored squares; patch_centres() cuts
         images = np.empty((k, s, s, 3), np.uint8)
         coarse = np.empty((k, s, s), np.uint8)
         target = np.empty((k, s, s), np.uint8)
