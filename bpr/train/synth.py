@@ -78,15 +78,20 @@ def smooth_warp_large(image: np.ndarray, gt: np.ndarray, rng: np.random.Generato
     return _warp(gt, rng, (5.0, 14.0), (40, 160))
 
 
+def through_resolution(gt: np.ndarray, factor: float) -> np.ndarray:
+    """``gt`` as a model working at 1/``factor`` of the resolution sees it: area-downsampled
+    (at least 2 x 2), bilinear back up; a float map the recipes threshold at their own level."""
+    h, w = gt.shape
+    sh, sw = max(2, int(round(h / factor))), max(2, int(round(w / factor)))
+    small = cv2.resize(gt.astype(np.float32), (sw, sh), interpolation=cv2.INTER_AREA)
+    return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
 def low_resolution(image: np.ndarray, gt: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """A whole-image decoder at 1/8-1/24 resolution (RVOS-like): rounded corners, thin parts
     lost, smooth boundaries that cut across detail."""
-    h, w = gt.shape
-    factor = rng.uniform(8, 24) * max(h, w) / 480
-    sh, sw = max(2, int(round(h / factor))), max(2, int(round(w / factor)))
-    small = cv2.resize(gt.astype(np.float32), (sw, sh), interpolation=cv2.INTER_AREA)
-    big = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
-    return big > rng.uniform(0.35, 0.65)
+    factor = rng.uniform(8, 24) * max(gt.shape) / 480
+    return through_resolution(gt, factor) > rng.uniform(0.35, 0.65)
 
 
 def boundary_chunks(image: np.ndarray, gt: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -255,12 +260,8 @@ def nearly_right_lowres(image: np.ndarray, gt: np.ndarray, rng: np.random.Genera
     thin parts (cords, lines, spokes, bike frames) come through thinned or in dashes and narrow
     gaps close. The plain ``near`` draw keeps thin parts whole, so a refiner trained on it alone
     learns that a thin coarse part is an error and erases it; here the target keeps them."""
-    h, w = gt.shape
     factor = rng.uniform(1.5, 3.0)
-    sh, sw = max(2, int(round(h / factor))), max(2, int(round(w / factor)))
-    small = cv2.resize(gt.astype(np.float32), (sw, sh), interpolation=cv2.INTER_AREA)
-    big = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
-    out = big > rng.uniform(0.4, 0.6)
+    out = through_resolution(gt, factor) > rng.uniform(0.4, 0.6)
     return out if out.any() else gt.copy()
 
 
@@ -268,12 +269,8 @@ def stride_resample(image: np.ndarray, gt: np.ndarray, rng: np.random.Generator)
     """A bottom-up model's mask (SOLO, BlendMask, a semantic head): predicted over the whole
     image at stride 4-8 in image pixels and upsampled, so the error is the same few pixels for
     every object and grows relative to small ones."""
-    h, w = gt.shape
     stride = rng.uniform(4, 8)
-    sh, sw = max(2, int(round(h / stride))), max(2, int(round(w / stride)))
-    small = cv2.resize(gt.astype(np.float32), (sw, sh), interpolation=cv2.INTER_AREA)
-    big = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
-    return big > rng.uniform(0.4, 0.6)
+    return through_resolution(gt, stride) > rng.uniform(0.4, 0.6)
 
 
 def neighbour_bleed(image: np.ndarray, gt: np.ndarray, rng: np.random.Generator, others: np.ndarray) -> np.ndarray:
