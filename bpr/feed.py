@@ -36,6 +36,9 @@ class Job:
     extract_seconds: float = 0.0
     extents: np.ndarray | None = None  # (N, 4) [y0, x0, y1, x1) box of each coarse mask, found once by extraction
     view_offsets: np.ndarray | None = None  # (P, 2) [dy, dx] of each patch inside its view; None without context
+    # (P, S, S) the probabilities before the quality gate replaced any patch with its coarse mask;
+    # kept only when the options' ungated_shift applies (reassembly chooses per instance)
+    ungated: torch.Tensor | None = None
 
     @property
     def num_patches(self) -> int:

@@ -148,6 +148,17 @@ class RefineOptions:
         recommended=True,
         per_request=True,
     )
+    ungated_shift: float = option(
+        0.0,
+        "with the quality gate: an instance whose mask the refiner, ungated, would move by at least this many "
+        "pixels on average (pixels changed per pixel of the input's boundary) gets the ungated answer, whatever "
+        "the gate says of its patches (0 = off): the gate guards masks that are already right, and a mask the "
+        "refiner moves that far was not",
+        "ungated shift (pixels)",
+        ge=0.0,
+        recommended=True,
+        per_request=True,
+    )
     quality_gate: bool = option(
         True,
         "with a checkpoint that has a patch-quality gate, patches the gate expects to break more pixels "
@@ -197,7 +208,8 @@ class RefineStats:
     the ``fallback_iou`` rule, small ones those left alone by ``min_area``; gated counts
     patches the quality gate kept coarse (early_gated of them without their second opinion: the
     mirrored forward of flip TTA, or the companion refiner's); thin_kept instances got back thin
-    parts of their input mask that refinement had removed (``keep_thin``).
+    parts of their input mask that refinement had removed (``keep_thin``); ungated instances got
+    their ungated answer (``ungated_shift``).
     """
 
     images: int = 0
@@ -209,6 +221,7 @@ class RefineStats:
     gated: int = 0
     early_gated: int = 0
     thin_kept: int = 0
+    ungated: int = 0
     seconds: dict[str, float] = field(default_factory=lambda: {"extract": 0.0, "network": 0.0, "reassemble": 0.0})
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 

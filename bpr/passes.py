@@ -25,7 +25,7 @@ from bpr.feed import Job, PatchBatch
 from bpr.modeling.refiner_net import RefinerNet
 from bpr.options import RefineOptions
 from bpr.patches import crop_rows, crop_squares, extract_patch_corners, mask_extents, pad_to_patch, view_corners
-from bpr.reassemble import reassemble
+from bpr.reassemble import boundary_length, changed_pixels, reassemble
 
 
 class TooManyPatches(BprInputError):
@@ -103,6 +103,11 @@ def gate_applies(net: RefinerNet, options: RefineOptions) -> bool:
     return options.quality_gate and net.gate is not None
 
 
+def ungated_applies(net: RefinerNet, options: RefineOptions) -> bool:
+    """Whether ``options`` get the ``ungated_shift`` rule: the gate applies and the rule is on."""
+    return gate_applies(net, options) and options.ungated_shift > 0
+
+
 @torch.inference_mode()
 def predict_batch(
     batch: PatchBatch,
@@ -169,6 +174,10 @@ def predict_batch(
 
     wants_tta = _row_mask(parts, lambda options: options.flip_tta, device)
     wants_gate = _row_mask(parts, lambda options: gate_applies(net, options), device)
+    # rows whose instance may get the ungated answer (the ungated_shift rule): their probabilities
+    # before the gate are kept; an early-rejected row's is net's plain forward, without its second
+    # opinion (measured: the rule keeps most of its gain so, and costs no network time)
+    wants_ungated = _row_mask(parts, lambda options: ungated_applies(net, options), device)
     reject = torch.zeros(len(images), dtype=torch.bool, device=device)
     with precision_autocast(device, precision):
         probs = probability(infer_net, net_sees_views, None, mirror=False)  # (B, S, S)
@@ -197,18 +206,26 @@ def predict_batch(
         judge = wants_gate & ~reject
         if bool(judge.any()):
             reject[judge] = _judge(net, images, masks, probs, judge) <= 0
+    ungated = probs.clone() if bool((wants_ungated & reject).any()) else None
     # rejected patches get their coarse mask back as their probability
     probs[reject] = masks[reject, 0].to(probs.dtype)
-    hand_out(batch, probs)
+    hand_out(batch, probs, ungated)
     return int(reject.sum()), early_rejected
 
 
-def hand_out(batch: PatchBatch, probs: torch.Tensor) -> None:
+def hand_out(batch: PatchBatch, probs: torch.Tensor, ungated: torch.Tensor | None = None) -> None:
     """Give each job of ``batch`` its rows of ``probs`` (B, S, S), in the batch's order, and
-    count them as done."""
+    count them as done. ``ungated``: the same rows before the gate, for the jobs whose
+    options ask for the ungated_shift rule (None: the gate rejected none of theirs here)."""
     offset = 0
     for job, a, b in batch.parts:
         job.probs[a:b] = probs[offset : offset + b - a]
+        if ungated is not None and job.options.ungated_shift > 0:
+            if job.ungated is None:  # until now the gate had taken nothing: ungated = gated so far
+                job.ungated = job.probs.clone()
+            job.ungated[a:b] = ungated[offset : offset + b - a]
+        elif job.ungated is not None:
+            job.ungated[a:b] = probs[offset : offset + b - a]
         job.remaining -= b - a
         offset += b - a
 
@@ -243,12 +260,41 @@ def _judge(
     return net.change_helps(images[rows], masks[rows], probs[rows])
 
 
-def reassemble_job(job: Job) -> torch.Tensor:
-    """Reassembly: paste a Job's probabilities back; (N, H, W) bool, the padding cropped away."""
+def reassemble_job(job: Job) -> tuple[torch.Tensor, int]:
+    """Reassembly: paste a Job's probabilities back; (N, H, W) bool, the padding cropped away,
+    and how many instances the ``ungated_shift`` rule gave their ungated answer."""
     if job.remaining:
         raise RuntimeError(f"finish() called with {job.remaining} patches of the job not yet run")
     o = job.options
+    probs, ungated = job.probs, 0
+    if job.ungated is not None:
+        chosen = ungated_instances(job)
+        if chosen.any():
+            rows = torch.as_tensor(chosen[job.instance_ids], device=probs.device)
+            probs = torch.where(rows[:, None, None], job.ungated, probs)
+            ungated = int(chosen.sum())
     refined = reassemble(
-        job.coarse, job.corners, job.instance_ids, job.probs, o.resolve_overlaps, o.change_margin, job.extents
+        job.coarse, job.corners, job.instance_ids, probs, o.resolve_overlaps, o.change_margin, job.extents
     )
-    return refined[:, : job.height, : job.width]
+    return refined[:, : job.height, : job.width], ungated
+
+
+def ungated_instances(job: Job) -> np.ndarray:
+    """(N,) bool: the instances whose ungated answer moves their mask by at least the options'
+    ``ungated_shift`` pixels on average: pixels it changes (the change margin applied, overlaps
+    not yet resolved) per pixel of the coarse mask's boundary. Only instances with a patch the
+    gate took are measured; the others' two answers are the same."""
+    assert job.ungated is not None
+    differs = (job.ungated != job.probs).flatten(1).any(1).cpu().numpy()
+    measured = np.zeros(job.coarse.shape[0], dtype=bool)
+    measured[job.instance_ids[differs]] = True
+    rows = measured[job.instance_ids]
+    probs = job.ungated[torch.as_tensor(rows, device=job.ungated.device)]
+    changed = changed_pixels(job.coarse, job.corners[rows], job.instance_ids[rows], probs, job.options.change_margin)
+    boxes = job.extents if job.extents is not None else mask_extents(job.coarse.cpu().numpy())
+    chosen = np.zeros_like(measured)
+    for i in np.flatnonzero(measured):
+        y0, x0, y1, x1 = (int(v) for v in boxes[i])
+        length = boundary_length(job.coarse[i, y0:y1, x0:x1].cpu().numpy())
+        chosen[i] = length > 0 and changed[i] >= job.options.ungated_shift * length
+    return chosen

@@ -12,6 +12,9 @@ overlaps already present in the coarse masks are the detector's and are left as 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
+import cv2
 import numpy as np
 import torch
 
@@ -90,11 +93,26 @@ def reassemble(
     """
     refined = copy_masks(coarse)
     n = coarse.shape[0]
+    regions = instance_regions(corners, instance_ids, probs.shape[-1], n)
+    probabilities: dict[int, torch.Tensor] = {}
+    for i, (y0, x0, y1, x1), covered, prob in _canvases(coarse, corners, instance_ids, probs, regions):
+        old = coarse[i, y0:y1, x0:x1]
+        refined[i, y0:y1, x0:x1] = torch.where(covered, decide(old, prob, change_margin), old)
+        probabilities[i] = prob
+    if resolve_overlaps and n > 1:
+        _resolve_gained_overlaps(coarse, refined, regions, probabilities, extents)
+    return refined
+
+
+def _canvases(
+    coarse: torch.Tensor, corners: np.ndarray, instance_ids: np.ndarray, probs: torch.Tensor, regions: np.ndarray
+) -> Iterator[tuple[int, tuple[int, int, int, int], torch.Tensor, torch.Tensor]]:
+    """Per instance with patches: (i, its region [y0, x0, y1, x1), the pixels some patch covers,
+    the mean patch probability there and the coarse value elsewhere), all (h, w) over the region."""
     if len(corners) == 0:
-        return refined
+        return
     device = probs.device
     size = probs.shape[-1]
-    regions = instance_regions(corners, instance_ids, size, n)
     heights = regions[:, 2] - regions[:, 0]
     widths = regions[:, 3] - regions[:, 1]
     offsets = np.concatenate([[0], np.cumsum(heights * widths)])
@@ -116,20 +134,34 @@ def reassemble(
     counts = torch.zeros(total, device=device, dtype=torch.float32).index_add_(
         0, index, torch.ones_like(index, dtype=torch.float32)
     )
-
-    probabilities: dict[int, torch.Tensor] = {}
     for i in np.flatnonzero(heights > 0):
         y0, x0, y1, x1 = (int(v) for v in regions[i])
         h, w = y1 - y0, x1 - x0
         s = sums[offsets[i] : offsets[i + 1]].view(h, w)
         c = counts[offsets[i] : offsets[i + 1]].view(h, w)
+        covered = c > 0
+        mean = torch.where(covered, s / c.clamp(min=1), coarse[i, y0:y1, x0:x1].float())
+        yield int(i), (y0, x0, y1, x1), covered, mean
+
+
+def changed_pixels(
+    coarse: torch.Tensor, corners: np.ndarray, instance_ids: np.ndarray, probs: torch.Tensor, change_margin: float = 0.0
+) -> np.ndarray:
+    """(N,) int64: how many pixels of each coarse mask these patch probabilities would change
+    (reassembly's rule, before overlaps between instances are resolved)."""
+    changed = np.zeros(coarse.shape[0], dtype=np.int64)
+    regions = instance_regions(corners, instance_ids, probs.shape[-1], coarse.shape[0])
+    for i, (y0, x0, y1, x1), covered, prob in _canvases(coarse, corners, instance_ids, probs, regions):
         old = coarse[i, y0:y1, x0:x1]
-        prob = torch.where(c > 0, s / c.clamp(min=1), old.float())
-        refined[i, y0:y1, x0:x1] = torch.where(c > 0, decide(old, prob, change_margin), old)
-        probabilities[int(i)] = prob
-    if resolve_overlaps and n > 1:
-        _resolve_gained_overlaps(coarse, refined, regions, probabilities, extents)
-    return refined
+        changed[i] = int(torch.count_nonzero(covered & (decide(old, prob, change_margin) != old)))
+    return changed
+
+
+def boundary_length(mask: np.ndarray) -> int:
+    """Pixels along the boundary of ``mask`` (H, W bool): the points of its outer and inner
+    contours, each pixel step once (OpenCV's border following; beyond the array is background)."""
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
+    return sum(len(c) for c in contours)
 
 
 def claim_boxes(extents: np.ndarray, regions: np.ndarray) -> np.ndarray:

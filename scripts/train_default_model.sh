@@ -71,5 +71,5 @@ python scripts/package_model.py work/gate/cs_m20_h2.pt work/hr18s_default.pt --f
   --fallback-iou 0.5 --min-area 1024 --change-margin 0.2 --gate-threshold 1.5
 python scripts/package_model.py work/hr18s_default.pt bpr/models/bpr_default.pt \
   --companion "${COMPANION:-lab/runs/effl0_ft_ctx16/model.pt}" --companion-weight 0.4 --no-flip-tta \
-  --iterations 1 --fallback-iou 0.5 --min-area 1024 --change-margin 0.2 --gate-early-reject 0.5
+  --iterations 1 --fallback-iou 0.5 --min-area 1024 --change-margin 0.2 --gate-early-reject 0.5 --ungated-shift 0.6
 python scripts/dev_table.py --checkpoint bpr/models/bpr_default.pt --json lab/runs/dev_table_default.json

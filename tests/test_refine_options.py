@@ -327,6 +327,7 @@ def test_a_request_may_set_fewer_passes_than_the_library_allows():
         "flip_tta": None,
         "iterations": None,
         "keep_thin": None,
+        "ungated_shift": None,
     }
 
 

@@ -64,12 +64,14 @@ def add_option_flags(parser: argparse.ArgumentParser, recommend: bool = False) -
 def rules_summary(counts: Mapping[str, int], thin: bool) -> str:
     """What the do-no-harm rules did, for a summary line (``bpr-refine`` with either engine):
     ``counts`` holds :class:`bpr.options.RefineStats`' counters by name; ``thin`` adds the
-    ``keep_thin`` count."""
+    ``keep_thin`` count; instances given their ungated answer (``ungated_shift``) are counted when any were."""
     text = (
         f"{counts['fallbacks']} instances kept as given by the fallback rule, {counts['small']} under the minimum "
         f"area, {counts['gated']} patches kept coarse by the quality gate ({counts['early_gated']} of them without "
         "a second opinion: the mirrored or companion forward)"
     )
+    if counts.get("ungated"):
+        text += f", {counts['ungated']} instances given the refiner's ungated answer (moved beyond the ungated shift)"
     return text + (f", {counts['thin_kept']} instances given back thin parts" if thin else "")
 
 

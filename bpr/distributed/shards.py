@@ -33,7 +33,7 @@ from bpr.io.results import load_image_masks, refined_entry
 
 MANIFEST = "manifest.json"
 # counters a shard reports (a shard file written before a counter was added reads as 0 for it)
-STAT_FIELDS = ("images", "instances", "patches", "fallbacks", "small", "gated", "early_gated", "thin_kept")
+STAT_FIELDS = ("images", "instances", "patches", "fallbacks", "small", "gated", "early_gated", "thin_kept", "ungated")
 
 
 @dataclass(frozen=True)

@@ -139,7 +139,7 @@ def refine_file(refiner: Refiner, gt_path: Path, images: Path, coarse_path: Path
                 entries_to_masks([entries[k] for k in idx], img["height"], img["width"]),
             )
 
-    counted = ("fallbacks", "small", "patches", "gated", "early_gated")
+    counted = ("fallbacks", "small", "patches", "gated", "early_gated", "ungated")
     before = {name: getattr(refiner.stats, name) for name in counted}
     t0 = time.perf_counter()
     refined: list[dict[str, Any] | None] = [None] * len(entries)
@@ -229,9 +229,13 @@ def _pct(v: float | None) -> str:
 
 
 def _gated_cell(run: dict[str, Any]) -> str:
-    """Patches the gate kept coarse, of all patches; how many of them skipped their mirrored forward."""
+    """Patches the gate kept coarse, of all patches; how many of them skipped their second opinion;
+    how many instances got their ungated answer all the same (``ungated_shift``)."""
+    notes = [f"{run['early_gated']} early"] if run.get("early_gated") else []
+    if run.get("ungated"):
+        notes.append(f"{run['ungated']} instance{'s' if run['ungated'] != 1 else ''} ungated")
     cell = f"{run.get('gated', 0)} / {run['patches']}"
-    return cell + f" ({run['early_gated']} early)" if run.get("early_gated") else cell
+    return cell + f" ({'; '.join(notes)})" if notes else cell
 
 
 def print_table(rows: dict[str, dict[str, Any]], file: TextIO | None = None) -> None:

@@ -1,0 +1,181 @@
+"""``ungated_shift``: an instance whose mask the refiner, without its quality gate, would move by
+at least t pixels on average (pixels changed per pixel of the input's boundary) gets that
+ungated answer; every other instance keeps the gate's. The gate exists to guard masks that are
+already right, and the refiner barely moves those (under half a pixel on nearly right dev
+masks); a mask it moves further was not right, and there the gate's caution costs the gain."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import davis_frame
+
+from bpr.evaluate.dev_table import near_perfect
+from bpr.feed import Job
+from bpr.io.coco import decode_segmentation, load_json
+from bpr.options import RefineOptions
+from bpr.passes import reassemble_job, ungated_instances
+from bpr.patches import mask_extents
+from bpr.reassemble import boundary_length, changed_pixels, reassemble
+from bpr.refiner import Refiner
+
+
+def square(h: int, w: int, y0: int, x0: int, y1: int, x1: int) -> np.ndarray:
+    m = np.zeros((h, w), dtype=bool)
+    m[y0:y1, x0:x1] = True
+    return m
+
+
+def test_boundary_length_counts_each_boundary_pixel_of_outer_and_inner_contours():
+    assert boundary_length(square(50, 50, 10, 10, 20, 20)) == 36  # a 10x10 square: 4 * 9 steps
+    ring = square(50, 50, 10, 10, 40, 40) & ~square(50, 50, 20, 20, 30, 30)
+    # outer contour of the 30x30 square (4 * 29 steps), inner one along the 10x10 hole: the 40 ring
+    # pixels beside it (the ring's corner pixels touch the hole only diagonally)
+    assert boundary_length(ring) == 4 * 29 + 4 * 10
+    assert boundary_length(np.zeros((20, 20), dtype=bool)) == 0
+
+
+def two_squares_job(options: RefineOptions) -> Job:
+    """Two 40x40 squares far apart, one 64 px patch each, both patches rejected by the gate
+    (their gated probability is the coarse mask). Ungated, the first grows by 3 px on every
+    side; the second gains a 1 px strip along one side only."""
+    h, w = 100, 200
+    coarse = torch.from_numpy(np.stack([square(h, w, 20, 20, 60, 60), square(h, w, 20, 120, 60, 160)]))
+    corners = np.array([[8, 8], [8, 108]])
+    ids = np.array([0, 1])
+    gated = torch.stack([coarse[0, 8:72, 8:72], coarse[1, 8:72, 108:172]]).float()
+    ungated = torch.stack(
+        [
+            torch.from_numpy(square(h, w, 17, 17, 63, 63))[8:72, 8:72],
+            torch.from_numpy(square(h, w, 20, 119, 60, 160))[8:72, 108:172],
+        ]
+    ).float()
+    return Job(
+        coarse=coarse,
+        height=h,
+        width=w,
+        corners=corners,
+        instance_ids=ids,
+        image_patches=torch.zeros(2, 3, 64, 64),
+        mask_patches=gated[:, None].clone(),
+        probs=gated,
+        options=options,
+        remaining=0,
+        extents=mask_extents(coarse.numpy()),
+        ungated=ungated,
+    )
+
+
+def test_changed_pixels_counts_what_reassembly_would_change():
+    job = two_squares_job(RefineOptions(ungated_shift=1.0))
+    assert job.ungated is not None
+    changed = changed_pixels(job.coarse, job.corners, job.instance_ids, job.ungated)
+    refined = reassemble(job.coarse, job.corners, job.instance_ids, job.ungated, resolve_overlaps=False)
+    assert changed.tolist() == (refined ^ job.coarse).flatten(1).sum(1).tolist() == [46 * 46 - 1600, 40]
+
+
+def test_only_the_instance_moved_by_at_least_the_shift_gets_its_ungated_answer():
+    """Shift of the first square: 516 changed pixels over a 156-pixel boundary (3.3 px); of the
+    second: 40 over 156 (0.26 px)."""
+    first_shift = (46 * 46 - 1600) / 156
+    job = two_squares_job(RefineOptions(ungated_shift=1.0))
+    refined, ungated = reassemble_job(job)
+    assert ungated == 1
+    assert np.array_equal(refined[0].numpy(), square(100, 200, 17, 17, 63, 63))  # the ungated answer
+    assert np.array_equal(refined[1].numpy(), job.coarse[1].numpy())  # the gate's (its coarse mask)
+    # the threshold is inclusive, and applies to the average over the whole boundary
+    assert ungated_instances(two_squares_job(RefineOptions(ungated_shift=first_shift))).tolist() == [True, False]
+    assert ungated_instances(two_squares_job(RefineOptions(ungated_shift=first_shift + 1e-3))).tolist() == [
+        False,
+        False,
+    ]
+    assert ungated_instances(two_squares_job(RefineOptions(ungated_shift=40 / 156))).tolist() == [True, True]
+
+
+def test_the_change_margin_counts_toward_the_shift():
+    """A change the margin would veto is no change: probability 0.6 outside a square, margin 0.2."""
+    job = two_squares_job(RefineOptions(ungated_shift=0.1, change_margin=0.2))
+    assert job.ungated is not None
+    job.ungated = torch.where(job.ungated > job.probs, torch.full_like(job.ungated, 0.6), job.ungated)
+    assert ungated_instances(job).tolist() == [False, False]
+    job.options = RefineOptions(ungated_shift=0.1, change_margin=0.05)
+    assert ungated_instances(job).tolist() == [True, True]
+
+
+@pytest.fixture(scope="module")
+def default_refiner() -> Refiner:
+    return Refiner.from_checkpoint(None, backend="torch", precision="fp32")
+
+
+def test_the_default_model_recommends_the_rule(default_refiner):
+    assert default_refiner.options.ungated_shift == 0.6
+    assert RefineOptions().ungated_shift == 0.0  # off in the library, on in the checkpoint
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / (a | b).sum())
+
+
+def davis_truth(data_dir, index: int) -> np.ndarray:
+    gt = load_json(data_dir / "davis-dev-real" / "gt.json")
+    info = gt["images"][index]
+    return np.stack(
+        [
+            decode_segmentation(a["segmentation"], info["height"], info["width"])
+            for a in gt["annotations"]
+            if a["image_id"] == info["id"]
+        ]
+    )
+
+
+@pytest.mark.parametrize("index", [OSVOS_FRAME := 88])
+def test_on_a_real_video_prediction_the_rule_takes_the_ungated_answer_and_it_is_better(
+    data_dir, default_refiner, index
+):
+    """Every second opinion run (early_reject=False), the ungated answer is exactly what the
+    refiner gives without its gate; on this OSVOS frame it moves the mask far enough, and it is
+    closer to the ground truth than the gate's answer."""
+    image, masks = davis_frame(data_dir, index)
+    truth = davis_truth(data_dir, index)
+    refiner = Refiner.from_checkpoint(None, backend="torch", precision="fp32", early_reject=False)
+    gated = refiner.refine(image, masks, ungated_shift=0.0)
+    free = refiner.refine(image, masks, quality_gate=False)
+    shift = (free ^ masks).sum() / boundary_length(masks[0])
+    assert shift > 0.6
+    before = refiner.stats.ungated
+    assert np.array_equal(refiner.refine(image, masks), free)
+    assert refiner.stats.ungated == before + 1
+    assert np.array_equal(refiner.refine(image, masks, ungated_shift=float(shift) + 1e-3), gated)
+    assert iou(free, truth) > iou(gated, truth) + 0.02  # 0.622 -> 0.654
+
+
+@pytest.mark.parametrize("index", [58, 0, 20])  # paragliding-launch (cords), bear, another sequence
+def test_nearly_right_masks_keep_the_gates_answer(data_dir, default_refiner, index):
+    """The ground truth through half resolution: the refiner moves it by well under 0.6 px, so
+    the rule never fires and the answer is the gate's."""
+    image, _ = davis_frame(data_dir, index)
+    near = np.stack([near_perfect(m) for m in davis_truth(data_dir, index)])
+    before = default_refiner.stats.ungated
+    assert np.array_equal(default_refiner.refine(image, near), default_refiner.refine(image, near, ungated_shift=0.0))
+    assert default_refiner.stats.ungated == before
+
+
+def test_the_answer_does_not_depend_on_how_patches_are_batched(data_dir):
+    """The ungated probabilities are kept batch by batch: a job split over many batches, some
+    with no rejection in them, gets the same masks as in one batch."""
+    image, masks = davis_frame(data_dir, OSVOS_FRAME)
+    one = Refiner.from_checkpoint(None, backend="torch", precision="fp32", batch_size=256)
+    many = Refiner.from_checkpoint(None, backend="torch", precision="fp32", batch_size=3)
+    out = one.refine(image, masks)
+    assert one.stats.ungated == 1
+    assert np.array_equal(many.refine(image, masks), out)
+    assert many.stats.ungated == 1
+
+
+def test_the_summary_line_counts_the_instances_given_their_ungated_answer():
+    from bpr.cli.common import rules_summary
+
+    counts = {"fallbacks": 0, "small": 3, "gated": 40, "early_gated": 20, "thin_kept": 0, "ungated": 2}
+    assert "2 instances given the refiner's ungated answer" in rules_summary(counts, thin=False)
+    assert "ungated" not in rules_summary({**counts, "ungated": 0}, thin=False)
