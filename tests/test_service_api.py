@@ -297,6 +297,15 @@ def test_keep_thin_per_request_matches_the_cli_flag(server, checkpoint: Path, tm
     assert r.status_code == 422 and "keep_thin" in r.text
 
 
+def test_ungated_shift_is_a_per_request_option_checked_at_the_door(server) -> None:
+    """?ungated_shift=0.6 is accepted (the rule itself: tests/test_ungated_shift.py); a negative
+    shift is a 422 naming it."""
+    img, entries = davis_items(1)[0]
+    path = DAVIS / "images" / img["file_name"]
+    assert refine_request(server.url, path, entries, params={"ungated_shift": 0.6}).status_code == 200
+    r = refine_request(server.url, path, entries, params={"ungated_shift": -1})
+    assert r.status_code == 422 and "ungated_shift" in r.text
+
 def test_answers_are_checked_against_their_declared_model() -> None:
     from pydantic import ValidationError
 
