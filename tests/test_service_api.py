@@ -306,6 +306,7 @@ def test_ungated_shift_is_a_per_request_option_checked_at_the_door(server) -> No
     r = refine_request(server.url, path, entries, params={"ungated_shift": -1})
     assert r.status_code == 422 and "ungated_shift" in r.text
 
+
 def test_answers_are_checked_against_their_declared_model() -> None:
     from pydantic import ValidationError
 
