@@ -39,6 +39,7 @@ class Job:
     # (P, S, S) the probabilities before the quality gate replaced any patch with its coarse mask;
     # kept only when the options' ungated_shift applies (reassembly chooses per instance)
     ungated: torch.Tensor | None = None
+    ungated_chosen: np.ndarray | None = None  # (N,) bool, set by reassembly: the instances given their ungated answer
 
     @property
     def num_patches(self) -> int:

@@ -220,7 +220,7 @@ def hand_out(batch: PatchBatch, probs: torch.Tensor, ungated: torch.Tensor | Non
     offset = 0
     for job, a, b in batch.parts:
         job.probs[a:b] = probs[offset : offset + b - a]
-        if ungated is not None and job.options.ungated_shift > 0:
+        if ungated is not None and job.options.quality_gate and job.options.ungated_shift > 0:
             if job.ungated is None:  # until now the gate had taken nothing: ungated = gated so far
                 job.ungated = job.probs.clone()
             job.ungated[a:b] = ungated[offset : offset + b - a]
@@ -260,41 +260,44 @@ def _judge(
     return net.change_helps(images[rows], masks[rows], probs[rows])
 
 
-def reassemble_job(job: Job) -> tuple[torch.Tensor, int]:
-    """Reassembly: paste a Job's probabilities back; (N, H, W) bool, the padding cropped away,
-    and how many instances the ``ungated_shift`` rule gave their ungated answer."""
+def reassemble_job(job: Job) -> torch.Tensor:
+    """Reassembly: paste a Job's probabilities back; (N, H, W) bool, the padding cropped away.
+    Instances the ``ungated_shift`` rule picks get their ungated probabilities (``job.ungated_chosen``)."""
     if job.remaining:
         raise RuntimeError(f"finish() called with {job.remaining} patches of the job not yet run")
     o = job.options
-    probs, ungated = job.probs, 0
+    probs = job.probs
     if job.ungated is not None:
-        chosen = ungated_instances(job)
-        if chosen.any():
-            rows = torch.as_tensor(chosen[job.instance_ids], device=probs.device)
+        job.ungated_chosen = ungated_instances(job)
+        if job.ungated_chosen.any():
+            rows = torch.as_tensor(job.ungated_chosen[job.instance_ids], device=probs.device)
             probs = torch.where(rows[:, None, None], job.ungated, probs)
-            ungated = int(chosen.sum())
     refined = reassemble(
         job.coarse, job.corners, job.instance_ids, probs, o.resolve_overlaps, o.change_margin, job.extents
     )
-    return refined[:, : job.height, : job.width], ungated
+    return refined[:, : job.height, : job.width]
 
 
 def ungated_instances(job: Job) -> np.ndarray:
     """(N,) bool: the instances whose ungated answer moves their mask by at least the options'
     ``ungated_shift`` pixels on average: pixels it changes (the change margin applied, overlaps
-    not yet resolved) per pixel of the coarse mask's boundary. Only instances with a patch the
-    gate took are measured; the others' two answers are the same."""
+    not yet resolved) per pixel of the coarse mask's boundary, both inside the image (not its
+    padding). Only instances with a patch the gate took are measured; the others' two answers
+    are the same."""
     assert job.ungated is not None
     differs = (job.ungated != job.probs).flatten(1).any(1).cpu().numpy()
     measured = np.zeros(job.coarse.shape[0], dtype=bool)
     measured[job.instance_ids[differs]] = True
     rows = measured[job.instance_ids]
     probs = job.ungated[torch.as_tensor(rows, device=job.ungated.device)]
-    changed = changed_pixels(job.coarse, job.corners[rows], job.instance_ids[rows], probs, job.options.change_margin)
+    visible = (job.height, job.width)
+    changed = changed_pixels(
+        job.coarse, job.corners[rows], job.instance_ids[rows], probs, job.options.change_margin, visible
+    )
     boxes = job.extents if job.extents is not None else mask_extents(job.coarse.cpu().numpy())
     chosen = np.zeros_like(measured)
     for i in np.flatnonzero(measured):
         y0, x0, y1, x1 = (int(v) for v in boxes[i])
-        length = boundary_length(job.coarse[i, y0:y1, x0:x1].cpu().numpy())
+        length = boundary_length(job.coarse[i, y0 : min(y1, job.height), x0 : min(x1, job.width)].cpu().numpy())
         chosen[i] = length > 0 and changed[i] >= job.options.ungated_shift * length
     return chosen

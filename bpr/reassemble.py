@@ -145,15 +145,23 @@ def _canvases(
 
 
 def changed_pixels(
-    coarse: torch.Tensor, corners: np.ndarray, instance_ids: np.ndarray, probs: torch.Tensor, change_margin: float = 0.0
+    coarse: torch.Tensor,
+    corners: np.ndarray,
+    instance_ids: np.ndarray,
+    probs: torch.Tensor,
+    change_margin: float = 0.0,
+    within: tuple[int, int] | None = None,
 ) -> np.ndarray:
     """(N,) int64: how many pixels of each coarse mask these patch probabilities would change
-    (reassembly's rule, before overlaps between instances are resolved)."""
+    (reassembly's rule, before overlaps between instances are resolved); with ``within`` =
+    (height, width), only pixels inside it count (an image padded to the patch size)."""
     changed = np.zeros(coarse.shape[0], dtype=np.int64)
     regions = instance_regions(corners, instance_ids, probs.shape[-1], coarse.shape[0])
+    height, width = within if within is not None else coarse.shape[-2:]
     for i, (y0, x0, y1, x1), covered, prob in _canvases(coarse, corners, instance_ids, probs, regions):
         old = coarse[i, y0:y1, x0:x1]
-        changed[i] = int(torch.count_nonzero(covered & (decide(old, prob, change_margin) != old)))
+        moved = covered & (decide(old, prob, change_margin) != old)
+        changed[i] = int(torch.count_nonzero(moved[: max(0, height - y0), : max(0, width - x0)]))
     return changed
 
 

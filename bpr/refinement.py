@@ -87,6 +87,9 @@ class Refinement:
         self.reach: torch.Tensor | None = None  # pixels the first pass's patches covered
         self.active: np.ndarray | None = None  # instances to refine (None = all)
         self.input_extents: np.ndarray | None = None  # boxes of the input masks, from the first pass's extraction
+        # instances some pass gave their ungated answer (ungated_shift), counted once each at the end
+        self.ungated = np.zeros(masks.shape[0], dtype=bool)
+        self.reverted: list[int] = []  # instances the fallback rule returned as given
         self.extract_seconds = 0.0  # of the last advance, for the service's stage metrics
         self.reassemble_seconds = 0.0
         small = 0
@@ -132,9 +135,14 @@ class Refinement:
                 return job
             # no boundary left to patch: no later pass can change anything either
         self.result = self._fall_back(self._keep_thin(self._anchor_growth(self.masks)))
+        self.ungated[self.reverted] = False
+        if self.ungated.any():
+            self.refiner.stats.add(ungated=int(self.ungated.sum()))
         return None
 
     def _end_pass(self, job: Job, refined: torch.Tensor) -> None:
+        if job.ungated_chosen is not None:
+            self.ungated |= job.ungated_chosen
         if self.options.confine_passes and self.options.iterations > 1:
             if self.passes == 0:
                 self.reach = patch_reach(
@@ -239,6 +247,7 @@ class Refinement:
             union = areas[i] + int(torch.count_nonzero(r)) - inter
             if inter < self.options.fallback_iou * union:  # emptied: IoU 0
                 lost.append(i)
+        self.reverted = lost
         if lost:  # refined is this refinement's own tensor (reassembly's copy): restore in place
             index = torch.tensor(lost, device=refined.device)
             refined[index] = self.input[index]

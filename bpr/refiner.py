@@ -370,10 +370,10 @@ class Refiner:
     def finish(self, job: Job) -> torch.Tensor:
         """Reassembly (:func:`bpr.passes.reassemble_job`): paste probabilities back and crop any padding away."""
         t0 = time.perf_counter()
-        refined, ungated = passes.reassemble_job(job)
+        refined = passes.reassemble_job(job)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)  # so the time counted is the reassembly's
-        self.stats.add("reassemble", time.perf_counter() - t0, ungated=ungated)
+        self.stats.add("reassemble", time.perf_counter() - t0)
         return refined
 
 

@@ -12,7 +12,7 @@ import torch
 from conftest import davis_frame
 
 from bpr.evaluate.dev_table import near_perfect
-from bpr.feed import Job
+from bpr.feed import Job, PatchFeed
 from bpr.io.coco import decode_segmentation, load_json
 from bpr.options import RefineOptions
 from bpr.passes import reassemble_job, ungated_instances
@@ -80,8 +80,8 @@ def test_only_the_instance_moved_by_at_least_the_shift_gets_its_ungated_answer()
     second: 40 over 156 (0.26 px)."""
     first_shift = (46 * 46 - 1600) / 156
     job = two_squares_job(RefineOptions(ungated_shift=1.0))
-    refined, ungated = reassemble_job(job)
-    assert ungated == 1
+    refined = reassemble_job(job)
+    assert job.ungated_chosen is not None and job.ungated_chosen.tolist() == [True, False]
     assert np.array_equal(refined[0].numpy(), square(100, 200, 17, 17, 63, 63))  # the ungated answer
     assert np.array_equal(refined[1].numpy(), job.coarse[1].numpy())  # the gate's (its coarse mask)
     # the threshold is inclusive, and applies to the average over the whole boundary
@@ -101,6 +101,102 @@ def test_the_change_margin_counts_toward_the_shift():
     assert ungated_instances(job).tolist() == [False, False]
     job.options = RefineOptions(ungated_shift=0.1, change_margin=0.05)
     assert ungated_instances(job).tolist() == [True, True]
+
+
+def test_on_an_image_smaller_than_a_patch_the_padding_does_not_count():
+    """A 30x30 image is padded to 64 x 64 for its patch (the last row and column repeat). An
+    ungated answer that changes only the padding changes nothing the user sees: no shift."""
+    h, w = 30, 30
+    visible = square(h, w, 10, 5, 30, 15)  # a bar touching the bottom edge
+    padded = np.pad(visible, ((0, 34), (0, 34)), mode="edge")
+    coarse = torch.from_numpy(padded[None])
+    gated = coarse[:, :64, :64].float()
+    ungated = gated.clone()
+    ungated[0, 40:, :] = 0.0  # clears only padding rows
+    job = Job(
+        coarse=coarse,
+        height=h,
+        width=w,
+        corners=np.array([[0, 0]]),
+        instance_ids=np.array([0]),
+        image_patches=torch.zeros(1, 3, 64, 64),
+        mask_patches=gated[:, None].clone(),
+        probs=gated,
+        options=RefineOptions(ungated_shift=0.1),
+        remaining=0,
+        extents=mask_extents(coarse.numpy()),
+        ungated=ungated,
+    )
+    assert ungated_instances(job).tolist() == [False]
+    ungated[0, 20:30, 5:15] = 0.0  # now half the visible bar goes: 100 px over a 56 px boundary
+    assert ungated_instances(job).tolist() == [True]
+    assert np.array_equal(reassemble_job(job)[0].numpy(), square(h, w, 10, 5, 20, 15))
+
+
+def test_hand_out_keeps_the_ungated_rows_of_the_jobs_that_ask_for_them_across_batches():
+    """A job split over three batches (no rejection, a rejection, none again) gets, for every
+    row, its probability before the gate; a pooled job that does not ask for the rule (shift 0,
+    or no gate) never gets an ungated copy."""
+    from bpr.feed import PatchBatch
+    from bpr.passes import hand_out
+
+    def job(options: RefineOptions, patches: int) -> Job:
+        return Job(
+            coarse=torch.zeros(1, 64, 64, dtype=torch.bool),
+            height=64,
+            width=64,
+            corners=np.zeros((patches, 2), dtype=np.int64),
+            instance_ids=np.zeros(patches, dtype=np.int64),
+            image_patches=torch.zeros(patches, 3, 4, 4),
+            mask_patches=torch.zeros(patches, 1, 4, 4),
+            probs=torch.empty(patches, 4, 4),
+            options=options,
+            remaining=patches,
+        )
+
+    rule, plain, no_gate = (
+        job(RefineOptions(ungated_shift=0.6), 6),
+        job(RefineOptions(), 2),
+        job(RefineOptions(ungated_shift=0.6, quality_gate=False), 2),
+    )
+    before = torch.arange(6, dtype=torch.float32)[:, None, None].expand(6, 4, 4).clone()  # row k: k
+    after = before.clone()
+    after[3] = -1.0  # the gate took row 3 of the rule job
+    hand_out(PatchBatch(((rule, 0, 2), (plain, 0, 2))), torch.cat([after[0:2], torch.zeros(2, 4, 4)]))
+    assert rule.ungated is None  # nothing taken yet
+    ungated = torch.cat([before[2:4], torch.full((2, 4, 4), 7.0)])
+    gated = torch.cat([after[2:4], torch.full((2, 4, 4), 5.0)])
+    hand_out(PatchBatch(((rule, 2, 4), (no_gate, 0, 2))), gated, ungated)
+    hand_out(PatchBatch(((rule, 4, 6),)), after[4:6])
+    assert rule.ungated is not None and torch.equal(rule.ungated, before)
+    assert torch.equal(rule.probs, after)
+    assert plain.ungated is None and no_gate.ungated is None
+    assert rule.remaining == plain.remaining == no_gate.remaining == 0
+
+
+def test_pooled_requests_with_other_options_get_what_they_get_alone(data_dir):
+    """The service pools patches of requests with different options into one batch: a job
+    without the rule next to one with it is refined exactly as alone (and the other way round)."""
+    image, masks = davis_frame(data_dir, OSVOS_FRAME)
+    refiner = Refiner.from_checkpoint(None, backend="torch", precision="fp32", batch_size=16)
+    on = refiner.options
+    off = on.updated(ungated_shift=0.0)
+    alone = [refiner.refine(image, masks, ungated_shift=o.ungated_shift) for o in (off, on)]
+    assert not np.array_equal(*alone)  # the rule acts on this frame
+    flights = [refiner.start_numpy(image, masks, o) for o in (off, on)]
+
+    feed = PatchFeed(16)
+    jobs = [f.advance() for f in flights]
+    for j in jobs:
+        assert j is not None
+        feed.add(j)
+    while feed:
+        batch = feed.take()
+        refiner.run_batch(batch)
+    for f in flights:
+        assert f.advance() is None
+    assert np.array_equal(flights[0].output().cpu().numpy(), alone[0])
+    assert np.array_equal(flights[1].output().cpu().numpy(), alone[1])
 
 
 @pytest.fixture(scope="module")
@@ -159,6 +255,15 @@ def test_nearly_right_masks_keep_the_gates_answer(data_dir, default_refiner, ind
     before = default_refiner.stats.ungated
     assert np.array_equal(default_refiner.refine(image, near), default_refiner.refine(image, near, ungated_shift=0.0))
     assert default_refiner.stats.ungated == before
+
+
+def test_an_instance_is_counted_once_whatever_the_passes_and_not_when_it_falls_back(data_dir):
+    image, masks = davis_frame(data_dir, OSVOS_FRAME)
+    refiner = Refiner.from_checkpoint(None, backend="torch", precision="fp32")
+    refiner.refine(image, masks, iterations=2, ungated_shift=0.05)
+    assert refiner.stats.ungated == 1
+    refiner.refine(image, masks, fallback_iou=0.999)  # every change reverted: the input comes back
+    assert refiner.stats.ungated == 1 and refiner.stats.fallbacks == 1
 
 
 def test_the_answer_does_not_depend_on_how_patches_are_batched(data_dir):
