@@ -77,9 +77,10 @@ def automatic_precision(backend: str, device: torch.device) -> str:
     """What precision ``auto`` means for ``backend`` on ``device``.
 
     fp16 autocast on CUDA. bf16 for OpenVINO on a CPU with native bf16: with the default model
-    the whole dev table stays within 0.05 points of fp32 torch on every input (largest change
-    cs-maskrcnn28 AP_M -0.03; docs/benchmarks.md, Speed) at 1.6-1.8x the speed. fp32 everywhere else:
-    torch's bf16 autocast has not been through the dev table, and emulated bf16 is slow.
+    J, F and every street-scene number of the dev table stay within 0.05 points of fp32 torch
+    (within 0.02 for the session-14 default; the 89-frame per-frame AP of the DAVIS inputs moves
+    by up to 0.14: lab/runs/dev_table_s14_torch_fp32.md, models/MODEL_CARD.md) at 1.6-1.8x the
+    speed. fp32 everywhere else: torch's bf16 autocast has not been through the dev table, and emulated bf16 is slow.
     """
     if device.type == "cuda":
         return "fp16"
