@@ -159,6 +159,25 @@ class RefineOptions:
         recommended=True,
         per_request=True,
     )
+    ungated_removal_margin: float = option(
+        -1.0,
+        "with ungated_shift: the change margin foreground pixels need to leave an instance given its ungated "
+        "answer (-1 = the change margin): a mask the refiner moves that far is trusted more to lose pixels "
+        "than to gain them",
+        "ungated removal margin",
+        ge=-1.0,
+        lt=0.5,
+        recommended=True,
+    )
+    ungated_keep_thin: int = option(
+        0,
+        "with ungated_shift: keep_thin's radius for instances given their ungated answer, where it is larger "
+        "than keep_thin (0 = keep_thin's)",
+        "ungated keep thin (radius, pixels)",
+        ge=0,
+        le=16,
+        recommended=True,
+    )
     quality_gate: bool = option(
         True,
         "with a checkpoint that has a patch-quality gate, patches the gate expects to break more pixels "

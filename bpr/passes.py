@@ -267,13 +267,23 @@ def reassemble_job(job: Job) -> torch.Tensor:
         raise RuntimeError(f"finish() called with {job.remaining} patches of the job not yet run")
     o = job.options
     probs = job.probs
+    removal_margins: dict[int, float] = {}
     if job.ungated is not None:
         job.ungated_chosen = ungated_instances(job)
         if job.ungated_chosen.any():
             rows = torch.as_tensor(job.ungated_chosen[job.instance_ids], device=probs.device)
             probs = torch.where(rows[:, None, None], job.ungated, probs)
+            if o.ungated_removal_margin >= 0:
+                removal_margins = {int(i): o.ungated_removal_margin for i in np.flatnonzero(job.ungated_chosen)}
     refined = reassemble(
-        job.coarse, job.corners, job.instance_ids, probs, o.resolve_overlaps, o.change_margin, job.extents
+        job.coarse,
+        job.corners,
+        job.instance_ids,
+        probs,
+        o.resolve_overlaps,
+        o.change_margin,
+        job.extents,
+        removal_margins,
     )
     return refined[:, : job.height, : job.width]
 

@@ -57,11 +57,13 @@ def patch_reach(
     return reach.view(n, height, width)
 
 
-def decide(old: torch.Tensor, prob: torch.Tensor, margin: float) -> torch.Tensor:
+def decide(old: torch.Tensor, prob: torch.Tensor, margin: float, removal_margin: float | None = None) -> torch.Tensor:
     """Refined value of pixels whose input is ``old`` (bool) and foreground probability ``prob``:
     a pixel leaves its input value only where ``prob`` is beyond 0.5 by more than ``margin``
-    (at margin 0: plain ``prob > 0.5``). The one rule, used by reassembly and the gate's training."""
-    keep_fg = prob >= 0.5 - margin if margin > 0 else prob > 0.5
+    (at margin 0: plain ``prob > 0.5``); ``removal_margin``, if given, replaces ``margin`` for
+    foreground pixels leaving. The one rule, used by reassembly and the gate's training."""
+    leave = margin if removal_margin is None else removal_margin
+    keep_fg = prob >= 0.5 - leave if leave > 0 else prob > 0.5
     return torch.where(old, keep_fg, prob > 0.5 + margin)
 
 
@@ -81,6 +83,7 @@ def reassemble(
     resolve_overlaps: bool = True,
     change_margin: float = 0.0,
     extents: np.ndarray | None = None,
+    removal_margins: dict[int, float] | None = None,
 ) -> torch.Tensor:
     """Paste patch probabilities back.
 
@@ -90,14 +93,18 @@ def reassemble(
     beyond 0.5 by more than this (foreground pixels need p < 0.5 - margin to go, background
     pixels p > 0.5 + margin to join).
     extents: (N, 4) boxes of the coarse masks (:func:`bpr.patches.mask_extents`), if known.
+    removal_margins: instance -> the margin its foreground pixels need to leave, where it is
+        not ``change_margin`` (the ``ungated_removal_margin`` rule).
     """
     refined = copy_masks(coarse)
+    removal_margins = removal_margins or {}
     n = coarse.shape[0]
     regions = instance_regions(corners, instance_ids, probs.shape[-1], n)
     probabilities: dict[int, torch.Tensor] = {}
     for i, (y0, x0, y1, x1), covered, prob in _canvases(coarse, corners, instance_ids, probs, regions):
         old = coarse[i, y0:y1, x0:x1]
-        refined[i, y0:y1, x0:x1] = torch.where(covered, decide(old, prob, change_margin), old)
+        decided = decide(old, prob, change_margin, removal_margins.get(i))
+        refined[i, y0:y1, x0:x1] = torch.where(covered, decided, old)
         probabilities[i] = prob
     if resolve_overlaps and n > 1:
         _resolve_gained_overlaps(coarse, refined, regions, probabilities, extents)

@@ -198,12 +198,16 @@ class Refinement:
         6% (lab/diagnostics/keep_thin.py). The price: thin false parts of a detector's mask, which
         refinement rightly removes, stay too.
         """
-        radius = self.options.keep_thin
-        if radius <= 0 or refined is self.input or refined.shape[0] == 0:
+        radii = np.full(self.input.shape[0], self.options.keep_thin)
+        radii[self.ungated] = max(self.options.keep_thin, self.options.ungated_keep_thin)
+        if radii.max(initial=0) <= 0 or refined is self.input or refined.shape[0] == 0:
             return refined
         _, height, width = self.input.shape
         kept = 0
         for i, (y0, x0, y1, x1) in enumerate(self._instance_boxes()):
+            radius = int(radii[i])
+            if radius <= 0:
+                continue
             if y1 <= y0 or x1 <= x0 or not bool(torch.any(self.input[i, y0:y1, x0:x1] & ~refined[i, y0:y1, x0:x1])):
                 continue  # nothing removed: nothing to give back
             # the box grown by the radius (within the image), so that the opening sees the

@@ -68,6 +68,7 @@ def test_keep_thin_gives_nothing_back_where_another_instance_won_the_pixel():
     rule = Refinement.__new__(Refinement)
     rule.refiner, rule.options = Steps(), RefineOptions(keep_thin=4)
     rule.input, rule.input_extents = masks, None
+    rule.ungated = np.zeros(2, dtype=bool)  # no instance given its ungated answer
     rule.reach_boxes = np.array([[20, 0, 100, 100], [40, 60, 80, 160]])
     kept = rule._keep_thin(out.clone()).numpy()
     won = cord & grown & ~body  # the crossing the body gained (x 80-89)

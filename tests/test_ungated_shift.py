@@ -284,3 +284,48 @@ def test_the_summary_line_counts_the_instances_given_their_ungated_answer():
     counts = {"fallbacks": 0, "small": 3, "gated": 40, "early_gated": 20, "thin_kept": 0, "ungated": 2}
     assert "2 instances given the refiner's ungated answer" in rules_summary(counts, thin=False)
     assert "ungated" not in rules_summary({**counts, "ungated": 0}, thin=False)
+
+
+def test_a_removal_margin_lets_pixels_leave_where_the_change_margin_would_keep_them():
+    """decide(): with change margin 0.2 a foreground pixel at probability 0.4 stays; with a removal
+    margin of 0.05 it leaves (and one at 0.46 stays); additions keep the change margin."""
+    from bpr.reassemble import decide
+
+    old = torch.tensor([True, True, False, False])
+    prob = torch.tensor([0.4, 0.46, 0.6, 0.75])
+    assert decide(old, prob, 0.2).tolist() == [True, True, False, True]
+    assert decide(old, prob, 0.2, removal_margin=0.05).tolist() == [False, True, False, True]
+    assert decide(old, prob, 0.2, removal_margin=0.0).tolist() == [False, False, False, True]
+
+
+def test_only_the_instances_given_their_ungated_answer_get_the_removal_margin():
+    """Both squares' ungated probability is 0.4 on a 2 px rim inside them (change margin 0.2 keeps
+    it) and 0.9 on 3 px outside the first (it grows). Only the first is moved far enough; with
+    ungated_removal_margin 0 it also loses its rim, the second keeps everything."""
+    job = two_squares_job(RefineOptions(ungated_shift=1.0, change_margin=0.2, ungated_removal_margin=0.0))
+    assert job.ungated is not None
+    rim = torch.zeros(2, 64, 64)
+    rim[0, 12:52, 12:52], rim[0, 14:50, 14:50] = 1, 0  # first square [20:60) seen from corner 8
+    rim[1, 12:52, 12:52], rim[1, 14:50, 14:50] = 1, 0  # second square [20:60, 120:160) from corner (8, 108)
+    job.ungated = torch.where(rim > 0, torch.full_like(job.ungated, 0.4), job.ungated)
+    refined = reassemble_job(job)
+    assert job.ungated_chosen is not None and job.ungated_chosen.tolist() == [True, False]
+    assert np.array_equal(
+        refined[0].numpy(),
+        square(100, 200, 17, 17, 63, 63) & ~(square(100, 200, 20, 20, 60, 60) & ~square(100, 200, 22, 22, 58, 58)),
+    )
+    assert np.array_equal(refined[1].numpy(), job.coarse[1].numpy())
+    job.options = RefineOptions(ungated_shift=1.0, change_margin=0.2)  # -1: the change margin
+    assert np.array_equal(reassemble_job(job)[0].numpy(), square(100, 200, 17, 17, 63, 63))
+
+
+def test_ungated_keep_thin_applies_to_the_instances_given_their_ungated_answer_only(data_dir):
+    """On the OSVOS frame the rule picks, ungated_keep_thin 4 gives back exactly what keep_thin 4
+    gives back; with the rule off it changes nothing."""
+    image, masks = davis_frame(data_dir, OSVOS_FRAME)
+    refiner = Refiner.from_checkpoint(None, backend="torch", precision="fp32")
+    kept = refiner.refine(image, masks, keep_thin=4)
+    assert not np.array_equal(kept, refiner.refine(image, masks))  # the radius gives something back here
+    assert np.array_equal(refiner.refine(image, masks, ungated_keep_thin=4), kept)
+    off = refiner.refine(image, masks, ungated_shift=0.0)
+    assert np.array_equal(refiner.refine(image, masks, ungated_shift=0.0, ungated_keep_thin=4), off)
