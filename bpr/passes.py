@@ -103,9 +103,14 @@ def gate_applies(net: RefinerNet, options: RefineOptions) -> bool:
     return options.quality_gate and net.gate is not None
 
 
+def asks_ungated(options: RefineOptions) -> bool:
+    """Whether ``options`` ask for the ``ungated_shift`` rule: the gate asked for and the rule on."""
+    return options.quality_gate and options.ungated_shift > 0
+
+
 def ungated_applies(net: RefinerNet, options: RefineOptions) -> bool:
-    """Whether ``options`` get the ``ungated_shift`` rule: the gate applies and the rule is on."""
-    return gate_applies(net, options) and options.ungated_shift > 0
+    """Whether ``options`` get the ``ungated_shift`` rule: they ask for it and ``net`` has a gate."""
+    return asks_ungated(options) and net.gate is not None
 
 
 @torch.inference_mode()
@@ -220,7 +225,7 @@ def hand_out(batch: PatchBatch, probs: torch.Tensor, ungated: torch.Tensor | Non
     offset = 0
     for job, a, b in batch.parts:
         job.probs[a:b] = probs[offset : offset + b - a]
-        if ungated is not None and job.options.quality_gate and job.options.ungated_shift > 0:
+        if ungated is not None and asks_ungated(job.options):
             if job.ungated is None:  # until now the gate had taken nothing: ungated = gated so far
                 job.ungated = job.probs.clone()
             job.ungated[a:b] = ungated[offset : offset + b - a]
