@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from bpr.evaluate.dev_table import refine_file, score
-from bpr.io.coco import decode_segmentation, encode_mask, load_json, mask_to_bbox, write_json_atomic
+from bpr.io.coco import decode_segmentation, load_json, write_json_atomic
 from bpr.io.datasets import shared_data_root
+from bpr.io.results import refined_entry
 from bpr.refiner import Refiner
 from bpr.train.build_patches import is_held_out
 from bpr.train.synth import grid_resample
@@ -40,14 +41,9 @@ def main() -> None:
             continue
         m = grid_resample(np.zeros(0), truth, rng)
         if m.any():
+            confidence = float(0.9 + 0.01 * rng.random())
             coarse.append(
-                {
-                    "image_id": a["image_id"],
-                    "category_id": a["category_id"],
-                    "segmentation": encode_mask(m),
-                    "bbox": mask_to_bbox(m),
-                    "score": float(0.9 + 0.01 * rng.random()),
-                }
+                refined_entry({"image_id": a["image_id"], "category_id": a["category_id"], "score": confidence}, m)
             )
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)

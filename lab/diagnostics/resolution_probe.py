@@ -14,8 +14,9 @@ import tempfile
 from pathlib import Path
 
 from bpr.evaluate.dev_table import refine_file, score
-from bpr.io.coco import decode_segmentation, encode_mask, load_json, mask_to_bbox, write_json_atomic
+from bpr.io.coco import decode_segmentation, load_json, write_json_atomic
 from bpr.io.datasets import shared_data_root
+from bpr.io.results import refined_entry
 from bpr.refiner import Refiner
 from bpr.train.synth import through_resolution
 
@@ -35,13 +36,7 @@ def main() -> None:
                 m = through_resolution(decode_segmentation(a["segmentation"], *sizes[a["image_id"]]), factor) > 0.5
                 if m.any():
                     coarse.append(
-                        {
-                            "image_id": a["image_id"],
-                            "category_id": a["category_id"],
-                            "segmentation": encode_mask(m),
-                            "bbox": mask_to_bbox(m),
-                            "score": 1.0,
-                        }
+                        refined_entry({"image_id": a["image_id"], "category_id": a["category_id"], "score": 1.0}, m)
                     )
             write_json_atomic(tmp / "coarse.json", coarse)
             for checkpoint in checkpoints:
