@@ -36,7 +36,7 @@ import numpy as np
 from bpr.evaluate.evaluator import evaluate
 from bpr.io.coco import decode_segmentation, encode_mask, load_json, mask_to_bbox, write_json_atomic
 from bpr.io.images import read_image
-from bpr.io.results import entries_to_masks, refined_entry
+from bpr.io.results import entries_to_masks, group_by_image, refined_entry
 from bpr.refiner import Refiner
 
 CACHE = Path("work/dev_inputs")  # relative to the current directory, as bpr-dev-table's --cache default
@@ -127,9 +127,7 @@ def refine_file(refiner: Refiner, gt_path: Path, images: Path, coarse_path: Path
     gt = load_json(gt_path)
     info = {i["id"]: i for i in gt["images"]}
     entries = load_json(coarse_path)
-    groups: dict[Any, list[int]] = {}
-    for k, e in enumerate(entries):
-        groups.setdefault(e["image_id"], []).append(k)
+    groups = group_by_image(entries)
 
     def items() -> Iterator[tuple[np.ndarray, np.ndarray]]:
         for image_id, idx in groups.items():

@@ -16,7 +16,7 @@ from bpr.evaluate.dev_table import score
 from bpr.io.coco import decode_segmentation, load_json, write_json_atomic
 from bpr.io.datasets import shared_data_root
 from bpr.io.images import read_image
-from bpr.io.results import entries_to_masks, refined_entry
+from bpr.io.results import entries_to_masks, group_by_image, refined_entry
 from bpr.patches import crop_rows, crop_squares, pad_to_patch
 from bpr.refiner import Refiner
 from bpr.train.gate import refined_probability
@@ -52,9 +52,7 @@ def main() -> None:
     for ann in gt["annotations"]:
         gts.setdefault(ann["image_id"], []).append(ann)
     entries = load_json(DATA / "maskrcnn28.json")
-    groups: dict = {}
-    for k, e in enumerate(entries):
-        groups.setdefault(e["image_id"], []).append(k)
+    groups = group_by_image(entries)
     if a.max_images:
         groups = dict(list(groups.items())[:: max(1, len(groups) // a.max_images)][: a.max_images])
     s = refiner.patch_size

@@ -21,7 +21,7 @@ import numpy as np
 from bpr.io.coco import decode_segmentation, load_json
 from bpr.io.datasets import shared_data_root
 from bpr.io.images import read_image
-from bpr.io.results import entries_to_masks
+from bpr.io.results import entries_to_masks, group_by_image
 from bpr.refiner import Refiner
 
 DATA = shared_data_root() / "cityscapes-dev"
@@ -46,9 +46,7 @@ def main() -> None:
     for ann in gt["annotations"]:
         truths.setdefault(ann["image_id"], []).append(ann)
     entries = load_json(DATA / "maskrcnn28.json")
-    groups: dict = {}
-    for k, e in enumerate(entries):
-        groups.setdefault(e["image_id"], []).append(k)
+    groups = group_by_image(entries)
     refiners = {}
     for c in a.configs:
         patch, gate = c.split(":")
