@@ -150,3 +150,34 @@ def test_dev_table_reads_the_data_sets_from_bpr_shared_data(monkeypatch):
     assert build_parser().parse_args([]).data == Path("/elsewhere/data")
     monkeypatch.delenv("BPR_SHARED_DATA")
     assert build_parser().parse_args([]).data == Path("../shared/data").resolve()  # beside the checkout, run from it
+
+
+def test_an_extra_input_is_scored_exactly_as_a_built_in_one_on_the_same_file(data_dir, tmp_path, random_checkpoint):
+    """--extra-input NAME=RESULTS: any results file on cityscapes-dev (cs-...) or davis-dev-real
+    (davis-...) becomes one more row, refined and scored by the same code as the built-in rows."""
+    out = tmp_path / "table.json"
+    copy = tmp_path / "mine.json"
+    copy.write_bytes((data_dir / "cityscapes-dev" / "maskrcnn28.json").read_bytes())
+    args = ["--checkpoint", str(random_checkpoint), "--max-images", "1", "--data", str(data_dir), "--iterations", "1"]
+    args += ["--cache", str(tmp_path / "cache"), "--json", str(out), "--inputs", "cs-maskrcnn28"]
+    assert dev_table_main([*args, "--extra-input", f"cs-mine={copy}"]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert list(rows) == ["cs-maskrcnn28", "cs-mine"]
+    for key in ("AP", "bAP", "J", "F", "worse"):
+        assert rows["cs-mine"][key] == rows["cs-maskrcnn28"][key]
+    assert rows["cs-mine"]["run"]["patches"] == rows["cs-maskrcnn28"]["run"]["patches"] > 0
+
+
+def test_a_malformed_extra_input_is_a_one_line_error_before_any_work(tmp_path, capsys):
+    results = tmp_path / "r.json"
+    results.write_text("[]")
+    cases = {
+        "cs-mine": "--extra-input 'cs-mine': expected NAME=RESULTS.json",
+        f"coco-mine={results}": "--extra-input coco-mine: the name must start with cs- or davis- (which set it scores)",
+        f"cs-near={results}": "--extra-input cs-near: that name is a built-in input",
+        f"davis-mine={tmp_path / 'none.json'}": f"--extra-input davis-mine: no such file {tmp_path / 'none.json'}",
+    }
+    for text, message in cases.items():
+        assert dev_table_main(["--extra-input", text, "--cache", str(tmp_path / "cache")]) == 2
+        assert capsys.readouterr().err.strip() == f"bpr-dev-table: error: {message}"
+    assert not (tmp_path / "cache").exists()

@@ -23,6 +23,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", type=Path, help="refiner checkpoint (default: the bundled model)")
     p.add_argument("--inputs", nargs="+", default=list(dev_table.INPUTS), choices=dev_table.INPUTS)
     p.add_argument(
+        "--extra-input",
+        action="append",
+        default=[],
+        metavar="NAME=RESULTS",
+        help="also score this COCO results file as an input (NAME starts with cs- or davis-: the set it is on)",
+    )
+    p.add_argument(
         "--data",
         type=Path,
         default=shared_data_root(),
@@ -46,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     reference = read_reference(args.against) if args.against else None  # a bad file fails before any work
+    extra = dict(dev_table.parse_extra_input(text) for text in args.extra_input)
     args.cache.mkdir(parents=True, exist_ok=True)
     refiner = Refiner.from_checkpoint(
         args.checkpoint,
@@ -53,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         backend=args.backend,
         **{name: getattr(args, name) for name in option_infos()},
     )
-    rows = dev_table.score_inputs(refiner, args.inputs, args.data, args.cache, args.max_images)
+    rows = dev_table.score_inputs(refiner, args.inputs, args.data, args.cache, args.max_images, extra)
     print(f"checkpoint {refiner.checkpoint}; {refiner.backend} backend, {refiner.precision}; {refiner.options}\n")
     dev_table.print_table(rows)
     if args.json:

@@ -12,6 +12,10 @@ on all of these together:
 * ``davis-osvos`` / ``davis-rvos``: REAL predictions of two video segmenters (davis-dev-real);
 * ``davis-near``: davis-dev-real ground truth through half resolution.
 
+``--extra-input NAME=RESULTS`` adds a row for any COCO results file on one of the two sets
+(``cs-...`` names score against cityscapes-dev, ``davis-...`` against davis-dev-real): your own
+model's predictions, or the mask head of ``lab/maskhead`` (a real network's errors on streets).
+
 The data sets are read from ``--data`` (default: ``BPR_SHARED_DATA``, else ``../shared/data``).
 The derived inputs are built from the ground truth with fixed seeds and cached under
 ``--cache``. Refinement runs the library's own ``Refiner.refine_many`` (bpr-refine's path),
@@ -26,13 +30,14 @@ from __future__ import annotations
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
 import cv2
 import numpy as np
 
+from bpr.errors import BprInputError
 from bpr.evaluate.evaluator import evaluate
 from bpr.io.coco import decode_segmentation, encode_mask, load_json, mask_to_bbox, write_json_atomic
 from bpr.io.images import read_image
@@ -89,10 +94,29 @@ def derived_input(gt_path: Path, kind: str, seed: int = 0) -> list[dict[str, Any
     return out
 
 
-def input_files(name: str, data: Path, cache: Path) -> tuple[Path, Path, Path]:
-    """(gt.json, images dir, coarse results json) of a dev input, building derived ones once."""
+def parse_extra_input(text: str) -> tuple[str, Path]:
+    """'cs-mine=results.json' -> ('cs-mine', Path('results.json')): a results file scored as one more
+    dev input; its name's prefix picks the ground truth (``cs-``: cityscapes-dev, ``davis-``:
+    davis-dev-real). A one-line error for a malformed text, a built-in name or a missing file."""
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise BprInputError(f"--extra-input {text!r}: expected NAME=RESULTS.json")
+    if not name.startswith(("cs-", "davis-")):
+        raise BprInputError(f"--extra-input {name}: the name must start with cs- or davis- (which set it scores)")
+    if name in INPUTS:
+        raise BprInputError(f"--extra-input {name}: that name is a built-in input")
+    if not Path(path).is_file():
+        raise BprInputError(f"--extra-input {name}: no such file {path}")
+    return name, Path(path)
+
+
+def input_files(name: str, data: Path, cache: Path, extra: Mapping[str, Path] | None = None) -> tuple[Path, Path, Path]:
+    """(gt.json, images dir, coarse results json) of a dev input, building derived ones once;
+    ``extra``: results files of inputs beyond the built-in ones, by name."""
     root = data / ("cityscapes-dev" if name.startswith("cs-") else "davis-dev-real")
     gt_path = root / "gt.json"
+    if extra and name in extra:
+        return gt_path, root / "images", extra[name]
     kind = name.split("-", 1)[1]
     if kind in ("maskrcnn28", "osvos", "rvos"):
         return gt_path, root / "images", root / f"{kind}.json"
@@ -275,10 +299,16 @@ def print_table(rows: dict[str, dict[str, Any]], file: TextIO | None = None) -> 
 
 
 def score_inputs(
-    refiner: Refiner, inputs: Sequence[str], data: Path, cache: Path, max_images: int | None = None
+    refiner: Refiner,
+    inputs: Sequence[str],
+    data: Path,
+    cache: Path,
+    max_images: int | None = None,
+    extra: Mapping[str, Path] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Refine and score each dev input in ``inputs`` (names from :data:`INPUTS`): one row of
-    before / after numbers per input, with its run's timing and counts under ``"run"``.
+    """Refine and score each dev input in ``inputs`` (names from :data:`INPUTS`), then each of
+    ``extra`` (name -> results file, :func:`parse_extra_input`): one row of before / after numbers
+    per input, with its run's timing and counts under ``"run"``.
 
     data: the shared data sets' folder (``cityscapes-dev``, ``davis-dev-real``).
     cache: where derived inputs are built once and kept (the folder must exist).
@@ -287,8 +317,8 @@ def score_inputs(
     rows: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)
-        for name in inputs:
-            gt_path, images, coarse = input_files(name, data, cache)
+        for name in [*inputs, *(extra or {})]:
+            gt_path, images, coarse = input_files(name, data, cache, extra)
             gt_path, coarse = subset(gt_path, coarse, max_images, tmp)
             out = tmp / f"{name}.refined.json"
             run = refine_file(refiner, gt_path, images, coarse, out)

@@ -21,7 +21,6 @@ head also predicts cityscapes-dev: a dev input with a real mask head's errors.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 import zlib
