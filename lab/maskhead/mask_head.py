@@ -16,6 +16,10 @@ head also predicts cityscapes-dev: a dev input with a real mask head's errors.
     python lab/maskhead/mask_head.py train --fold 0 --out work/maskhead/fold0.pt
     python lab/maskhead/mask_head.py predict --checkpoint work/maskhead/fold0.pt \
         --set cityscapes-train --fold 1 --out work/maskhead/pred_train_fold1.json
+
+The whole sequence (both folds, every prediction) is lab/maskhead/run.sh; the fold-0 head's
+cityscapes-dev predictions are kept in lab/runs/maskhead/cs_dev_maskhead_fold0.json and scored
+beside the dev table with ``bpr-dev-table --extra-input cs-maskhead=<that file>``.
 """
 
 from __future__ import annotations
