@@ -25,6 +25,13 @@
 # COMPANION=<file>) is shipped inside the stage-4 checkpoint: its probability (weight 0.4) is
 # averaged into the HRNet's (0.6), one pass each, and the stage-4 gate judges the average;
 # patches that gate rejects by more than 0.5 logits on the HRNet alone skip the companion.
+# Stage 6 (2026-12-06, session 16): that companion fine-tuned 1,500 more steps (48,000 samples,
+# bf16 autocast) on session 13's 27 context sets plus a street-scene set whose coarse masks are a
+# real network's: a Mask R-CNN-style mask head trained on one half of cityscapes-train predicts
+# the other half (lab/maskhead/run.sh, then bpr-train lab/configs/s16_effl0_ctx16_maskhead.json;
+# its weights: lab/runs/s16_effl0_ctx16_maskhead/model.pt). Packaged with the instance rule's
+# margins: an instance given its ungated answer loses foreground pixels beyond 0.5 +- 0.1 and
+# keeps its parts narrower than 9 px (--ungated-removal-margin 0.1 --ungated-keep-thin 4).
 # Every run saves last.pt every 250 steps and continues from it with the same batches.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -70,6 +77,7 @@ fi
 python scripts/package_model.py work/gate/cs_m20_h2.pt work/hr18s_default.pt --flip-tta --iterations 1 \
   --fallback-iou 0.5 --min-area 1024 --change-margin 0.2 --gate-threshold 1.5
 python scripts/package_model.py work/hr18s_default.pt bpr/models/bpr_default.pt \
-  --companion "${COMPANION:-lab/runs/effl0_ft_ctx16/model.pt}" --companion-weight 0.4 --no-flip-tta \
-  --iterations 1 --fallback-iou 0.5 --min-area 1024 --change-margin 0.2 --gate-early-reject 0.5 --ungated-shift 0.6
+  --companion "${COMPANION:-lab/runs/s16_effl0_ctx16_maskhead/model.pt}" --companion-weight 0.4 --no-flip-tta \
+  --iterations 1 --fallback-iou 0.5 --min-area 1024 --change-margin 0.2 --gate-early-reject 0.5 --ungated-shift 0.6 \
+  --ungated-removal-margin 0.1 --ungated-keep-thin 4
 python scripts/dev_table.py --checkpoint bpr/models/bpr_default.pt --json lab/runs/dev_table_default.json
