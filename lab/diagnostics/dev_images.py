@@ -13,7 +13,7 @@ from bpr.evaluate.dev_table import CACHE, input_files
 from bpr.io.coco import load_json
 from bpr.io.datasets import shared_data_root
 from bpr.io.images import read_image
-from bpr.io.results import entries_to_masks
+from bpr.io.results import entries_to_masks, group_by_image
 from bpr.refiner import Job, Refiner
 
 Example = tuple[dict[str, Any], np.ndarray, np.ndarray]  # (image info, image, coarse masks)
@@ -37,6 +37,20 @@ def spread_images(name: str, count: int, data: Path | None = None, cache: Path =
         )
         for k in keys
     ]
+
+
+def street_scenes_maskrcnn28(
+    data: Path | None = None,
+) -> tuple[dict[str, Any], dict[Any, list[dict[str, Any]]], list[dict[str, Any]], dict[Any, list[int]]]:
+    """cityscapes-dev with its Mask R-CNN-like coarse masks, whole: (the ground truth as read,
+    its annotations by image id, the coarse entries, the entries' positions by image id in file order)."""
+    root = (data or shared_data_root()) / "cityscapes-dev"
+    gt = load_json(root / "gt.json")
+    truths: dict[Any, list[dict[str, Any]]] = {}
+    for ann in gt["annotations"]:
+        truths.setdefault(ann["image_id"], []).append(ann)
+    entries = load_json(root / "maskrcnn28.json")
+    return gt, truths, entries, group_by_image(entries)
 
 
 def first_pass(refiner: Refiner, image: np.ndarray, masks: np.ndarray) -> Job | None:

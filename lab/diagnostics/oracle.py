@@ -11,12 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from dev_images import street_scenes_maskrcnn28
 
 from bpr.evaluate.dev_table import score
-from bpr.io.coco import decode_segmentation, load_json, write_json_atomic
+from bpr.io.coco import decode_segmentation, write_json_atomic
 from bpr.io.datasets import shared_data_root
 from bpr.io.images import read_image
-from bpr.io.results import entries_to_masks, group_by_image, refined_entry
+from bpr.io.results import entries_to_masks, refined_entry
 from bpr.patches import crop_rows, crop_squares, pad_to_patch
 from bpr.refiner import Refiner
 from bpr.train.gate import refined_probability
@@ -46,13 +47,8 @@ def main() -> None:
         a.checkpoint, quality_gate=False, change_margin=a.margin, min_area=a.min_area, backend="torch"
     )  # as its recorded numbers were made
     opts = refiner.options
-    gt = load_json(DATA / "gt.json")
+    gt, gts, entries, groups = street_scenes_maskrcnn28()
     info = {i["id"]: i for i in gt["images"]}
-    gts: dict = {}
-    for ann in gt["annotations"]:
-        gts.setdefault(ann["image_id"], []).append(ann)
-    entries = load_json(DATA / "maskrcnn28.json")
-    groups = group_by_image(entries)
     if a.max_images:
         groups = dict(list(groups.items())[:: max(1, len(groups) // a.max_images)][: a.max_images])
     s = refiner.patch_size

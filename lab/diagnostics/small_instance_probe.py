@@ -17,11 +17,12 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
+from dev_images import street_scenes_maskrcnn28
 
-from bpr.io.coco import decode_segmentation, load_json
+from bpr.io.coco import decode_segmentation
 from bpr.io.datasets import shared_data_root
 from bpr.io.images import read_image
-from bpr.io.results import entries_to_masks, group_by_image
+from bpr.io.results import entries_to_masks
 from bpr.refiner import Refiner
 
 DATA = shared_data_root() / "cityscapes-dev"
@@ -40,13 +41,8 @@ def main() -> None:
     p.add_argument("hi", type=int)
     p.add_argument("configs", nargs="+", help="PATCH:g (with the gate) or PATCH:n (without)")
     a = p.parse_args()
-    gt = load_json(DATA / "gt.json")
+    gt, truths, entries, groups = street_scenes_maskrcnn28()
     info = {i["id"]: i for i in gt["images"]}
-    truths: dict = {}
-    for ann in gt["annotations"]:
-        truths.setdefault(ann["image_id"], []).append(ann)
-    entries = load_json(DATA / "maskrcnn28.json")
-    groups = group_by_image(entries)
     refiners = {}
     for c in a.configs:
         patch, gate = c.split(":")

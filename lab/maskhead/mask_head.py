@@ -104,14 +104,20 @@ def roi(image: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
     return cv2.resize(image[y0:y1, x0:x1], (ROI, ROI), interpolation=cv2.INTER_LINEAR)
 
 
-def gather(set_name: str, folds: set[int], draws: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Every instance of the images in ``folds``, ``draws`` jittered boxes each: (rois, 28x28 targets)."""
+def read_set(set_name: str) -> tuple[list[dict], dict[int, list[dict]]]:
+    """A data set's image records and its ground-truth annotations by image id."""
     gt = load_json(DATA / set_name / "gt.json")
     by_image: dict[int, list[dict]] = {}
     for ann in gt["annotations"]:
         by_image.setdefault(ann["image_id"], []).append(ann)
+    return gt["images"], by_image
+
+
+def gather(set_name: str, folds: set[int], draws: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every instance of the images in ``folds``, ``draws`` jittered boxes each: (rois, 28x28 targets)."""
+    records, by_image = read_set(set_name)
     rois, targets = [], []
-    for record in gt["images"]:
+    for record in records:
         if fold_of(record["file_name"]) not in folds:
             continue
         image = read_image(DATA / set_name / "images" / record["file_name"])
@@ -150,8 +156,9 @@ def train(args: argparse.Namespace) -> None:
             group["lr"] = lr * scale
         index = rng.integers(0, len(rois), args.batch)
         flip = rng.random(args.batch) < 0.5
-        batch_rois = np.where(flip[:, None, None, None], rois[index][:, :, ::-1], rois[index])
-        batch_targets = np.where(flip[:, None, None], targets[index][:, :, ::-1], targets[index])
+        picked_rois, picked_targets = rois[index], targets[index]  # one gather each (fancy indexing copies)
+        batch_rois = np.where(flip[:, None, None, None], picked_rois[:, :, ::-1], picked_rois)
+        batch_targets = np.where(flip[:, None, None], picked_targets[:, :, ::-1], picked_targets)
         image = torch.from_numpy(np.ascontiguousarray(batch_rois)).permute(0, 3, 1, 2).float()
         target = torch.from_numpy(np.ascontiguousarray(batch_targets))[:, None]
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.amp):
@@ -176,13 +183,10 @@ def predict(args: argparse.Namespace) -> None:
     model = MaskHead()
     model.load_state_dict(torch.load(args.checkpoint, map_location="cpu", weights_only=True)["state_dict"])
     model.eval()
-    gt = load_json(DATA / args.set / "gt.json")
-    by_image: dict[int, list[dict]] = {}
-    for ann in gt["annotations"]:
-        by_image.setdefault(ann["image_id"], []).append(ann)
+    records, by_image = read_set(args.set)
     results = []
     ious = []
-    for record in gt["images"]:
+    for record in records:
         if args.fold is not None and fold_of(record["file_name"]) != args.fold:
             continue
         anns = by_image.get(record["id"], [])
