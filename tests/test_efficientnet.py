@@ -15,7 +15,8 @@ from conftest import REPO
 from bpr.errors import ModelNotAvailableError
 from bpr.modeling import RefinerConfig, RefinerNet, load_refiner, save_refiner
 from bpr.modeling.efficientnet import (
-    EfficientNetLite0WithMask,
+    VARIANTS,
+    EfficientNetLiteWithMask,
     SameConv2d,
     imagenet_weights_path,
     load_imagenet_weights,
@@ -55,6 +56,16 @@ VEHICLES = {
 }
 
 
+def test_each_variant_hands_the_decoder_its_last_block_before_every_stride_change():
+    assert VARIANTS["effl0"].feature_blocks == (0, 2, 4, 10, 15)
+    assert VARIANTS["effl0"].feature_widths == (16, 24, 40, 112, 320)
+    assert VARIANTS["effl1"].feature_blocks == VARIANTS["effl2"].feature_blocks == (0, 3, 6, 14, 20)
+    assert VARIANTS["effl1"].feature_widths == (16, 24, 40, 112, 320)
+    assert VARIANTS["effl2"].feature_widths == (16, 24, 48, 120, 352)
+    features = EfficientNetLiteWithMask(VARIANTS["effl2"])(torch.zeros(1, 3, 64, 64), torch.zeros(1, 1, 64, 64))
+    assert [(f.shape[1], f.shape[-1]) for f in features] == [(16, 32), (24, 16), (48, 8), (120, 4), (352, 2)]
+
+
 def test_same_padding_is_tensorflows_for_even_inputs():
     assert same_padding(3, 2) == (0, 1, 0, 1)  # the extra pixel goes at the end, as in TF
     assert same_padding(5, 2) == (1, 2, 1, 2)
@@ -64,14 +75,21 @@ def test_same_padding_is_tensorflows_for_even_inputs():
     assert conv(torch.zeros(1, 1, 64, 64)).shape[-1] == 32
 
 
-def test_imagenet_weights_load_strictly_and_the_encoder_still_recognises_cars(data_dir):
-    """Every pretrained tensor lands where the package put it: a wrong padding, order or
+@pytest.mark.parametrize(
+    ("arch", "tensors", "last_width"),
+    [("effl0", 288, 320), ("effl1", 378, 320), ("effl2", 378, 352)],  # the package's minus the classifier's 8
+)
+def test_imagenet_weights_load_strictly_and_the_encoder_still_recognises_cars(data_dir, arch, tensors, last_width):
+    """Every pretrained tensor lands where the package put it: a wrong padding, order, depth or
     activation would not classify real street-scene cars as vehicles."""
-    encoder = EfficientNetLite0WithMask().eval()
-    assert load_imagenet_weights(encoder) == 288  # 296 minus the classifier's 8
-    state = torch.load(imagenet_weights_path(), weights_only=True)
-    assert torch.equal(encoder._blocks[15]._project_conv.weight, state["_blocks.15._project_conv.weight"])
-    head = SameConv2d(320, 1280, 1)
+    variant = VARIANTS[arch]
+    pytest.importorskip(variant.package, reason="the `train` extra is not installed")
+    encoder = EfficientNetLiteWithMask(variant).eval()
+    assert load_imagenet_weights(encoder) == tensors
+    state = torch.load(imagenet_weights_path(variant), weights_only=True)
+    last = len(encoder._blocks) - 1
+    assert torch.equal(encoder._blocks[last]._project_conv.weight, state[f"_blocks.{last}._project_conv.weight"])
+    head = SameConv2d(last_width, 1280, 1)
     head.weight.data = state["_conv_head.weight"]
     bn = torch.nn.BatchNorm2d(1280, eps=1e-3).eval()
     bn.load_state_dict({k[len("_bn1.") :]: v for k, v in state.items() if k.startswith("_bn1.")})
@@ -99,21 +117,21 @@ def test_a_renamed_or_missing_key_is_a_one_line_error(tmp_path):
     renamed["_blocks.3._dw_conv.weight"] = renamed.pop("_blocks.3._depthwise_conv.weight")
     torch.save(renamed, tmp_path / "renamed.pth")
     with pytest.raises(ModelNotAvailableError, match=r"missing \['_blocks.3._depthwise_conv.weight'\]") as err:
-        load_imagenet_weights(EfficientNetLite0WithMask(), tmp_path / "renamed.pth")
+        load_imagenet_weights(EfficientNetLiteWithMask(), tmp_path / "renamed.pth")
     assert "\n" not in str(err.value)
     misshapen = dict(state, **{"_bn0.weight": torch.ones(31)})
     torch.save(misshapen, tmp_path / "shape.pth")
     with pytest.raises(ModelNotAvailableError, match="wrong shape, e.g. _bn0.weight"):
-        load_imagenet_weights(EfficientNetLite0WithMask(), tmp_path / "shape.pth")
+        load_imagenet_weights(EfficientNetLiteWithMask(), tmp_path / "shape.pth")
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(ModelNotAvailableError, match="cannot read ImageNet weights"):
-        load_imagenet_weights(EfficientNetLite0WithMask(), tmp_path / "junk.pth")
+        load_imagenet_weights(EfficientNetLiteWithMask(), tmp_path / "junk.pth")
 
 
-@pytest.mark.parametrize("size", [64, 128])
-def test_logits_come_at_the_input_size_and_the_gradient_reaches_both_stems(size):
+@pytest.mark.parametrize(("arch", "size"), [("effl0", 64), ("effl0", 128), ("effl2", 96)])
+def test_logits_come_at_the_input_size_and_the_gradient_reaches_both_stems(arch, size):
     torch.manual_seed(0)
-    net = RefinerNet(RefinerConfig(arch="effl0", input_size=size))
+    net = RefinerNet(RefinerConfig(arch=arch, input_size=size))
     image, mask = torch.randn(2, 3, size, size), torch.randn(2, 1, size, size)
     logits = net(image, mask)
     assert logits.shape == (2, 2, size, size)

