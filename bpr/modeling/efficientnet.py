@@ -70,16 +70,24 @@ class LiteVariant:
     file: str
 
     @property
+    def stage_ends(self) -> tuple[int, ...]:
+        """One past each stage's last block index."""
+        return tuple(itertools.accumulate(stage.repeats for stage in self.stages))
+
+    @property
+    def feature_stages(self) -> tuple[int, ...]:
+        """The stages whose output is a skip feature: those the next stride-2 stage (or the end)
+        follows, i.e. strides 2 / 4 / 8 / 16 / 32."""
+        next_strides = [stage.stride for stage in self.stages[1:]] + [2]
+        return tuple(i for i, stride in enumerate(next_strides) if stride == 2)
+
+    @property
     def feature_blocks(self) -> tuple[int, ...]:
-        """The last block before each stride change, and the last block: strides 2 to 32."""
-        ends = list(itertools.accumulate(stage.repeats for stage in self.stages))
-        strides = [stage.stride for stage in self.stages] + [2]
-        return tuple(end - 1 for end, next_stride in zip(ends, strides[1:]) if next_stride == 2)
+        return tuple(self.stage_ends[i] - 1 for i in self.feature_stages)
 
     @property
     def feature_widths(self) -> tuple[int, ...]:
-        ends = list(itertools.accumulate(stage.repeats for stage in self.stages))
-        return tuple(self.stages[ends.index(block + 1)].cout for block in self.feature_blocks)
+        return tuple(self.stages[i].cout for i in self.feature_stages)
 
 
 def _stages(widths: tuple[int, ...], repeats: tuple[int, ...]) -> tuple[BlockArgs, ...]:
@@ -170,7 +178,7 @@ class EfficientNetLiteWithMask(nn.Module):
     def __init__(self, variant: LiteVariant = LITE0) -> None:
         super().__init__()
         self.variant = variant
-        self.feature_blocks = variant.feature_blocks
+        self.feature_blocks = variant.feature_blocks  # computed once, not in every forward
         self._conv_stem = SameConv2d(3, 32, 3, stride=2)
         self._conv_mask = SameConv2d(1, 32, 3, stride=2)
         nn.init.normal_(self._conv_mask.weight, std=0.1)  # small: the pretrained stem sees its usual input at first

@@ -5,9 +5,9 @@ Why: a Lite2 encoder from ImageNet needs the effl0 campaign's 2 M samples again 
 here) before it can be compared with the shipped companion. EfficientNet-Lite1 has Lite0's widths
 and one more block in each of stages 2-6; each such block is a stride-1 residual (input and
 output widths equal), so with its last BatchNorm's scale and shift at zero it adds nothing, and
-the grown network starts where the trained one is, with 0.77 M more parameters (4.22 M in all) to fine-tune. The
-new blocks' other weights come from ImageNet (the Lite1 package), so they see features once
-their scale grows.
+the grown network starts where the trained one is, with 0.77 M more parameters (4.22 M in all)
+to fine-tune. The new blocks' other weights come from ImageNet (the Lite1 package), so they see
+features once their scale grows.
 
     python lab/grow/grow_effl1.py lab/runs/s16_effl0_ctx16_maskhead/model.pt work/s17/grown_effl1.pt
 """
@@ -16,27 +16,25 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import itertools
 
 import torch
 
 from bpr.modeling import RefinerNet, load_refiner, save_refiner
-from bpr.modeling.efficientnet import VARIANTS, imagenet_weights_path
+from bpr.modeling.efficientnet import VARIANTS, LiteVariant, imagenet_weights_path
 
 
-def block_map(small: tuple, large: tuple) -> tuple[dict[int, int], list[int]]:
+def block_map(small: LiteVariant, large: LiteVariant) -> tuple[dict[int, int], list[int]]:
     """Lite0 block index -> Lite1 block index (the first blocks of each stage), and the Lite1
     blocks that are new (the extra repeats at the end of their stage)."""
     mapping: dict[int, int] = {}
     new: list[int] = []
-    start_s = [0, *itertools.accumulate(s.repeats for s in small)]
-    start_l = [0, *itertools.accumulate(s.repeats for s in large)]
-    for i, (s, ls) in enumerate(zip(small, large)):
-        for r in range(ls.repeats):
-            if r < s.repeats:
-                mapping[start_s[i] + r] = start_l[i] + r
+    for old, grown, end_s, end_l in zip(small.stages, large.stages, small.stage_ends, large.stage_ends):
+        start_s, start_l = end_s - old.repeats, end_l - grown.repeats
+        for r in range(grown.repeats):
+            if r < old.repeats:
+                mapping[start_s + r] = start_l + r
             else:
-                new.append(start_l[i] + r)
+                new.append(start_l + r)
     return mapping, new
 
 
@@ -44,7 +42,7 @@ def grow(net: RefinerNet) -> RefinerNet:
     if net.config.arch != "effl0" or net.companion is not None or net.gate is not None:
         raise SystemExit("grow_effl1: give a bare effl0 refiner (no companion, no gate)")
     large = RefinerNet(dataclasses.replace(net.config, arch="effl1"), recommended=net.recommended)
-    mapping, new = block_map(VARIANTS["effl0"].stages, VARIANTS["effl1"].stages)
+    mapping, new = block_map(VARIANTS["effl0"], VARIANTS["effl1"])
     imagenet = torch.load(imagenet_weights_path(VARIANTS["effl1"]), map_location="cpu", weights_only=True)
     state = {}
     for key, value in net.state_dict().items():
