@@ -22,7 +22,8 @@ from bpr.io.images import read_image
 from bpr.modeling import RefinerConfig, load_refiner, save_refiner
 from bpr.refiner import Refiner, default_checkpoint
 from bpr.train.build_patches import crop_training_patches
-from bpr.train.loop import TrainConfig, Trainer, edge_band
+import bpr.train.loop as train_loop
+from bpr.train.loop import TrainConfig, Trainer, edge_band, training_precision
 from bpr.train.patch_store import PatchSet
 from bpr.train.synth import LARGE_MIX, NEARLY_RIGHT, RECIPES, parse_mix, synthesize, thin_parts_lost
 
@@ -239,6 +240,26 @@ def test_a_few_steps_reduce_the_loss_on_a_tiny_set(patch_dir, tmp_path):
     trainer.batch = lambda step: fixed  # overfit one batch
     losses = [trainer.train_step() for _ in range(25)]
     assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
+
+
+@pytest.mark.parametrize("native_bf16", [True, False])
+def test_amp_trains_in_bf16_only_where_the_cpu_runs_it_natively(native_bf16, monkeypatch):
+    monkeypatch.setattr(train_loop, "cpu_has_native_bf16", lambda: native_bf16)
+    cpu = torch.device("cpu")
+    assert training_precision(cpu, amp=True) == ("bf16" if native_bf16 else "fp32")
+    assert training_precision(cpu, amp=False) == "fp32"
+    assert training_precision(torch.device("cuda"), amp=True) == "fp16"
+    assert training_precision(torch.device("cuda"), amp=False) == "fp32"
+
+
+def test_a_run_without_native_bf16_trains_and_exports_in_fp32(patch_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(train_loop, "cpu_has_native_bf16", lambda: False)
+    trainer = Trainer(_cfg(patch_dir, iters=2, eval_every=2), tmp_path / "run")
+    assert "training in fp32" in capsys.readouterr().err
+    with trainer._autocast():
+        assert not torch.is_autocast_enabled("cpu")
+    trainer.run(progress=False)
+    assert torch.load(tmp_path / "run" / "model.pt", weights_only=True)["meta"]["train_precision"] == "fp32"
 
 
 def test_resume_continues_from_the_same_step_with_the_same_weights(patch_dir, tmp_path):

@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     reference = read_reference(args.against) if args.against else None  # a bad file fails before any work
-    extra = dict(dev_table.parse_extra_input(text) for text in args.extra_input)
+    extra = dev_table.parse_extra_inputs(args.extra_input)
     args.cache.mkdir(parents=True, exist_ok=True)
     refiner = Refiner.from_checkpoint(
         args.checkpoint,

@@ -110,6 +110,18 @@ def parse_extra_input(text: str) -> tuple[str, Path]:
     return name, Path(path)
 
 
+def parse_extra_inputs(texts: list[str]) -> dict[str, Path]:
+    """Every ``--extra-input`` (:func:`parse_extra_input`), in order; a name given twice is a
+    one-line error, not a row silently scored from the last file."""
+    extra: dict[str, Path] = {}
+    for text in texts:
+        name, path = parse_extra_input(text)
+        if name in extra:
+            raise BprInputError(f"--extra-input {name}: given twice ({extra[name]} and {path})")
+        extra[name] = path
+    return extra
+
+
 def input_files(name: str, data: Path, cache: Path, extra: Mapping[str, Path] | None = None) -> tuple[Path, Path, Path]:
     """(gt.json, images dir, coarse results json) of a dev input, building derived ones once;
     ``extra``: results files of inputs beyond the built-in ones, by name."""

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from bpr.backends import cpu_has_native_bf16
 from bpr.errors import BprInputError
 from bpr.io.atomic import atomic_path
 from bpr.modeling.checkpoint import load_refiner, save_refiner
@@ -54,7 +55,7 @@ class TrainConfig:
     keep_weight: float = 0.0  # extra CE weight on band pixels the coarse mask already has right (see refinement_loss)
     keep_far_weight: float = 0.0  # the same for right pixels outside the band (holes punched deep inside an object)
     ema_decay: float = 0.0  # > 0: also keep a moving average of the weights; evaluation and model.pt use it
-    amp: bool = True  # bf16 autocast on CPU, fp16 on CUDA
+    amp: bool = True  # fp16 autocast on CUDA; bf16 on a CPU with native bf16, else fp32 (see training_precision)
     augment: bool = True
     eval_every: int = 500
     eval_patches: int = 2000
@@ -65,6 +66,18 @@ class TrainConfig:
     device: str = "cpu"
     threads: int = 0  # torch CPU threads (0 = torch's default)
     patch_centres: bool = False  # train on the patch inside each stored view only: a refiner without context
+
+
+def training_precision(device: torch.device, amp: bool) -> str:
+    """The autocast a run trains under: "fp16" on CUDA, "bf16" on a CPU that runs it natively
+    (AVX512-BF16 or AMX), else "fp32". Emulated bf16 is several times slower than fp32, and
+    batches are a pure function of (seed, step), so a run may resume on another machine in
+    another precision."""
+    if not amp:
+        return "fp32"
+    if device.type == "cuda":
+        return "fp16"
+    return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
 
 
 def _lr_at(cfg: TrainConfig, step: int) -> float:
@@ -121,6 +134,10 @@ class Trainer:
         self.cfg = cfg
         self.out = Path(out)
         self.device = torch.device(cfg.device)
+        self.precision = training_precision(self.device, cfg.amp)
+        if cfg.amp and self.precision == "fp32":
+            print("bpr-train: this CPU has no native bf16 (emulated bf16 trains several times slower); training in fp32",
+                  file=sys.stderr)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.data = PatchSet.open(cfg.patches)
@@ -223,6 +240,7 @@ class Trainer:
         meta = {
             "step": self.step,
             "train_seconds": round(self.seconds, 1),
+            "train_precision": self.precision,  # of the run's latest stretch: a resumed run may change machines
             "train_config": asdict(self.cfg),
             "patch_manifests": [
                 {k: m[k] for k in ("sources", "mix", "draws", "total", "nms_iou")} for m in self.data.manifests
@@ -249,9 +267,8 @@ class Trainer:
         return images.to(self.device), coarse.to(self.device), target.to(self.device)
 
     def _autocast(self) -> torch.autocast:
-        if self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.float16, enabled=self.cfg.amp)
-        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cfg.amp)
+        dtype = torch.float16 if self.precision == "fp16" else torch.bfloat16
+        return torch.autocast(self.device.type, dtype=dtype, enabled=self.precision != "fp32")
 
     # ----------------------------------------------------------------- loop
     def train_step(self) -> float:
