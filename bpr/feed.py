@@ -28,8 +28,10 @@ class Job:
     width: int
     corners: np.ndarray  # (P, 2) [y0, x0]
     instance_ids: np.ndarray  # (P,)
-    image_patches: torch.Tensor  # (P, 3, V, V) float 0..255: the patch, or its view with context (V = S + 2c)
-    mask_patches: torch.Tensor  # (P, 1, V, V) float {0, 1}
+    # (P, 3, V, V) 0..255 in the image's dtype (uint8 from every door): the patch, or its view
+    # with context (V = S + 2c); the batch makes them float
+    image_patches: torch.Tensor
+    mask_patches: torch.Tensor  # (P, 1, V, V) bool
     probs: torch.Tensor  # (P, S, S): the patch's own pixels
     options: RefineOptions  # this pass's rules (flip TTA, the gate, reassembly's overlap and margin rules)
     remaining: int  # patches whose probabilities are not filled in yet

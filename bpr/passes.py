@@ -78,8 +78,10 @@ def extract_job(
         crops = view_corners(corners, s, context, *coarse.shape[-2:])
         view_offsets = corners - crops
     view = s + 2 * context
-    image_patches = crop_squares(image, crops, view).float()  # (P, 3, V, V)
-    mask_patches = crop_squares(coarse, crops, view, instance_ids)[:, None].float()  # (P, 1, V, V)
+    # kept in the inputs' own dtypes (a uint8 image, bool masks: a quarter and a sixteenth of
+    # float32) until their batch runs: a request's memory is mostly its waiting patches
+    image_patches = crop_squares(image, crops, view)  # (P, 3, V, V)
+    mask_patches = crop_squares(coarse, crops, view, instance_ids)[:, None]  # (P, 1, V, V)
     elapsed = time.perf_counter() - t0
     return Job(
         coarse=coarse,
@@ -142,8 +144,8 @@ def predict_batch(
     shortcut.
     """
     parts = batch.parts
-    view_images = torch.cat([job.image_patches[a:b] for job, a, b in parts])  # (B, 3, V, V)
-    view_masks = torch.cat([job.mask_patches[a:b] for job, a, b in parts])  # (B, 1, V, V)
+    view_images = torch.cat([job.image_patches[a:b] for job, a, b in parts]).float()  # (B, 3, V, V)
+    view_masks = torch.cat([job.mask_patches[a:b] for job, a, b in parts]).float()  # (B, 1, V, V)
     offsets = _view_offsets(parts)
     patch = parts[0][0].probs.shape[-1]
 

@@ -138,9 +138,8 @@ def _canvases(
     ).reshape(-1)
     total = int(offsets[-1])
     sums = torch.zeros(total, device=device, dtype=torch.float32).index_add_(0, index, probs.reshape(-1).float())
-    counts = torch.zeros(total, device=device, dtype=torch.float32).index_add_(
-        0, index, torch.ones_like(index, dtype=torch.float32)
-    )
+    one_each = torch.ones((), device=device).expand(index.shape)  # a view: no buffer as long as the index
+    counts = torch.zeros(total, device=device, dtype=torch.float32).index_add_(0, index, one_each)
     for i in np.flatnonzero(heights > 0):
         y0, x0, y1, x1 = (int(v) for v in regions[i])
         h, w = y1 - y0, x1 - x0

@@ -60,6 +60,8 @@ def test_the_network_sees_the_view_and_the_patch_part_of_its_answer_is_pasted(da
     image_t, masks_t = torch.from_numpy(image).permute(2, 0, 1), torch.from_numpy(masks)
     job = refiner.prepare(image_t, masks_t, refiner.options)
     assert job.num_patches > 5 and job.image_patches.shape[1:] == (3, 96, 96)
+    # waiting patches stay compact (a request's memory is mostly them): uint8 and bool crops
+    assert job.image_patches.dtype == torch.uint8 and job.mask_patches.dtype == torch.bool
     assert job.view_offsets is not None and (job.view_offsets == CONTEXT).all(axis=1).any()
     views = view_corners(job.corners, 64, CONTEXT, *image.shape[:2])
     for k in (0, job.num_patches - 1):  # each view is the image around its patch

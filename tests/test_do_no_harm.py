@@ -184,5 +184,8 @@ def test_a_malformed_extra_input_is_a_one_line_error_before_any_work(tmp_path, c
     other.write_text("[]")
     twice = ["--extra-input", f"cs-mine={results}", "--extra-input", f"cs-mine={other}"]
     assert dev_table_main([*twice, "--cache", str(tmp_path / "cache")]) == 2
-    assert capsys.readouterr().err.strip() == f"bpr-dev-table: error: --extra-input cs-mine: given twice ({results} and {other})"
+    assert (
+        capsys.readouterr().err.strip()
+        == f"bpr-dev-table: error: --extra-input cs-mine: given twice ({results} and {other})"
+    )
     assert not (tmp_path / "cache").exists()

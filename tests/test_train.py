@@ -12,6 +12,7 @@ import pytest
 import torch
 from conftest import IdentityNet
 
+import bpr.train.loop as train_loop
 from bpr.cli.build_patches import main as build_main
 from bpr.cli.refine import main as refine_main
 from bpr.cli.train import main as train_main
@@ -22,7 +23,6 @@ from bpr.io.images import read_image
 from bpr.modeling import RefinerConfig, load_refiner, save_refiner
 from bpr.refiner import Refiner, default_checkpoint
 from bpr.train.build_patches import crop_training_patches
-import bpr.train.loop as train_loop
 from bpr.train.loop import TrainConfig, Trainer, edge_band, training_precision
 from bpr.train.patch_store import PatchSet
 from bpr.train.synth import LARGE_MIX, NEARLY_RIGHT, RECIPES, parse_mix, synthesize, thin_parts_lost

@@ -191,9 +191,11 @@ class RefinerNet(nn.Module):
         """Raw patches (or views with ``context``, default the config's) -> network inputs at
         :meth:`feed_size`.
 
-        image_patches: (B, 3, P, P) float in 0..255 RGB; mask_patches: (B, 1, P, P) in {0, 1}.
+        image_patches: (B, 3, P, P) in 0..255 RGB; mask_patches: (B, 1, P, P) in {0, 1}; any
+        dtype (a Job's uint8 / bool crops too), computed in float.
         Image resized bilinearly, mask by nearest neighbour, as in the reference.
         """
+        image_patches, mask_patches = image_patches.float(), mask_patches.float()  # no copy when float32
         size = self.feed_size(int(image_patches.shape[-1]), context)
         if image_patches.shape[-1] != size:
             image_patches = F.interpolate(image_patches, size=(size, size), mode="bilinear", align_corners=False)

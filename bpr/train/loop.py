@@ -136,8 +136,10 @@ class Trainer:
         self.device = torch.device(cfg.device)
         self.precision = training_precision(self.device, cfg.amp)
         if cfg.amp and self.precision == "fp32":
-            print("bpr-train: this CPU has no native bf16 (emulated bf16 trains several times slower); training in fp32",
-                  file=sys.stderr)
+            print(
+                "bpr-train: this CPU has no native bf16 (emulated bf16 trains several times slower); training in fp32",
+                file=sys.stderr,
+            )
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.data = PatchSet.open(cfg.patches)
