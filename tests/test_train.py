@@ -3,6 +3,7 @@ trained checkpoint working in bpr-refine, and the quality gate trained on it (bp
 
 import csv
 import json
+import shutil
 import subprocess
 import sys
 
@@ -212,6 +213,46 @@ def test_edge_band_marks_pixels_near_a_class_change():
     t[0, :, 5:] = 1
     band = edge_band(t, 1)[0]
     assert band[:, 4:6].all() and not band[:, :4].any() and not band[:, 6:].any()
+
+
+def test_each_patch_directory_is_one_set_however_often_it_is_listed(patch_dir, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(patch_dir, other)
+    one = PatchSet.open([patch_dir])
+    shards = len(one.meta)
+    groups = PatchSet.open([patch_dir, other, patch_dir, other]).set_indices("val")
+    assert list(groups) == [str(patch_dir), str(other)]
+    assert np.array_equal(groups[str(patch_dir)], one.indices("val"))  # the first listing's shards
+    assert np.array_equal(groups[str(other)][:, 1], one.indices("val")[:, 1])
+    assert np.array_equal(groups[str(other)][:, 0], one.indices("val")[:, 0] + shards)
+
+
+def _coarse_iou(ps: PatchSet, idx: np.ndarray) -> float:
+    _, coarse, target = ps.gather(idx)
+    return float((coarse & target).sum() / (coarse | target).sum())
+
+
+def test_eval_per_set_logs_how_well_each_set_is_fit_on_training_and_held_out_patches(patch_dir, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(patch_dir, other)
+    ps = PatchSet.open([patch_dir])
+    n_val, n_train = len(ps.indices("val")), len(ps.indices("train"))
+    cfg = _cfg(patch_dir, patches=[str(patch_dir), str(other), str(other)], iters=4, eval_every=2, eval_per_set=n_val)
+    Trainer(cfg, tmp_path / "run").run(progress=False)
+    with open(tmp_path / "run" / "heldout_sets.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["step"], r["split"], r["set"]) for r in rows] == [
+        (step, split, d) for step in ("2", "4") for split in ("train", "held-out") for d in (str(patch_dir), str(other))
+    ]
+    for r in rows:
+        if r["split"] == "held-out":  # every held-out patch of the set, each once
+            assert int(r["patches"]) == n_val
+            assert float(r["coarse_iou"]) == pytest.approx(_coarse_iou(ps, ps.indices("val")), abs=1e-5)
+        else:
+            assert int(r["patches"]) == min(n_val, n_train)
+        assert 0 < float(r["iou"]) <= 1 and 0 < float(r["band_iou"]) <= 1
+    # the same patches at every evaluation: the coarse masks score the same
+    assert [r["coarse_band_iou"] for r in rows[:4]] == [r["coarse_band_iou"] for r in rows[4:]]
 
 
 def _cfg(patch_dir, **kw):

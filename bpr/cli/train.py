@@ -72,6 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-amp", dest="amp", action="store_false", default=None, help="train in fp32")
     p.add_argument("--no-augment", dest="augment", action="store_false", default=None)
     p.add_argument("--eval-every", type=int)
+    p.add_argument(
+        "--eval-per-set",
+        type=int,
+        help="at each evaluation also measure up to N training and N held-out patches of each patch "
+        "directory (heldout_sets.csv in --out): memorisation shows as a gap between the two",
+    )
     p.add_argument("--ckpt-every", type=int)
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="cpu or cuda")
@@ -113,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.resume and (args.out / "config.json").is_file() and not args.patches and not args.config:
         cfg = TrainConfig(**json.loads((args.out / "config.json").read_text()))
-        for name in ("iters", "threads", "device", "eval_every", "ckpt_every", "ema_decay"):
+        for name in ("iters", "threads", "device", "eval_every", "eval_per_set", "ckpt_every", "ema_decay"):
             if getattr(args, name, None) is not None:
                 setattr(cfg, name, getattr(args, name))
     else:

@@ -59,6 +59,10 @@ class TrainConfig:
     augment: bool = True
     eval_every: int = 500
     eval_patches: int = 2000
+    # > 0: at each evaluation also measure up to this many training and held-out patches of each
+    # patch directory (heldout_sets.csv): a set whose training patches fit far better than its
+    # held-out ones is being memorised
+    eval_per_set: int = 0
     ckpt_every: int = 250
     seed: int = 0
     init_checkpoint: str | None = None  # fine-tune from this (bpr or original BPR checkpoint)
@@ -78,6 +82,16 @@ def training_precision(device: torch.device, amp: bool) -> str:
     if device.type == "cuda":
         return "fp16"
     return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
+
+
+SPLIT_SEEDS = {"train": 0, "val": 1}
+
+
+def _sample(idx: np.ndarray, n: int, seed: list[int]) -> np.ndarray:
+    """Up to ``n`` of the patch indices ``idx``, in their order: the same ones for the same seed."""
+    if len(idx) <= n:
+        return idx
+    return idx[np.sort(np.random.default_rng(seed).choice(len(idx), n, replace=False))]
 
 
 def _lr_at(cfg: TrainConfig, step: int) -> float:
@@ -319,9 +333,23 @@ class Trainer:
         """IoU of refined vs coarse patches against the targets, on held-out patches (of the
         averaged weights when the run keeps them: what it exports)."""
         idx = self.val_idx if len(self.val_idx) else self.train_idx
-        rng = np.random.default_rng([self.cfg.seed, 10**9])
-        if len(idx) > self.cfg.eval_patches:
-            idx = idx[np.sort(rng.choice(len(idx), self.cfg.eval_patches, replace=False))]
+        return self.measure(_sample(idx, self.cfg.eval_patches, [self.cfg.seed, 10**9]))
+
+    def evaluate_sets(self) -> list[dict[str, Any]]:
+        """:meth:`measure` on up to ``eval_per_set`` training and held-out patches of each patch
+        directory (the same patches at every evaluation), one row per directory and split."""
+        rows = []
+        for split in ("train", "val"):
+            for k, (directory, idx) in enumerate(self.data.set_indices(split).items()):
+                if len(idx) == 0:
+                    continue
+                chosen = _sample(idx, self.cfg.eval_per_set, [self.cfg.seed, 10**9 + 1, k, SPLIT_SEEDS[split]])
+                rows.append({"set": directory, "split": split, "patches": len(chosen), **self.measure(chosen)})
+        return rows
+
+    def measure(self, idx: np.ndarray) -> dict[str, float]:
+        """IoU of refined vs coarse patches against the targets on the patches at ``idx``, over
+        all their pixels and in the boundary band (of the averaged weights when the run keeps them)."""
         net = self.ema or self.net
         net.eval()
         inter = union = c_inter = c_union = b_inter = b_union = cb_inter = cb_union = 0.0
@@ -348,6 +376,26 @@ class Trainer:
             "val_band_iou": b_inter / max(b_union, 1),
             "coarse_band_iou": cb_inter / max(cb_union, 1),
         }
+
+    def _log_sets(self) -> None:
+        """Append this step's :meth:`evaluate_sets` to ``heldout_sets.csv``."""
+        path = self.out / "heldout_sets.csv"
+        columns = {
+            "coarse_iou": "coarse_iou",
+            "iou": "val_iou",
+            "coarse_band_iou": "coarse_band_iou",
+            "band_iou": "val_band_iou",
+        }
+        fields = ["step", "set", "split", "patches", *columns]
+        new = not path.exists()
+        with open(path, "a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fields)
+            if new:
+                writer.writeheader()
+            for r in self.evaluate_sets():
+                split = "held-out" if r["split"] == "val" else r["split"]
+                values = {name: f"{r[key]:.5f}" for name, key in columns.items()}
+                writer.writerow({"step": self.step, "set": r["set"], "split": split, "patches": r["patches"], **values})
 
     def run(self, progress: bool = True, until_step: int | None = None, max_seconds: float | None = None) -> Path:
         """Train to ``cfg.iters`` (or stop early at ``until_step`` / after ``max_seconds`` of
@@ -405,6 +453,8 @@ class Trainer:
                     losses = []
                     if self.step % self.cfg.eval_every == 0 or self.step == self.cfg.iters:
                         row.update({k: f"{v:.5f}" for k, v in self.evaluate().items()})
+                        if self.cfg.eval_per_set > 0:
+                            self._log_sets()
                         self.export()
                     writer.writerow(row)
                     log.flush()

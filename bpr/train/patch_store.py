@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +99,21 @@ class PatchSet:
     patch_size: int
     manifests: list[dict[str, Any]]
     context: int = 0  # pixels of view beyond each side of a patch: the stored squares are view_size
+    shard_dirs: list[str] = field(default_factory=list)  # the directory each shard came from
+    shard_listings: list[int] = field(default_factory=list)  # its place in the list of directories opened
+
+    def set_indices(self, split: str) -> dict[str, np.ndarray]:
+        """:meth:`indices` of ``split`` by patch directory, each directory once: one listed
+        twice (to weigh it more in training) is still one set of patches, its first listing."""
+        first: dict[str, int] = {}
+        for d, listing in zip(self.shard_dirs, self.shard_listings):
+            first.setdefault(d, listing)
+        groups: dict[str, list[np.ndarray]] = {}
+        for s, (m, d, listing) in enumerate(zip(self.meta, self.shard_dirs, self.shard_listings)):
+            if listing == first[d]:
+                rows = np.flatnonzero(m["split"] == SPLITS[split])
+                groups.setdefault(d, []).append(np.stack([np.full_like(rows, s), rows], axis=1))
+        return {d: np.concatenate(parts) for d, parts in groups.items()}
 
     @property
     def view_size(self) -> int:
@@ -106,9 +121,9 @@ class PatchSet:
 
     @classmethod
     def open(cls, dirs: list[str | os.PathLike]) -> PatchSet:
-        images, coarse, target, meta, manifests = [], [], [], [], []
+        images, coarse, target, meta, manifests, shard_dirs, shard_listings = [], [], [], [], [], [], []
         patch_size = context = None
-        for d in dirs:
+        for listing, d in enumerate(dirs):
             d = Path(d)
             manifest_path = d / "manifest.json"
             if not manifest_path.is_file():
@@ -130,9 +145,11 @@ class PatchSet:
                 coarse.append(np.load(d / f"coarse-{i:05d}.npy", mmap_mode="r"))
                 target.append(np.load(d / f"target-{i:05d}.npy", mmap_mode="r"))
                 meta.append(np.load(d / f"meta-{i:05d}.npy"))
+                shard_dirs.append(str(d))
+                shard_listings.append(listing)
         if patch_size is None:
             raise BprInputError("no patch directories given")
-        return cls(images, coarse, target, meta, patch_size, manifests, context or 0)
+        return cls(images, coarse, target, meta, patch_size, manifests, context or 0, shard_dirs, shard_listings)
 
     def indices(self, split: str) -> np.ndarray:
         """(K, 2) [shard, row] of every patch in ``split``."""
