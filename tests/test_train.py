@@ -23,6 +23,7 @@ from bpr.io.coco import decode_segmentation, load_json
 from bpr.io.images import read_image
 from bpr.modeling import RefinerConfig, load_refiner, save_refiner
 from bpr.refiner import Refiner, default_checkpoint
+from bpr.train.augment import random_quarter_turn
 from bpr.train.build_patches import crop_training_patches
 from bpr.train.loop import TrainConfig, Trainer, edge_band, training_precision
 from bpr.train.patch_store import PatchSet
@@ -206,6 +207,24 @@ def test_synthesize_draws_from_the_mix():
     rng = np.random.default_rng(0)
     names = {synthesize(image, g, rng, {"grid": 1.0})[1].split("+")[0] for _ in range(5)}
     assert names == {"grid"}
+
+
+def test_a_quarter_turn_turns_image_coarse_and_target_of_a_sample_together():
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (64, 3, 8, 8), generator=g).float()
+    coarse, target = (images[:, :1] > 127).float(), (images[:, 1] > 127).to(torch.uint8)
+    turned, turned_coarse, turned_target = random_quarter_turn(images, coarse, target, g)
+    assert torch.equal(turned_coarse, (turned[:, :1] > 127).float())  # still aligned with the image
+    assert torch.equal(turned_target, (turned[:, 1] > 127).to(torch.uint8))
+    used = []
+    for i in range(64):
+        ks = [k for k in range(4) if torch.equal(turned[i], torch.rot90(images[i], k, dims=(-2, -1)))]
+        assert len(ks) == 1  # a turn of its own sample, nothing else
+        used.append(ks[0])
+    assert set(used) == {0, 1, 2, 3}
+    assert not torch.equal(turned, images)
+    # the inputs themselves are left as they were
+    assert torch.equal(images, torch.randint(0, 256, (64, 3, 8, 8), generator=torch.Generator().manual_seed(0)).float())
 
 
 def test_edge_band_marks_pixels_near_a_class_change():

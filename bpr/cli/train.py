@@ -71,6 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-amp", dest="amp", action="store_false", default=None, help="train in fp32")
     p.add_argument("--no-augment", dest="augment", action="store_false", default=None)
+    p.add_argument(
+        "--quarter-turns",
+        action="store_true",
+        default=None,
+        help="also turn training samples by multiples of 90 degrees (against memorising small sets)",
+    )
     p.add_argument("--eval-every", type=int)
     p.add_argument(
         "--eval-per-set",

@@ -39,7 +39,8 @@ def main() -> None:
     p.add_argument("--sets", nargs="+", default=SETS)
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
-    arch = load_refiner(args.checkpoint).config.arch
+    config = load_refiner(args.checkpoint).config
+    arch = config.arch
     print(f"{args.checkpoint} ({arch}); {args.patches} patches per set and split")
     print("| set | split | patches | coarse IoU | refined IoU | coarse band | refined band | band error fixed |")
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
@@ -47,6 +48,9 @@ def main() -> None:
         patches=args.sets,
         arch=arch,
         init_checkpoint=args.checkpoint,
+        patch_centres=config.context == 0,  # a refiner without context sees the patch inside each view
+        detail_head=config.detail_head,
+        input_size=config.input_size,
         eval_per_set=args.patches,
         amp=False,
         augment=False,
