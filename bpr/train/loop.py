@@ -30,7 +30,7 @@ from bpr.modeling.efficientnet import load_imagenet_weights
 from bpr.modeling.refiner_net import ENCODER_ARCHS, RefinerConfig, RefinerNet
 from bpr.signals import install_handlers, restore_handlers
 from bpr.train.augment import photometric, random_flip, random_quarter_turn
-from bpr.train.patch_store import PatchSet
+from bpr.train.patch_store import SPLITS, PatchSet
 
 
 @dataclass
@@ -83,9 +83,6 @@ def training_precision(device: torch.device, amp: bool) -> str:
     if device.type == "cuda":
         return "fp16"
     return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
-
-
-SPLIT_SEEDS = {"train": 0, "val": 1}
 
 
 def _sample(idx: np.ndarray, n: int, seed: list[int]) -> np.ndarray:
@@ -346,7 +343,7 @@ class Trainer:
             for k, (directory, idx) in enumerate(self.data.set_indices(split).items()):
                 if len(idx) == 0:
                     continue
-                chosen = _sample(idx, self.cfg.eval_per_set, [self.cfg.seed, 10**9 + 1, k, SPLIT_SEEDS[split]])
+                chosen = _sample(idx, self.cfg.eval_per_set, [self.cfg.seed, 10**9 + 1, k, SPLITS[split]])
                 rows.append({"set": directory, "split": split, "patches": len(chosen), **self.measure(chosen)})
         return rows
 

@@ -109,11 +109,15 @@ class PatchSet:
         for d, listing in zip(self.shard_dirs, self.shard_listings):
             first.setdefault(d, listing)
         groups: dict[str, list[np.ndarray]] = {}
-        for s, (m, d, listing) in enumerate(zip(self.meta, self.shard_dirs, self.shard_listings)):
+        for s, (d, listing) in enumerate(zip(self.shard_dirs, self.shard_listings)):
             if listing == first[d]:
-                rows = np.flatnonzero(m["split"] == SPLITS[split])
-                groups.setdefault(d, []).append(np.stack([np.full_like(rows, s), rows], axis=1))
+                groups.setdefault(d, []).append(self._shard_indices(s, split))
         return {d: np.concatenate(parts) for d, parts in groups.items()}
+
+    def _shard_indices(self, shard: int, split: str) -> np.ndarray:
+        """(K, 2) [shard, row] of the patches of ``split`` in one shard."""
+        rows = np.flatnonzero(self.meta[shard]["split"] == SPLITS[split])
+        return np.stack([np.full_like(rows, shard), rows], axis=1)
 
     @property
     def view_size(self) -> int:
@@ -153,10 +157,7 @@ class PatchSet:
 
     def indices(self, split: str) -> np.ndarray:
         """(K, 2) [shard, row] of every patch in ``split``."""
-        parts = []
-        for s, m in enumerate(self.meta):
-            rows = np.flatnonzero(m["split"] == SPLITS[split])
-            parts.append(np.stack([np.full_like(rows, s), rows], axis=1))
+        parts = [self._shard_indices(s, split) for s in range(len(self.meta))]
         return np.concatenate(parts) if parts else np.zeros((0, 2), dtype=np.int64)
 
     def gather(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
