@@ -33,6 +33,14 @@ patches cityscapes-train work/c16_cs_nearbu --draws 2 --mix near=0.6,stride=0.4 
 patches davis-train work/c16_davis_nlr --draws 4 --mix near_lowres=1 --seed 51
 patches ecssd-train work/c16_ecssd_nlr --draws 2 --mix near_lowres=1 --seed 52
 patches cityscapes-train work/c16_cs_nlr --draws 1 --mix near_lowres=1 --seed 53
+# session 16: a real mask head's held-out predictions on cityscapes-train (lab/maskhead/run.sh
+# trains the heads anew; their predictions are committed)
+if [ ! -f work/c16_cs_maskhead/manifest.json ]; then
+  mkdir -p work/maskhead
+  [ -f work/maskhead/pred_train.json ] || gunzip -c lab/runs/maskhead/cs_train_maskhead_heldout.json.gz \
+    >work/maskhead/pred_train.json
+  patches cityscapes-train work/c16_cs_maskhead --coarse work/maskhead/pred_train.json --draws 0 --seed 61
+fi
 if [ -f work/s11/rescaled/davis-train_x0.7_every1/gt.json ] && [ ! -f work/c16_davis_x07_nlr/manifest.json ]; then
   bpr-build-patches --gt work/s11/rescaled/davis-train_x0.7_every1/gt.json \
     --images work/s11/rescaled/davis-train_x0.7_every1/images --out work/c16_davis_x07_nlr --workers 2 --quiet \

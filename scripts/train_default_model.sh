@@ -1,9 +1,18 @@
 #!/usr/bin/env bash
 # Reproduce the bundled default model, bpr/models/bpr_default.pt (see models/MODEL_CARD.md).
 #
-#   bash scripts/train_default_model.sh   # builds patches (once), trains both stages; run it
-#                                         # again after an interruption and it resumes
+#   bash scripts/train_default_model.sh             # the default since session 19 (stage 7 below)
+#   PREVIOUS=1 bash scripts/train_default_model.sh  # also stages 1-6: the default of sessions 10-18
 #
+# Run it again after an interruption and it resumes.
+#
+# Stage 7 (2026-12-06, session 19), the default: one refiner, stage 6's companion after 1,500
+# steps with quarter turns (lab/configs/s18_effl0_quarter_turns.json; its weights:
+# lab/runs/s18_qt/model.pt, or REFINER=<file>), with its own patch-quality gate trained on its
+# frozen output over the held-out images of the context sets (scripts/build_context_sets.sh),
+# packaged with the settings chosen on the whole dev table.
+#
+# Stages 1-6 built the previous default (the HRNet with its gate and a companion):
 # Stage 1: synthetic coarse masks on davis-train + ecssd-train from the default recipe mix
 # (6 draws per instance), boundary patches at NMS 0.25, 12,000 steps from scratch with
 # lab/configs/default_hr18s_64.json.
@@ -36,6 +45,21 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${BPR_SHARED_DATA:-../shared/data}
+if [ -z "${PREVIOUS:-}" ]; then
+  bash scripts/build_context_sets.sh
+  sets=(work/c16_cs work/c16_davis work/c16_ecssd work/c16_cs_nearbu work/c16_davis_near work/c16_ecssd_near
+    work/c16_davis_nlr work/c16_ecssd_nlr work/c16_cs_nlr work/c16_davis_u2net work/c16_ecssd_u2net
+    work/c16_cs_maskhead work/g16_cs work/g16_cs_near work/g16_cs_nlr work/g16_davis work/g16_davis_near
+    work/g16_davis_nlr work/g16_ecssd work/g16_ecssd_near work/g16_ecssd_nlr)
+  [ -f work/s19/qt_gate.pt ] || bpr-train-gate "${REFINER:-lab/runs/s18_qt/model.pt}" --patches "${sets[@]}" \
+    --held-out --steps 4000 --eval-every 1000 --eval-patches 40000 --gate-width 32 --harm-weight 4 \
+    --stake-power 0.5 --change-margin 0.2 --threads 2 --out work/s19/qt_gate.pt
+  bpr-package work/s19/qt_gate.pt bpr/models/bpr_default.pt --no-flip-tta --iterations 1 --fallback-iou 0.5 \
+    --min-area 1024 --change-margin 0.2 --keep-thin 4 --ungated-shift 0.6 --ungated-removal-margin 0.1
+  bpr-dev-table --checkpoint bpr/models/bpr_default.pt --json lab/runs/dev_table_default.json \
+    --extra-input cs-maskhead=lab/runs/maskhead/cs_dev_maskhead_fold0.json
+  exit 0
+fi
 build() {  # build <set> <out> <extra bpr-build-patches flags...>
   local set=$1 out=$2
   shift 2
@@ -76,8 +100,8 @@ fi
   --out work/gate/cs_m20_h2.pt --steps 800 --batch-size 64 --flip-tta --change-margin 0.2 --harm-weight 2
 python scripts/package_model.py work/gate/cs_m20_h2.pt work/hr18s_default.pt --flip-tta --iterations 1 \
   --fallback-iou 0.5 --min-area 1024 --change-margin 0.2 --gate-threshold 1.5
-python scripts/package_model.py work/hr18s_default.pt bpr/models/bpr_default.pt \
+python scripts/package_model.py work/hr18s_default.pt work/default_prev.pt \
   --companion "${COMPANION:-lab/runs/s16_effl0_ctx16_maskhead/model.pt}" --companion-weight 0.4 --no-flip-tta \
   --iterations 1 --fallback-iou 0.5 --min-area 1024 --change-margin 0.2 --gate-early-reject 0.5 --ungated-shift 0.6 \
   --ungated-removal-margin 0.1 --ungated-keep-thin 4
-python scripts/dev_table.py --checkpoint bpr/models/bpr_default.pt --json lab/runs/dev_table_default.json
+python scripts/dev_table.py --checkpoint work/default_prev.pt --json work/dev_table_default_prev.json

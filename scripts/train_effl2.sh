@@ -15,28 +15,10 @@
 # weights (the moving average) are not.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DATA=${BPR_SHARED_DATA:-../shared/data}
 MINUTES=${1:-60}
 THREADS=${THREADS:-2}  # both cores; THREADS=1 while other heavy work runs
 CONFIG=lab/configs/s17_effl2_pretrained.json
 RUN=work/runs/s17_effl2
 COMMITTED=lab/runs/s17_effl2/model.pt
 bash scripts/build_context_sets.sh
-# the held-out predictions of session 16's mask heads (lab/maskhead/run.sh trains them anew)
-if [ ! -f work/c16_cs_maskhead/manifest.json ]; then
-  mkdir -p work/maskhead
-  [ -f work/maskhead/pred_train.json ] || gunzip -c lab/runs/maskhead/cs_train_maskhead_heldout.json.gz \
-    >work/maskhead/pred_train.json
-  bpr-build-patches --gt "$DATA/cityscapes-train/gt.json" --images "$DATA/cityscapes-train/images" \
-    --coarse work/maskhead/pred_train.json --draws 0 --context 16 --seed 61 --out work/c16_cs_maskhead \
-    --workers 2 --quiet
-fi
-run=(--out "$RUN" --threads "$THREADS" --max-minutes "$MINUTES")
-if [ -f "$RUN/last.pt" ]; then
-  bpr-train "$CONFIG" --resume "${run[@]}"
-elif [ -f "$COMMITTED" ]; then  # work/ is gone: continue from the committed weights and step
-  step=$(python -c "import torch; print(torch.load('$COMMITTED', weights_only=True)['meta']['step'])")
-  bpr-train "$CONFIG" --init "$COMMITTED" --init-step "$step" "${run[@]}"
-else
-  bpr-train "$CONFIG" "${run[@]}"
-fi
+THREADS="$THREADS" bash scripts/continue_run.sh "$CONFIG" "$RUN" "$COMMITTED" "$MINUTES"

@@ -104,14 +104,15 @@ def signals_not_ignored() -> Iterator[None]:
         signal.signal(s, handler)
 
 
-def davis_frame(data_dir: Path, index: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Frame ``index`` of davis-dev-real and its real OSVOS masks: (H, W, 3) uint8, (N, H, W) bool."""
+def davis_frame(data_dir: Path, index: int = 0, predictor: str = "osvos") -> tuple[np.ndarray, np.ndarray]:
+    """Frame ``index`` of davis-dev-real and its real masks of one predictor (``osvos`` or
+    ``rvos``): (H, W, 3) uint8, (N, H, W) bool."""
     from bpr.io.coco import decode_segmentation, load_json
     from bpr.io.images import read_image
 
     root = data_dir / "davis-dev-real"
     info = load_json(root / "gt.json")["images"][index]
     image = read_image(root / "images" / info["file_name"])
-    results = [r for r in load_json(root / "osvos.json") if r["image_id"] == info["id"]]
+    results = [r for r in load_json(root / f"{predictor}.json") if r["image_id"] == info["id"]]
     masks = np.stack([decode_segmentation(r["segmentation"], info["height"], info["width"]) for r in results])
     return image, masks

@@ -108,8 +108,10 @@ def test_keep_thin_gives_back_exactly_the_input_thin_parts_refinement_removed(da
 
 def test_the_default_model_without_its_gate_no_longer_erases_the_cords_of_a_nearly_right_mask(data_dir):
     """paragliding-launch_00070: the ground truth through half resolution keeps the glider's
-    cords in part; the default pair without its gate erases them (IoU 0.588 -> 0.546); with
-    keep_thin 4 the refined mask is at least as good as its input."""
+    cords in part; the default refiner without its gate and without keep_thin erases them (IoU
+    0.588 -> 0.565; the pair of sessions 10-18: -> 0.546); with
+    keep_thin 4 (which it recommends since session 19) the refined mask is at least as good as its
+    input."""
     root = data_dir / "davis-dev-real"
     gt = load_json(root / "gt.json")
     info = gt["images"][58]
@@ -127,5 +129,6 @@ def test_the_default_model_without_its_gate_no_longer_erases_the_cords_of_a_near
     def iou(masks: np.ndarray) -> float:
         return float((masks & truth).sum() / (masks | truth).sum())
 
-    assert iou(refiner.refine(image, near)) < iou(near) - 0.03
-    assert iou(refiner.refine(image, near, keep_thin=4)) >= iou(near)
+    assert refiner.options.keep_thin == 4
+    assert iou(refiner.refine(image, near, keep_thin=0)) < iou(near) - 0.015
+    assert iou(refiner.refine(image, near)) >= iou(near)

@@ -133,20 +133,20 @@ def test_the_bundled_model_loads_with_the_settings_its_card_states():
     assert DEFAULT_CHECKPOINT == REPO / "bpr" / "models" / "bpr_default.pt"  # package data: wheels carry it
     net = load_refiner(DEFAULT_CHECKPOINT)
     c = net.config
-    assert (c.arch, c.patch_size, c.input_size) == ("hr18s", 64, 64)
-    assert c.detail_head and c.gate and net.gate is not None
-    r = net.recommended
-    assert (r["flip_tta"], r["iterations"], r["fallback_iou"], r["min_area"], r["change_margin"]) == (
-        False,
-        1,
-        0.5,
-        1024,
-        0.2,
-    )
-    assert r["gate_early_reject"] == 0.5
-    # its companion: the context-16 effl0 refiner, a 0.4 share of the average, without a gate of its own
-    assert net.companion is not None and c.companion_weight == 0.4
-    assert (net.companion.config.arch, net.companion.config.context, net.companion.gate) == ("effl0", 16, None)
+    # one network since session 19: the context-16 effl0 refiner trained with quarter turns, and its own gate
+    assert (c.arch, c.patch_size, c.input_size, c.context) == ("effl0", 64, 64, 16)
+    assert c.gate and net.gate is not None and c.gate_width == 32
+    assert net.companion is None and not c.detail_head
+    assert net.recommended == {
+        "flip_tta": False,
+        "iterations": 1,
+        "fallback_iou": 0.5,
+        "min_area": 1024,
+        "change_margin": 0.2,
+        "keep_thin": 4,
+        "ungated_shift": 0.6,
+        "ungated_removal_margin": 0.1,
+    }
     assert DEFAULT_CHECKPOINT.stat().st_size < 20e6
 
 

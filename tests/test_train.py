@@ -15,6 +15,7 @@ from conftest import IdentityNet
 
 import bpr.train.loop as train_loop
 from bpr.cli.build_patches import main as build_main
+from bpr.cli.package import main as package_main
 from bpr.cli.refine import main as refine_main
 from bpr.cli.train import main as train_main
 from bpr.cli.train_gate import main as train_gate_main
@@ -397,20 +398,33 @@ def test_fine_tuning_adds_a_detail_head_to_a_checkpoint_without_one(patch_dir, t
     assert load_refiner(trainer.export()).config.detail_head
 
 
-def test_fine_tuning_from_the_packaged_default_keeps_its_refiner_and_drops_its_gate_and_companion(patch_dir, tmp_path):
+def test_fine_tuning_from_the_packaged_default_keeps_its_refiner_and_drops_its_gate(patch_dir, tmp_path):
     """The shipped model carries a quality gate trained on its own refiner; a fine-tuned refiner
-    needs a new one (bpr-train-gate), so training starts from every refiner weight only. Its
-    companion is another network: left out, to be paired again with bpr-package --companion."""
+    needs a new one (bpr-train-gate), so training starts from every refiner weight only."""
     shipped = default_checkpoint()
-    trainer = Trainer(_cfg(patch_dir, iters=2, detail_head=True, init_checkpoint=str(shipped)), tmp_path / "run")
     base = load_refiner(shipped)
+    trainer = Trainer(_cfg(patch_dir, iters=2, arch=base.config.arch, init_checkpoint=str(shipped)), tmp_path / "run")
     assert base.gate is not None and trainer.net.gate is None
-    assert base.companion is not None and trainer.net.companion is None
     own = trainer.net.state_dict()
-    carried = [k for k in base.state_dict() if not k.startswith(("gate.", "companion."))]
+    carried = [k for k in base.state_dict() if not k.startswith("gate.")]
     assert carried and all(torch.equal(own[k].float(), base.state_dict()[k].float()) for k in carried)
     trainer.run(progress=False)
     assert load_refiner(trainer.export()).gate is None
+
+
+def test_fine_tuning_from_a_pair_keeps_the_first_refiner_and_drops_its_companion(
+    patch_dir, tmp_path, random_checkpoint
+):
+    """A companion is another network: left out, to be paired again with bpr-package --companion."""
+    assert package_main([str(random_checkpoint), str(tmp_path / "pair.pt"), "--companion", str(random_checkpoint)]) == 0
+    pair = load_refiner(tmp_path / "pair.pt")
+    trainer = Trainer(
+        _cfg(patch_dir, iters=2, arch=pair.config.arch, init_checkpoint=str(tmp_path / "pair.pt")), tmp_path / "run"
+    )
+    assert pair.companion is not None and trainer.net.companion is None
+    own = trainer.net.state_dict()
+    carried = [k for k in pair.state_dict() if not k.startswith(("gate.", "companion."))]
+    assert carried and all(torch.equal(own[k].float(), pair.state_dict()[k].float()) for k in carried)
 
 
 def _gate_args(checkpoint, patches, out, *flags):
