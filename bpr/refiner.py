@@ -110,8 +110,9 @@ class Refiner:
         input_size: override the loaded checkpoint's network input size (only when loading).
         device: "cpu", "cuda", "cuda:1"...; fp16 autocast is used on CUDA.
         precision: "auto" (fp16 autocast on CUDA; bf16 with the openvino backend on a CPU with
-            native bf16, where the default model's J, F and street-scene numbers stay within
-            0.05 points of fp32 (DAVIS per-frame AP within 0.14); else fp32), "fp32", "bf16"
+            native bf16, where earlier default models' J, F and street-scene numbers stayed
+            within 0.05 points of fp32, and the current one's probabilities on real views stay
+            within 0.05; else fp32), "fp32", "bf16"
             (about 1.7x faster on CPUs with AVX512-BF16/AMX),
             "fp16" (CUDA) or "int8" (openvino / onnxruntime: the graph statically quantized,
             bpr/backends/quantize.py).

@@ -2,7 +2,8 @@
 # Reproduce the bundled default model, bpr/models/bpr_default.pt (see models/MODEL_CARD.md).
 #
 #   bash scripts/train_default_model.sh             # the default since session 19 (stage 7 below)
-#   PREVIOUS=1 bash scripts/train_default_model.sh  # also stages 1-6: the default of sessions 10-18
+#   PREVIOUS=1 bash scripts/train_default_model.sh  # instead, stages 1-6: the default of sessions 10-18,
+#                                                   # into work/default_prev.pt (any non-empty value)
 #
 # Run it again after an interruption and it resumes.
 #

@@ -37,7 +37,7 @@ def graph_cache(tmp_path_factory, monkeypatch):
 
 def real_patches(data_dir, count=4, views=False):
     """First-pass patches of real cityscapes-dev images with Mask R-CNN-like coarse masks (with
-    ``views``: the 96 px views the default model's companion sees around them)."""
+    ``views``: the 96 px views the default model sees around them)."""
     root = data_dir / "cityscapes-dev"
     info = {i["id"]: i for i in load_json(root / "gt.json")["images"]}
     entries: dict = {}

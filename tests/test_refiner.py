@@ -139,7 +139,9 @@ def test_bf16_refines_like_fp32_and_fp16_needs_cuda(data_dir):
     """The bundled network in bf16 gives nearly the fp32 masks on a real frame (and both move it;
     the safety rules are off so that what the network does shows)."""
     image, m = _davis(data_dir, 3)
-    options = dict(iterations=1, flip_tta=False, quality_gate=False, change_margin=0.0, min_area=0, fallback_iou=0.0)
+    options = dict(
+        iterations=1, flip_tta=False, quality_gate=False, change_margin=0.0, min_area=0, fallback_iou=0.0, keep_thin=0
+    )
     fp32 = Refiner.from_checkpoint(precision="fp32", **options).refine(image, m[None])[0]
     bf16 = Refiner.from_checkpoint(precision="bf16", **options).refine(image, m[None])[0]
     assert (fp32 != m).sum() > 500  # refinement did change the mask

@@ -235,8 +235,8 @@ def davis_truth(data_dir, index: int) -> np.ndarray:
 def test_on_a_real_video_prediction_the_rule_takes_the_ungated_answer_and_it_is_better(
     data_dir, default_refiner, index
 ):
-    """Every second opinion run (early_reject=False), the ungated answer is exactly what the
-    refiner gives without its gate; on this RVOS frame it moves the mask far enough (1.7 px), and
+    """The ungated answer is exactly what the refiner gives without its gate (with a companion,
+    early_reject=False runs it on every patch); on this RVOS frame it moves the mask far enough (1.7 px), and
     it is closer to the ground truth than the gate's answer."""
     image, masks = davis_frame(data_dir, index, "rvos")
     truth = davis_truth(data_dir, index)
