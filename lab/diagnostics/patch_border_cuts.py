@@ -15,6 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+from gt_rim import iou
 
 from bpr.evaluate.dev_table import near_perfect
 from bpr.io.coco import decode_segmentation, load_json
@@ -25,8 +26,8 @@ ROOT = Path("../shared/data/davis-dev-real")
 FRAMES = {"near": [85, 84, 58, 40], "osvos": [88, 44, 46, 66], "rvos": [34, 30, 6, 26]}
 
 
-def frame(gt: dict, index: int, kind: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Image, input masks (nearly right or a predictor's) and ground truth of one frame."""
+def frame(gt: dict, predictions: list[dict], index: int, kind: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Image, input masks (nearly right, or the predictor's ``predictions``) and ground truth of one frame."""
     info = gt["images"][index]
     h, w = info["height"], info["width"]
     truth = np.stack(
@@ -35,7 +36,7 @@ def frame(gt: dict, index: int, kind: str) -> tuple[np.ndarray, np.ndarray, np.n
     if kind == "near":
         coarse = np.stack([near_perfect(m) for m in truth])
     else:
-        entries = [x for x in load_json(ROOT / f"{kind}.json") if x["image_id"] == info["id"]]
+        entries = [x for x in predictions if x["image_id"] == info["id"]]
         coarse = np.stack([decode_segmentation(x["segmentation"], h, w) for x in entries])
     return read_image(ROOT / "images" / info["file_name"]), coarse, truth
 
@@ -45,16 +46,13 @@ def edges(mask: np.ndarray) -> np.ndarray:
     return (m - cv2.erode(m, np.ones((3, 3), np.uint8))).astype(bool)
 
 
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    return float((a & b).sum() / (a | b).sum())
-
-
 def main() -> None:
     gt = load_json(ROOT / "gt.json")
     refiner = Refiner.from_checkpoint(None)
     for kind, indices in FRAMES.items():
+        predictions = [] if kind == "near" else load_json(ROOT / f"{kind}.json")  # read once per predictor
         for index in indices:
-            image, coarse, truth = frame(gt, index, kind)
+            image, coarse, truth = frame(gt, predictions, index, kind)
             job = refiner.prepare(torch.from_numpy(image).permute(2, 0, 1), torch.from_numpy(coarse), refiner.options)
             refined = refiner.refine(image, coarse)
             h, w = coarse.shape[1:]
