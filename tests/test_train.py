@@ -3,6 +3,7 @@ trained checkpoint working in bpr-refine, and the quality gate trained on it (bp
 
 import csv
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -24,7 +25,7 @@ from bpr.io.coco import decode_segmentation, load_json
 from bpr.io.images import read_image
 from bpr.modeling import RefinerConfig, load_refiner, save_refiner
 from bpr.refiner import Refiner, default_checkpoint
-from bpr.train.augment import random_quarter_turn
+from bpr.train.augment import random_quarter_turn, random_rotate_zoom
 from bpr.train.build_patches import crop_training_patches
 from bpr.train.loop import TrainConfig, Trainer, edge_band, training_precision
 from bpr.train.patch_store import PatchSet
@@ -226,6 +227,47 @@ def test_a_quarter_turn_turns_image_coarse_and_target_of_a_sample_together():
     assert not torch.equal(turned, images)
     # the inputs themselves are left as they were
     assert torch.equal(images, torch.randint(0, 256, (64, 3, 8, 8), generator=torch.Generator().manual_seed(0)).float())
+
+
+def _bars(n: int, size: int = 96) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """n samples of a centred horizontal bar (rows 40-55, columns 8-87): image channel 0 shows
+    it, coarse and target are it."""
+    bar = torch.zeros(n, size, size)
+    bar[:, 40:56, 8:88] = 1
+    images = torch.stack([bar * 255, torch.full_like(bar, 60), torch.full_like(bar, 90)], dim=1)
+    return images, bar[:, None].clone(), bar.to(torch.uint8)
+
+
+def test_rotate_zoom_turns_and_magnifies_image_coarse_and_target_together():
+    images, coarse, target = _bars(64)
+    g = torch.Generator().manual_seed(3)
+    out_images, out_coarse, out_target = random_rotate_zoom(images, coarse, target, g, share=0.5)
+    assert out_coarse.dtype == coarse.dtype and out_target.dtype == target.dtype
+    assert set(out_coarse.unique().tolist()) <= {0.0, 1.0}
+    # still aligned: the image's bar (255 vs 0, thresholded half way) is the masks' bar
+    assert torch.equal(out_coarse[:, 0] > 0.5, out_images[:, 0] > 127.5)
+    assert torch.equal(out_target.bool(), out_images[:, 0] > 127.5)
+    changed = [not torch.equal(out_target[i], target[i]) for i in range(64)]
+    assert 16 <= sum(changed) <= 48  # about half the samples, the others untouched
+    for i in range(64):
+        if not changed[i]:
+            assert torch.equal(out_images[i], images[i])
+            continue
+        t = out_target[i].float()
+        area = float(t.sum())
+        assert 80 * 16 * 0.9 <= area <= 80 * 16 * 1.3**2 * 1.05  # magnified by 1 to 1.3
+        ys, xs = torch.nonzero(t, as_tuple=True)
+        cy, cx = float(ys.float().mean()), float(xs.float().mean())
+        assert abs(cy - 47.5) < 1.5 and abs(cx - 47.5) < 1.5  # about the view's centre
+        slope = float(((ys - cy) * (xs - cx)).float().mean() / ((xs - cx) ** 2).float().mean())
+        assert abs(math.degrees(math.atan(slope))) <= 31  # turned by at most 30 degrees
+    assert torch.equal(images, _bars(64)[0])  # the inputs themselves are left as they were
+
+
+def test_rotate_zoom_with_no_share_changes_nothing():
+    images, coarse, target = _bars(8)
+    out = random_rotate_zoom(images, coarse, target, torch.Generator().manual_seed(0), share=0.0)
+    assert all(torch.equal(a, b) for a, b in zip(out, (images, coarse, target)))
 
 
 def test_edge_band_marks_pixels_near_a_class_change():

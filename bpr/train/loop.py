@@ -29,7 +29,7 @@ from bpr.modeling.checkpoint import load_refiner, save_refiner
 from bpr.modeling.efficientnet import load_imagenet_weights
 from bpr.modeling.refiner_net import ENCODER_ARCHS, RefinerConfig, RefinerNet
 from bpr.signals import install_handlers, restore_handlers
-from bpr.train.augment import photometric, random_flip, random_quarter_turn
+from bpr.train.augment import photometric, random_flip, random_quarter_turn, random_rotate_zoom
 from bpr.train.patch_store import SPLITS, PatchSet
 
 
@@ -58,6 +58,7 @@ class TrainConfig:
     amp: bool = True  # fp16 autocast on CUDA; bf16 on a CPU with native bf16, else fp32 (see training_precision)
     augment: bool = True
     quarter_turns: bool = False  # with augment: also turn samples by multiples of 90 degrees (random_quarter_turn)
+    rotate_zoom: bool = False  # with augment: turn half the samples by up to 30 degrees and magnify them up to 1.3x (random_rotate_zoom)
     eval_every: int = 500
     eval_patches: int = 2000
     # > 0: at each evaluation also measure up to this many training and held-out patches of each
@@ -279,6 +280,8 @@ class Trainer:
             images, coarse, target = random_flip(images, coarse, target, g)
             if self.cfg.quarter_turns:  # drawn only then: runs without it keep their batches
                 images, coarse, target = random_quarter_turn(images, coarse, target, g)
+            if self.cfg.rotate_zoom:  # likewise
+                images, coarse, target = random_rotate_zoom(images, coarse, target, g)
             images = photometric(images, g)
         return images.to(self.device), coarse.to(self.device), target.to(self.device)
 
