@@ -77,6 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="also turn training samples by multiples of 90 degrees (against memorising small sets)",
     )
+    p.add_argument(
+        "--rotate-zoom",
+        action="store_true",
+        default=None,
+        help="also turn half the training samples by up to 30 degrees and magnify them up to 1.3x",
+    )
     p.add_argument("--eval-every", type=int)
     p.add_argument(
         "--eval-per-set",
