@@ -58,7 +58,8 @@ class TrainConfig:
     amp: bool = True  # fp16 autocast on CUDA; bf16 on a CPU with native bf16, else fp32 (see training_precision)
     augment: bool = True
     quarter_turns: bool = False  # with augment: also turn samples by multiples of 90 degrees (random_quarter_turn)
-    rotate_zoom: bool = False  # with augment: turn half the samples by up to 30 degrees and magnify them up to 1.3x (random_rotate_zoom)
+    # with augment: turn half the samples by up to 30 degrees and magnify them up to 1.3x (random_rotate_zoom)
+    rotate_zoom: bool = False
     eval_every: int = 500
     eval_patches: int = 2000
     # > 0: at each evaluation also measure up to this many training and held-out patches of each

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import argparse
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import cv2
 import numpy as np
@@ -66,7 +67,8 @@ def run(refiner: Refiner, name: str, scale: float, tmp: Path) -> dict[str, Any]:
         size = (img["height"], img["width"])
         back = resize_masks(masks, size, True)
         coarse = entries_to_masks([entries[k] for k in idx], *size)
-        trip = resize_masks(resize_masks(coarse, (int(round(size[0] * scale)), int(round(size[1] * scale))), False), size, True)
+        big = (int(round(size[0] * scale)), int(round(size[1] * scale)))
+        trip = resize_masks(resize_masks(coarse, big, False), size, True)
         for j, k in enumerate(idx):
             refined[k] = refined_entry(entries[k], back[j])
             control[k] = refined_entry(entries[k], trip[j])
