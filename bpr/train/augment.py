@@ -93,8 +93,6 @@ def random_rotate_zoom(
     chosen = torch.rand(b, generator=generator) < share
     theta = (torch.rand(b, generator=generator) * 2 - 1) * max_degrees * math.pi / 180
     zoom = 1 + torch.rand(b, generator=generator) * (max_zoom - 1)
-    theta = torch.where(chosen, theta, torch.zeros_like(theta))
-    zoom = torch.where(chosen, zoom, torch.ones_like(zoom))
     if not bool(chosen.any()):
         return images, coarse, target
     cos, sin = torch.cos(theta) / zoom, torch.sin(theta) / zoom
@@ -103,8 +101,7 @@ def random_rotate_zoom(
     grid = F.affine_grid(affine.to(dev), list(images.shape), align_corners=False)
     stacked = torch.cat([images, coarse.float(), target[:, None].float()], dim=1)
     warped = F.grid_sample(stacked, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
-    keep = chosen.to(dev).view(b, 1, 1, 1)
-    warped = torch.where(keep, warped, stacked)
+    warped = torch.where(chosen.to(dev).view(b, 1, 1, 1), warped, stacked)  # the others exactly as they were
     out_coarse = (warped[:, 3:4] > 0.5).to(coarse.dtype)
     out_target = (warped[:, 4] > 0.5).to(target.dtype)
     return warped[:, :3], out_coarse, out_target

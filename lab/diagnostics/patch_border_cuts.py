@@ -10,8 +10,6 @@ along a patch's border inside the input mask (a change stopped by the patch's ed
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import cv2
 import numpy as np
 import torch
@@ -19,10 +17,11 @@ from gt_rim import iou
 
 from bpr.evaluate.dev_table import near_perfect
 from bpr.io.coco import decode_segmentation, load_json
+from bpr.io.datasets import shared_data_root
 from bpr.io.images import read_image
 from bpr.refiner import Refiner
 
-ROOT = Path("../shared/data/davis-dev-real")
+ROOT = shared_data_root() / "davis-dev-real"
 FRAMES = {"near": [85, 84, 58, 40], "osvos": [88, 44, 46, 66], "rvos": [34, 30, 6, 26]}
 
 
@@ -57,8 +56,9 @@ def main() -> None:
             refined = refiner.refine(image, coarse)
             h, w = coarse.shape[1:]
             border = np.zeros((h, w), bool)
+            last = refiner.patch_size - 1
             for y0, x0 in job.corners.astype(int):
-                y1, x1 = min(y0 + 63, h - 1), min(x0 + 63, w - 1)
+                y1, x1 = min(y0 + last, h - 1), min(x0 + last, w - 1)
                 border[[y0, y1], x0 : x1 + 1] = True
                 border[y0 : y1 + 1, [x0, x1]] = True
             made = edges(refined[0]) & ~edges(coarse[0])

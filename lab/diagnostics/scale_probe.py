@@ -50,28 +50,26 @@ def run(refiner: Refiner, name: str, scale: float, tmp: Path) -> dict[str, Any]:
         "ungated_shift": base.ungated_shift * scale if base.ungated_shift else base.ungated_shift,
     }
 
-    def items() -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        for image_id, idx in groups.items():
-            img = info[image_id]
-            h, w = img["height"], img["width"]
-            big = (int(round(h * scale)), int(round(w * scale)))
-            image = read_image(images / img["file_name"])
-            masks = entries_to_masks([entries[k] for k in idx], h, w)
-            yield cv2.resize(image, (big[1], big[0]), interpolation=cv2.INTER_CUBIC), resize_masks(masks, big, False)
-
     refined: list[Any] = [None] * len(entries)
     control: list[Any] = [None] * len(entries)
-    pairs = zip(groups.items(), refiner.refine_many(items(), **opts))
-    for (image_id, idx), masks in pairs:
+
+    def items() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Each image and its masks enlarged; the control (the enlarged masks brought back
+        unrefined) is filled in on the way."""
+        for image_id, idx in groups.items():
+            img = info[image_id]
+            size = (img["height"], img["width"])
+            big = (int(round(size[0] * scale)), int(round(size[1] * scale)))
+            masks = resize_masks(entries_to_masks([entries[k] for k in idx], *size), big, False)
+            for k, m in zip(idx, resize_masks(masks, size, True)):
+                control[k] = refined_entry(entries[k], m)
+            image = read_image(images / img["file_name"])
+            yield cv2.resize(image, (big[1], big[0]), interpolation=cv2.INTER_CUBIC), masks
+
+    for (image_id, idx), masks in zip(groups.items(), refiner.refine_many(items(), **opts)):
         img = info[image_id]
-        size = (img["height"], img["width"])
-        back = resize_masks(masks, size, True)
-        coarse = entries_to_masks([entries[k] for k in idx], *size)
-        big = (int(round(size[0] * scale)), int(round(size[1] * scale)))
-        trip = resize_masks(resize_masks(coarse, big, False), size, True)
-        for j, k in enumerate(idx):
-            refined[k] = refined_entry(entries[k], back[j])
-            control[k] = refined_entry(entries[k], trip[j])
+        for k, m in zip(idx, resize_masks(masks, (img["height"], img["width"]), True)):
+            refined[k] = refined_entry(entries[k], m)
     write_json_atomic(tmp / "refined.json", refined)
     write_json_atomic(tmp / "control.json", control)
     return {
